@@ -136,7 +136,11 @@ impl fmt::Display for Warning {
                 f,
                 "{field}: repeated flag field is served as a single value of its element type"
             ),
-            Warning::DefaultTypeMismatch { field, field_type, default_type } => write!(
+            Warning::DefaultTypeMismatch {
+                field,
+                field_type,
+                default_type,
+            } => write!(
                 f,
                 "{field}: default is {} but the field is {}; clients will fall back to their own default",
                 type_name(*default_type),
@@ -147,7 +151,10 @@ impl fmt::Display for Warning {
                 "{message}: (pbflags.feature) on a nested message is ignored; only top-level messages are features"
             ),
             Warning::EmptyFeatureId { message } => {
-                write!(f, "{message}: (pbflags.feature) has an empty id; message ignored")
+                write!(
+                    f,
+                    "{message}: (pbflags.feature) has an empty id; message ignored"
+                )
             }
         }
     }
@@ -200,9 +207,16 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, ParseError> {
     }
     let pool = DescriptorPool::decode(bytes).map_err(ParseError::Invalid)?;
     let feature_ext = find_extension(&pool, "google.protobuf.MessageOptions", FEATURE_EXTENSION)
-        .ok_or(ParseError::MissingExtension { name: "feature", number: FEATURE_EXTENSION })?;
-    let flag_ext = find_extension(&pool, "google.protobuf.FieldOptions", FLAG_EXTENSION)
-        .ok_or(ParseError::MissingExtension { name: "flag", number: FLAG_EXTENSION })?;
+        .ok_or(ParseError::MissingExtension {
+            name: "feature",
+            number: FEATURE_EXTENSION,
+        })?;
+    let flag_ext = find_extension(&pool, "google.protobuf.FieldOptions", FLAG_EXTENSION).ok_or(
+        ParseError::MissingExtension {
+            name: "flag",
+            number: FLAG_EXTENSION,
+        },
+    )?;
 
     let mut out = Parsed::default();
     let mut seen: HashMap<String, String> = HashMap::new();
@@ -211,9 +225,13 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, ParseError> {
             for nested in message.child_messages() {
                 warn_nested_features(&nested, &feature_ext, &mut out.warnings);
             }
-            let Some(feature) = feature_of(&message, &feature_ext) else { continue };
+            let Some(feature) = feature_of(&message, &feature_ext) else {
+                continue;
+            };
             if feature.id.is_empty() {
-                out.warnings.push(Warning::EmptyFeatureId { message: message.full_name().to_owned() });
+                out.warnings.push(Warning::EmptyFeatureId {
+                    message: message.full_name().to_owned(),
+                });
                 continue;
             }
             if let Some(first) = seen.insert(feature.id.clone(), message.full_name().to_owned()) {
@@ -224,7 +242,8 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, ParseError> {
                 });
             }
             for field in message.fields() {
-                if let Some(def) = flag_of(&message, &feature, &field, &flag_ext, &mut out.warnings) {
+                if let Some(def) = flag_of(&message, &feature, &field, &flag_ext, &mut out.warnings)
+                {
                     out.flags.push(def);
                 }
             }
@@ -239,7 +258,11 @@ struct Feature {
     owner: String,
 }
 
-fn find_extension(pool: &DescriptorPool, extendee: &str, number: u32) -> Option<ExtensionDescriptor> {
+fn find_extension(
+    pool: &DescriptorPool,
+    extendee: &str,
+    number: u32,
+) -> Option<ExtensionDescriptor> {
     pool.all_extensions()
         .find(|e| e.number() == number && e.containing_message().full_name() == extendee)
 }
@@ -270,9 +293,15 @@ fn feature_of(message: &MessageDescriptor, ext: &ExtensionDescriptor) -> Option<
     })
 }
 
-fn warn_nested_features(message: &MessageDescriptor, ext: &ExtensionDescriptor, warnings: &mut Vec<Warning>) {
+fn warn_nested_features(
+    message: &MessageDescriptor,
+    ext: &ExtensionDescriptor,
+    warnings: &mut Vec<Warning>,
+) {
     if option_message(&message.options(), ext).is_some() {
-        warnings.push(Warning::NestedFeature { message: message.full_name().to_owned() });
+        warnings.push(Warning::NestedFeature {
+            message: message.full_name().to_owned(),
+        });
     }
     for nested in message.child_messages() {
         warn_nested_features(&nested, ext, warnings);
@@ -310,17 +339,26 @@ fn flag_of(
     let opt = option_message(&field.options(), ext)?;
     let full = field.full_name().to_owned();
     let Some(flag_type) = flag_type_of(&field.kind()).filter(|_| !field.is_map()) else {
-        warnings.push(Warning::UnsupportedType { kind: kind_name(field), field: full });
+        warnings.push(Warning::UnsupportedType {
+            kind: kind_name(field),
+            field: full,
+        });
         return None;
     };
     if field.is_list() {
-        warnings.push(Warning::RepeatedField { field: full.clone() });
+        warnings.push(Warning::RepeatedField {
+            field: full.clone(),
+        });
     }
     let default = default_of(&opt);
     if let Some(default_type) = default.as_ref().and_then(value_type)
         && default_type != flag_type
     {
-        warnings.push(Warning::DefaultTypeMismatch { field: full, field_type: flag_type, default_type });
+        warnings.push(Warning::DefaultTypeMismatch {
+            field: full,
+            field_type: flag_type,
+            default_type,
+        });
     }
     Some(FlagDef {
         flag_id: format!("{}/{}", feature.id, field.number()),
@@ -386,11 +424,21 @@ fn supported_values_of(opt: &DynamicMessage) -> Option<SupportedValues> {
             .unwrap_or_default()
     };
     let out = SupportedValues {
-        string_values: list("string_values").iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
-        int64_values: list("int64_values").iter().filter_map(Value::as_i64).collect(),
-        double_values: list("double_values").iter().filter_map(Value::as_f64).collect(),
+        string_values: list("string_values")
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        int64_values: list("int64_values")
+            .iter()
+            .filter_map(Value::as_i64)
+            .collect(),
+        double_values: list("double_values")
+            .iter()
+            .filter_map(Value::as_f64)
+            .collect(),
     };
-    let empty = out.string_values.is_empty() && out.int64_values.is_empty() && out.double_values.is_empty();
+    let empty =
+        out.string_values.is_empty() && out.int64_values.is_empty() && out.double_values.is_empty();
     (!empty).then_some(out)
 }
 

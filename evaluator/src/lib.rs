@@ -1,4 +1,9 @@
 //! The pbflags evaluator: descriptor parsing, the flag registry and its hot reload, the evaluation
-//! engine, and (in later modules) the sources and servers around it.
+//! engine, and the sources and servers around it.
 
+pub mod cli;
 pub mod descriptor;
+pub mod list;
+pub mod metrics;
+pub mod registry;
+pub mod watcher;

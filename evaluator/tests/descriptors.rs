@@ -16,7 +16,15 @@ fn example_yields_the_four_notification_flags_like_v0_6() {
     let parsed = descriptor::parse(pbflags_proto::EXAMPLE_DESCRIPTORS).expect("example parses");
     assert!(parsed.warnings.is_empty(), "{:?}", parsed.warnings);
     let ids: Vec<_> = parsed.flags.iter().map(|f| f.flag_id.as_str()).collect();
-    assert_eq!(ids, ["notifications/1", "notifications/2", "notifications/3", "notifications/4"]);
+    assert_eq!(
+        ids,
+        [
+            "notifications/1",
+            "notifications/2",
+            "notifications/3",
+            "notifications/4"
+        ]
+    );
 
     let f1 = &parsed.flags[0];
     assert_eq!(f1.feature_id, "notifications");
@@ -26,24 +34,43 @@ fn example_yields_the_four_notification_flags_like_v0_6() {
     assert!(!f1.is_global_layer());
     assert_eq!(f1.default, Some(FlagValue::bool(true)));
     assert_eq!(f1.feature_display_name, "Notifications");
-    assert_eq!(f1.feature_description, "Controls notification delivery behavior");
+    assert_eq!(
+        f1.feature_description,
+        "Controls notification delivery behavior"
+    );
     assert_eq!(f1.feature_owner, "platform-team");
     assert_eq!(f1.description, "Send notifications by email");
 
     let f2 = &parsed.flags[1];
-    assert_eq!((f2.flag_type, f2.layer.as_str(), f2.is_global_layer()), (FlagType::String, "", true));
+    assert_eq!(
+        (f2.flag_type, f2.layer.as_str(), f2.is_global_layer()),
+        (FlagType::String, "", true)
+    );
     assert_eq!(f2.default, Some(FlagValue::string("daily")));
     let sv = f2.supported_values.as_ref().expect("supported values");
     assert_eq!(sv.string_values, ["hourly", "daily", "weekly"]);
 
-    assert_eq!((parsed.flags[2].flag_type, parsed.flags[2].default.clone()), (FlagType::Int64, Some(FlagValue::int64(3))));
-    assert_eq!((parsed.flags[3].flag_type, parsed.flags[3].default.clone()), (FlagType::Double, Some(FlagValue::double(0.75))));
+    assert_eq!(
+        (parsed.flags[2].flag_type, parsed.flags[2].default.clone()),
+        (FlagType::Int64, Some(FlagValue::int64(3)))
+    );
+    assert_eq!(
+        (parsed.flags[3].flag_type, parsed.flags[3].default.clone()),
+        (FlagType::Double, Some(FlagValue::double(0.75)))
+    );
     assert!(parsed.flags[2].supported_values.is_none());
 }
 
 #[test]
 fn global_layer_is_empty_or_global_in_any_case() {
-    for (layer, global) in [("", true), ("global", true), ("GLOBAL", true), ("user", false), ("entity", false), ("unspecified", false)] {
+    for (layer, global) in [
+        ("", true),
+        ("global", true),
+        ("GLOBAL", true),
+        ("user", false),
+        ("entity", false),
+        ("unspecified", false),
+    ] {
         assert_eq!(descriptor::is_global_layer(layer), global, "{layer:?}");
     }
 }
@@ -57,7 +84,11 @@ fn empty_input_is_a_clear_error() {
 
 #[test]
 fn garbage_input_is_an_error_not_a_panic() {
-    for bytes in [&b"\xff\xff\xff\xff"[..], b"not a descriptor set at all", &[0x0a, 0x80]] {
+    for bytes in [
+        &b"\xff\xff\xff\xff"[..],
+        b"not a descriptor set at all",
+        &[0x0a, 0x80],
+    ] {
         let err = descriptor::parse(bytes).unwrap_err();
         assert!(matches!(err, ParseError::Invalid(_)), "{err}");
     }
@@ -79,7 +110,10 @@ fn every_truncation_of_the_example_is_handled_without_panic() {
 fn a_set_without_pbflags_options_names_the_missing_extension() {
     let bytes = support::compile("syntax = \"proto3\";\npackage t;\nmessage M { bool b = 1; }\n");
     let err = descriptor::parse(&bytes).unwrap_err();
-    assert!(matches!(err, ParseError::MissingExtension { number: 51000, .. }), "{err}");
+    assert!(
+        matches!(err, ParseError::MissingExtension { number: 51000, .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("51000"));
 }
 
@@ -112,7 +146,14 @@ fn unsupported_field_kinds_are_skipped_with_a_warning_naming_the_field() {
            map<string, string> labels = 4 [(pbflags.flag) = {}];
            bool ok = 5 [(pbflags.flag) = {}]; }\n",
     );
-    assert_eq!(parsed.flags.iter().map(|f| f.flag_id.as_str()).collect::<Vec<_>>(), ["m/5"]);
+    assert_eq!(
+        parsed
+            .flags
+            .iter()
+            .map(|f| f.flag_id.as_str())
+            .collect::<Vec<_>>(),
+        ["m/5"]
+    );
     let fields: Vec<_> = parsed
         .warnings
         .iter()
@@ -134,7 +175,12 @@ fn repeated_fields_are_kept_as_scalars_with_a_warning() {
     assert_eq!(parsed.flags.len(), 1);
     assert_eq!(parsed.flags[0].flag_id, "m/7");
     assert_eq!(parsed.flags[0].flag_type, FlagType::Bool);
-    assert_eq!(parsed.warnings, [Warning::RepeatedField { field: "t.M.many".into() }]);
+    assert_eq!(
+        parsed.warnings,
+        [Warning::RepeatedField {
+            field: "t.M.many".into()
+        }]
+    );
 }
 
 #[test]
@@ -146,7 +192,11 @@ fn mismatched_default_is_kept_verbatim_with_a_warning() {
     assert_eq!(parsed.flags[0].default, Some(FlagValue::string("yes")));
     assert_eq!(
         parsed.warnings,
-        [Warning::DefaultTypeMismatch { field: "t.M.b".into(), field_type: FlagType::Bool, default_type: FlagType::String }]
+        [Warning::DefaultTypeMismatch {
+            field: "t.M.b".into(),
+            field_type: FlagType::Bool,
+            default_type: FlagType::String
+        }]
     );
 }
 
@@ -158,7 +208,10 @@ fn present_wrapper_without_value_is_the_zero_value() {
            int64 i = 2 [(pbflags.flag) = { default: {} }]; }\n",
     );
     assert_eq!(parsed.flags[0].default, Some(FlagValue::bool(false)));
-    assert_eq!(parsed.flags[1].default, None, "default with no member set means no default");
+    assert_eq!(
+        parsed.flags[1].default, None,
+        "default with no member set means no default"
+    );
 }
 
 #[test]
@@ -170,7 +223,14 @@ fn nested_features_and_empty_ids_are_reported_and_ignored() {
     assert!(parsed.flags.is_empty());
     assert_eq!(
         parsed.warnings,
-        [Warning::NestedFeature { message: "t.Outer.Inner".into() }, Warning::EmptyFeatureId { message: "t.Blank".into() }]
+        [
+            Warning::NestedFeature {
+                message: "t.Outer.Inner".into()
+            },
+            Warning::EmptyFeatureId {
+                message: "t.Blank".into()
+            }
+        ]
     );
 }
 
@@ -182,7 +242,10 @@ fn two_messages_with_one_feature_id_refuse_to_load() {
     ));
     let err = descriptor::parse(&bytes).unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("\"dup\"") && msg.contains("t.A") && msg.contains("t.B"), "{msg}");
+    assert!(
+        msg.contains("\"dup\"") && msg.contains("t.A") && msg.contains("t.B"),
+        "{msg}"
+    );
 }
 
 #[test]

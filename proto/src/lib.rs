@@ -19,7 +19,8 @@ pub use pbflags::v1;
 
 /// Serialized `FileDescriptorSet` of the pbflags protos (with their imports), for reflection and for
 /// decoding options with a known schema.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/pbflags_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/pbflags_descriptor.bin"));
 
 /// The example descriptor set built from `proto/example/notifications.proto` (with imports).
 pub const EXAMPLE_DESCRIPTORS: &[u8] = include_bytes!("../example/descriptors.pb");
@@ -27,18 +28,26 @@ pub const EXAMPLE_DESCRIPTORS: &[u8] = include_bytes!("../example/descriptors.pb
 impl v1::FlagValue {
     /// A boolean value.
     pub fn bool(v: bool) -> Self {
-        Self { value: Some(v1::flag_value::Value::BoolValue(v)) }
+        Self {
+            value: Some(v1::flag_value::Value::BoolValue(v)),
+        }
     }
     /// A string value.
     pub fn string(v: impl Into<String>) -> Self {
-        Self { value: Some(v1::flag_value::Value::StringValue(v.into())) }
+        Self {
+            value: Some(v1::flag_value::Value::StringValue(v.into())),
+        }
     }
     /// An integer value.
     pub fn int64(v: i64) -> Self {
-        Self { value: Some(v1::flag_value::Value::Int64Value(v)) }
+        Self {
+            value: Some(v1::flag_value::Value::Int64Value(v)),
+        }
     }
     /// A floating-point value.
     pub fn double(v: f64) -> Self {
-        Self { value: Some(v1::flag_value::Value::DoubleValue(v)) }
+        Self {
+            value: Some(v1::flag_value::Value::DoubleValue(v)),
+        }
     }
 }

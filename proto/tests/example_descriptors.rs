@@ -26,7 +26,12 @@ fn example_descriptor_set_includes_its_imports() {
     let fds: prost_types::FileDescriptorSet =
         prost::Message::decode(pbflags_proto::EXAMPLE_DESCRIPTORS).expect("decodes");
     let names: Vec<_> = fds.file.iter().map(|f| f.name()).collect();
-    for want in ["google/protobuf/descriptor.proto", "google/protobuf/wrappers.proto", "pbflags/options.proto", "example/notifications.proto"] {
+    for want in [
+        "google/protobuf/descriptor.proto",
+        "google/protobuf/wrappers.proto",
+        "pbflags/options.proto",
+        "example/notifications.proto",
+    ] {
         assert!(names.contains(&want), "{want} missing from {names:?}");
     }
 }
@@ -36,6 +41,8 @@ fn example_descriptor_set_includes_its_imports() {
 fn compile_example(root: &Path) -> Vec<u8> {
     let mut compiler = protox::Compiler::new([root]).expect("include path");
     compiler.include_imports(true);
-    compiler.open_file("example/notifications.proto").expect("example proto compiles");
+    compiler
+        .open_file("example/notifications.proto")
+        .expect("example proto compiles");
     compiler.encode_file_descriptor_set()
 }

@@ -10,9 +10,12 @@ pub fn compile(source: &str) -> Vec<u8> {
     std::fs::write(dir.path().join("test.proto"), source).expect("write proto");
     let proto_root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto");
     // encode_file_descriptor_set keeps option extensions; a prost_types round trip would drop them.
-    let mut compiler = protox::Compiler::new([dir.path(), proto_root.as_path()]).expect("include paths");
+    let mut compiler =
+        protox::Compiler::new([dir.path(), proto_root.as_path()]).expect("include paths");
     compiler.include_imports(true);
-    compiler.open_file("test.proto").expect("test proto compiles");
+    compiler
+        .open_file("test.proto")
+        .expect("test proto compiles");
     compiler.encode_file_descriptor_set()
 }
 

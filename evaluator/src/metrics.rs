@@ -1,0 +1,335 @@
+//! Prometheus metrics. Names and labels of the families pbflags v0.6 has are kept, so existing
+//! dashboards work; new families follow `pbflags_<subsystem>_<name>_<unit>`.
+//!
+//! Hot-path counters are resolved to their label values once, at construction: an evaluation does an
+//! atomic add, never a label lookup.
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use pbflags_proto::v1::EvaluationSource;
+
+/// Buckets of `pbflags_fetch_duration_seconds`, as in v0.6.
+const FETCH_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+
+/// Which backend a fetch went to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// PostgreSQL (root mode).
+    Db,
+    /// An upstream evaluator (proxy mode).
+    Upstream,
+}
+
+/// What a fetch asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    /// Global flag state.
+    FlagState,
+    /// Per-entity overrides.
+    Overrides,
+    /// The kill set.
+    KilledFlags,
+}
+
+/// Counters for one cache tier.
+#[derive(Clone)]
+pub struct TierCounters {
+    /// Hits.
+    pub hits: IntCounter,
+    /// Misses.
+    pub misses: IntCounter,
+}
+
+/// Every metric the evaluator exports, on a registry of its own.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    evaluations: [IntCounter; 7],
+    /// `pbflags_cache_hits_total{tier="kill_set"}`.
+    pub kill_set_hits: IntCounter,
+    /// Flag-state cache counters (`tier="flags"`).
+    pub flags: TierCounters,
+    /// Override cache counters (`tier="overrides"`).
+    pub overrides: TierCounters,
+    fetch_duration: HistogramVec,
+    /// `pbflags_kill_set_size`.
+    pub kill_set_size: IntGauge,
+    /// `pbflags_health_consecutive_failures`.
+    pub consecutive_failures: IntGauge,
+    /// `pbflags_poller_last_success_timestamp` (unix seconds).
+    pub poller_last_success: Gauge,
+    /// `pbflags_override_cache_size` (real entry count, unlike v0.6).
+    pub override_cache_size: IntGauge,
+    /// `pbflags_flag_cache_size`.
+    pub flag_cache_size: IntGauge,
+    /// `pbflags_last_known_entries`: entries in the last-known-value store.
+    pub last_known_entries: IntGauge,
+    /// `pbflags_coalesced_fetches_total`: evaluations that joined a fetch already in flight.
+    pub coalesced_fetches: IntCounter,
+    /// `pbflags_source_invalid_values_total`: values from the source that could not be decoded.
+    pub invalid_values: IntCounter,
+    reloads: IntCounterVec,
+    /// `pbflags_descriptor_flags`: flags in the serving snapshot.
+    pub descriptor_flags: IntGauge,
+    descriptor_info: IntGaugeVec,
+}
+
+impl Metrics {
+    /// Creates and registers every family.
+    #[allow(clippy::expect_used)] // fixed, valid names and labels: registration cannot fail
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let reg =
+            |c: Box<dyn prometheus::core::Collector>| registry.register(c).expect("unique metric");
+
+        let evaluations = IntCounterVec::new(
+            Opts::new(
+                "pbflags_evaluations_total",
+                "Total flag evaluations by source and status.",
+            ),
+            &["source", "status"],
+        )
+        .expect("valid");
+        reg(Box::new(evaluations.clone()));
+        let eval = |s: EvaluationSource| evaluations.with_label_values(&[source_label(s), "ok"]);
+        let evaluations = [
+            eval(EvaluationSource::Unspecified),
+            eval(EvaluationSource::Default),
+            eval(EvaluationSource::Global),
+            eval(EvaluationSource::Override),
+            eval(EvaluationSource::Killed),
+            eval(EvaluationSource::Cached),
+            eval(EvaluationSource::Archived),
+        ];
+
+        let hits = IntCounterVec::new(
+            Opts::new("pbflags_cache_hits_total", "Cache hits by tier."),
+            &["tier"],
+        )
+        .expect("valid");
+        let misses = IntCounterVec::new(
+            Opts::new("pbflags_cache_misses_total", "Cache misses by tier."),
+            &["tier"],
+        )
+        .expect("valid");
+        reg(Box::new(hits.clone()));
+        reg(Box::new(misses.clone()));
+        let tier = |t: &str| TierCounters {
+            hits: hits.with_label_values(&[t]),
+            misses: misses.with_label_values(&[t]),
+        };
+
+        let fetch_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "pbflags_fetch_duration_seconds",
+                "Fetch latency for DB and upstream calls.",
+            )
+            .buckets(FETCH_BUCKETS.to_vec()),
+            &["backend", "operation"],
+        )
+        .expect("valid");
+        reg(Box::new(fetch_duration.clone()));
+
+        let int_gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid");
+            reg(Box::new(g.clone()));
+            g
+        };
+        let int_counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid");
+            reg(Box::new(c.clone()));
+            c
+        };
+        let poller_last_success = Gauge::new(
+            "pbflags_poller_last_success_timestamp",
+            "Unix timestamp of the last successful kill-set poll.",
+        )
+        .expect("valid");
+        reg(Box::new(poller_last_success.clone()));
+
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "pbflags_descriptor_reloads_total",
+                "Descriptor reload attempts by result (success, failure).",
+            ),
+            &["result"],
+        )
+        .expect("valid");
+        reg(Box::new(reloads.clone()));
+        let descriptor_info = IntGaugeVec::new(
+            Opts::new(
+                "pbflags_descriptor_info",
+                "The serving descriptor set, by SHA-256 of its bytes (value 1).",
+            ),
+            &["sha256"],
+        )
+        .expect("valid");
+        reg(Box::new(descriptor_info.clone()));
+
+        Self {
+            evaluations,
+            kill_set_hits: hits.with_label_values(&["kill_set"]),
+            flags: tier("flags"),
+            overrides: tier("overrides"),
+            fetch_duration,
+            kill_set_size: int_gauge("pbflags_kill_set_size", "Number of currently killed flags."),
+            consecutive_failures: int_gauge(
+                "pbflags_health_consecutive_failures",
+                "Consecutive upstream fetch failures.",
+            ),
+            poller_last_success,
+            override_cache_size: int_gauge(
+                "pbflags_override_cache_size",
+                "Approximate entries in the override LRU cache.",
+            ),
+            flag_cache_size: int_gauge(
+                "pbflags_flag_cache_size",
+                "Entries in the flag state cache.",
+            ),
+            last_known_entries: int_gauge(
+                "pbflags_last_known_entries",
+                "Entries in the last-known-value store used when the source fails.",
+            ),
+            coalesced_fetches: int_counter(
+                "pbflags_coalesced_fetches_total",
+                "Evaluations that waited for a fetch already in flight instead of starting one.",
+            ),
+            invalid_values: int_counter(
+                "pbflags_source_invalid_values_total",
+                "Values or states from the source that could not be decoded (treated as absent).",
+            ),
+            reloads,
+            descriptor_flags: int_gauge(
+                "pbflags_descriptor_flags",
+                "Flags in the serving descriptor set.",
+            ),
+            descriptor_info,
+            registry,
+        }
+    }
+
+    /// Counts one evaluation with its source.
+    #[inline]
+    pub fn evaluation(&self, source: EvaluationSource) {
+        if let Some(c) = self.evaluations.get(source as usize) {
+            c.inc();
+        }
+    }
+
+    /// Observes the duration of one fetch.
+    pub fn fetch(&self, backend: Backend, op: Operation) -> Histogram {
+        let backend = match backend {
+            Backend::Db => "db",
+            Backend::Upstream => "upstream",
+        };
+        let op = match op {
+            Operation::FlagState => "flag_state",
+            Operation::Overrides => "overrides",
+            Operation::KilledFlags => "killed_flags",
+        };
+        self.fetch_duration.with_label_values(&[backend, op])
+    }
+
+    /// Records a descriptor reload.
+    pub fn reload(&self, success: bool) {
+        self.reloads
+            .with_label_values(&[if success { "success" } else { "failure" }])
+            .inc();
+    }
+
+    /// Records the serving descriptor set.
+    pub fn descriptors(&self, hash: &str, flags: usize) {
+        self.descriptor_info.reset();
+        self.descriptor_info.with_label_values(&[hash]).set(1);
+        self.descriptor_flags
+            .set(i64::try_from(flags).unwrap_or(i64::MAX));
+    }
+
+    /// Reload attempts with the given result so far.
+    pub fn reloads(&self, success: bool) -> u64 {
+        self.reloads
+            .with_label_values(&[if success { "success" } else { "failure" }])
+            .get()
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// The underlying registry (to add process metrics or gather directly).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The `source` label for an evaluation source, as v0.6 spells it.
+pub fn source_label(s: EvaluationSource) -> &'static str {
+    match s {
+        EvaluationSource::Default => "default",
+        EvaluationSource::Global => "global",
+        EvaluationSource::Override => "override",
+        EvaluationSource::Killed => "killed",
+        EvaluationSource::Cached => "cached",
+        EvaluationSource::Archived => "archived",
+        EvaluationSource::Unspecified => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v0_6_families_keep_their_names_and_labels() {
+        let m = Metrics::new();
+        m.evaluation(EvaluationSource::Global);
+        m.kill_set_hits.inc();
+        m.flags.misses.inc();
+        m.fetch(Backend::Db, Operation::FlagState).observe(0.002);
+        let text = m.render();
+        for line in [
+            "pbflags_evaluations_total{source=\"global\",status=\"ok\"} 1",
+            "pbflags_cache_hits_total{tier=\"kill_set\"} 1",
+            "pbflags_cache_misses_total{tier=\"flags\"} 1",
+            "pbflags_fetch_duration_seconds_bucket{backend=\"db\",operation=\"flag_state\",le=\"0.005\"} 1",
+            "pbflags_kill_set_size 0",
+            "pbflags_health_consecutive_failures 0",
+            "pbflags_poller_last_success_timestamp 0",
+            "pbflags_override_cache_size 0",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn unspecified_source_is_labelled_unknown() {
+        assert_eq!(source_label(EvaluationSource::Unspecified), "unknown");
+        let m = Metrics::new();
+        m.evaluation(EvaluationSource::Unspecified);
+        assert!(m.render().contains("source=\"unknown\""));
+    }
+
+    #[test]
+    fn descriptor_info_holds_only_the_serving_hash() {
+        let m = Metrics::new();
+        m.descriptors("aaa", 3);
+        m.descriptors("bbb", 4);
+        let text = m.render();
+        assert!(text.contains("pbflags_descriptor_info{sha256=\"bbb\"} 1"));
+        assert!(!text.contains("sha256=\"aaa\""));
+        assert!(text.contains("pbflags_descriptor_flags 4"));
+    }
+}

@@ -1,0 +1,306 @@
+//! Descriptor hot reload: watches the descriptor file's directory, polls a content hash, and reloads
+//! on SIGHUP.
+//!
+//! The directory, not the file, is watched: a ConfigMap volume updates by writing a new timestamped
+//! directory, pointing a `..data_tmp` symlink at it and renaming that over `..data`; the file path
+//! itself (`descriptors.pb -> ..data/descriptors.pb`) never changes, so a watch on it sees nothing.
+//! Events are debounced; every trigger then compares the SHA-256 of the file with the serving one, so
+//! noise costs one read. A file that fails to load never replaces a good snapshot: the failure is
+//! logged with its reason and counted, and the same bad content is not retried until it changes.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::descriptor::ParseError;
+use crate::metrics::Metrics;
+use crate::registry::{ContentHash, Diff, Registry, Snapshot};
+
+/// How the watcher behaves.
+#[derive(Debug, Clone)]
+pub struct WatcherConfig {
+    /// The descriptor file.
+    pub path: PathBuf,
+    /// How often to compare the file's hash with the serving one (a safety net behind file events).
+    pub poll_interval: Duration,
+    /// Quiet time after the last file event before reloading.
+    pub debounce: Duration,
+    /// Watch the directory for file events (off: poll and SIGHUP only).
+    pub fs_events: bool,
+    /// Reload on SIGHUP.
+    pub sighup: bool,
+}
+
+impl WatcherConfig {
+    /// Defaults for `path`: 30 s poll, 250 ms debounce, file events and SIGHUP on.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            poll_interval: Duration::from_secs(30),
+            debounce: Duration::from_millis(250),
+            fs_events: true,
+            sighup: true,
+        }
+    }
+}
+
+/// What started a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// A file event in the watched directory.
+    FileEvent,
+    /// The periodic hash poll.
+    Poll,
+    /// SIGHUP.
+    Signal,
+    /// An explicit call.
+    Manual,
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Trigger::FileEvent => "file_event",
+            Trigger::Poll => "poll",
+            Trigger::Signal => "sighup",
+            Trigger::Manual => "manual",
+        }
+    }
+}
+
+/// Why a reload did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file could not be read (missing, unreadable).
+    #[error("read {path}: {source}")]
+    Read {
+        /// The descriptor file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file was read but is not a loadable descriptor set.
+    #[error("parse {path}: {source}")]
+    Parse {
+        /// The descriptor file.
+        path: PathBuf,
+        /// The parser's reason.
+        #[source]
+        source: ParseError,
+    },
+}
+
+/// The result of one reload attempt.
+#[derive(Debug)]
+pub enum ReloadOutcome {
+    /// The file's hash equals the serving one (or a known-bad one); nothing was done.
+    Unchanged,
+    /// A new snapshot is serving.
+    Reloaded {
+        /// What changed.
+        diff: Diff,
+        /// Its content hash.
+        hash: ContentHash,
+    },
+    /// The file could not be loaded; the previous snapshot keeps serving.
+    Failed(ReloadError),
+}
+
+/// Reloads descriptors into a [`Registry`].
+pub struct DescriptorWatcher {
+    config: WatcherConfig,
+    registry: Arc<Registry>,
+    metrics: Metrics,
+    last_failed: Mutex<Option<ContentHash>>,
+}
+
+/// Loads the descriptor file at `path` into a snapshot (used at start-up, where failure is fatal).
+pub fn load_file(path: &Path) -> Result<Snapshot, ReloadError> {
+    let bytes = std::fs::read(path).map_err(|source| ReloadError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    Snapshot::from_bytes(&bytes).map_err(|source| ReloadError::Parse {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+impl DescriptorWatcher {
+    /// A watcher that reloads `config.path` into `registry`.
+    pub fn new(config: WatcherConfig, registry: Arc<Registry>, metrics: Metrics) -> Self {
+        let current = registry.load();
+        metrics.descriptors(&current.hash().to_string(), current.len());
+        Self {
+            config,
+            registry,
+            metrics,
+            last_failed: Mutex::new(None),
+        }
+    }
+
+    /// Reads the file and swaps in a new snapshot if its content changed and loads.
+    pub fn reload(&self, trigger: Trigger) -> ReloadOutcome {
+        let path = &self.config.path;
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(source) => {
+                return self.failed(
+                    trigger,
+                    None,
+                    ReloadError::Read {
+                        path: path.clone(),
+                        source,
+                    },
+                );
+            }
+        };
+        let hash = ContentHash::of(&bytes);
+        if hash == self.registry.load().hash() || self.last_failed().as_ref() == Some(&hash) {
+            tracing::debug!(trigger = trigger.as_str(), %hash, "descriptors unchanged");
+            return ReloadOutcome::Unchanged;
+        }
+        let next = match Snapshot::from_bytes(&bytes) {
+            Ok(s) => s,
+            Err(source) => {
+                return self.failed(
+                    trigger,
+                    Some(hash),
+                    ReloadError::Parse {
+                        path: path.clone(),
+                        source,
+                    },
+                );
+            }
+        };
+        for w in next.warnings() {
+            tracing::warn!(warning = %w, "descriptor warning");
+        }
+        let flags = next.len();
+        let old = self.registry.swap(next);
+        let diff = self.registry.load().diff(&old);
+        *self.last_failed.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.metrics.reload(true);
+        self.metrics.descriptors(&hash.to_string(), flags);
+        tracing::info!(
+            trigger = trigger.as_str(),
+            %hash,
+            total_flags = flags,
+            added = ?diff.added,
+            removed = ?diff.removed,
+            changed = ?diff.changed,
+            "descriptors reloaded"
+        );
+        ReloadOutcome::Reloaded { diff, hash }
+    }
+
+    fn last_failed(&self) -> Option<ContentHash> {
+        *self.last_failed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn failed(
+        &self,
+        trigger: Trigger,
+        hash: Option<ContentHash>,
+        err: ReloadError,
+    ) -> ReloadOutcome {
+        // A missing file is retried on every trigger (it may appear); bad content only once it changes.
+        *self.last_failed.lock().unwrap_or_else(|e| e.into_inner()) = hash;
+        self.metrics.reload(false);
+        tracing::error!(
+            trigger = trigger.as_str(),
+            error = %err,
+            serving_hash = %self.registry.load().hash(),
+            "descriptor reload failed; the previous descriptors keep serving"
+        );
+        ReloadOutcome::Failed(err)
+    }
+
+    /// Starts watching. File-event and SIGHUP subscriptions are in place when this returns, so a
+    /// change made after it is seen. The task ends when `shutdown` is cancelled.
+    pub fn spawn(self, shutdown: CancellationToken) -> JoinHandle<()> {
+        let this = Arc::new(self);
+        let (tx, rx) = mpsc::channel::<()>(1);
+        let fs_watcher = if this.config.fs_events {
+            this.watch_directory(tx)
+        } else {
+            None
+        };
+        let hup = if this.config.sighup {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGHUP; reload by file events and polling only");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        tokio::spawn(this.run(rx, hup, fs_watcher, shutdown))
+    }
+
+    fn watch_directory(&self, tx: mpsc::Sender<()>) -> Option<RecommendedWatcher> {
+        let dir = match self.config.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let handler = move |res: notify::Result<notify::Event>| {
+            if res.is_ok() {
+                // A full channel already holds a pending wake-up; dropping this one loses nothing.
+                let _ = tx.try_send(());
+            }
+        };
+        let result = notify::recommended_watcher(handler)
+            .and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|()| w));
+        match result {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch descriptor directory; polling only");
+                None
+            }
+        }
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        mut events: mpsc::Receiver<()>,
+        mut hup: Option<tokio::signal::unix::Signal>,
+        _fs_watcher: Option<RecommendedWatcher>,
+        shutdown: CancellationToken,
+    ) {
+        let mut poll = tokio::time::interval(self.config.poll_interval);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        poll.tick().await; // the first tick is immediate; the start-up load already happened
+        loop {
+            let trigger = tokio::select! {
+                () = shutdown.cancelled() => return,
+                Some(()) = events.recv() => {
+                    // Debounce: wait until events stop for `debounce`.
+                    while let Ok(Some(())) = tokio::time::timeout(self.config.debounce, events.recv()).await {}
+                    Trigger::FileEvent
+                }
+                _ = poll.tick() => Trigger::Poll,
+                Some(()) = recv_signal(&mut hup) => Trigger::Signal,
+            };
+            let this = self.clone();
+            // Reading and parsing a large set takes milliseconds: keep it off the async workers.
+            if let Err(e) = tokio::task::spawn_blocking(move || this.reload(trigger)).await {
+                tracing::error!(error = %e, "descriptor reload task failed");
+            }
+        }
+    }
+}
+
+async fn recv_signal(sig: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match sig {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}

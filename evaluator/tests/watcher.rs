@@ -1,0 +1,245 @@
+//! Descriptor hot reload, including the kubelet's ConfigMap update sequence.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pbflags_evaluator::metrics::Metrics;
+use pbflags_evaluator::registry::{Registry, Snapshot};
+use pbflags_evaluator::watcher::{
+    DescriptorWatcher, ReloadError, ReloadOutcome, Trigger, WatcherConfig,
+};
+use tokio_util::sync::CancellationToken;
+
+/// A directory laid out and updated the way the kubelet's atomic writer does it for a ConfigMap
+/// volume: `<key> -> ..data/<key>`, `..data -> ..<timestamp>`, and an update writes a new
+/// timestamped directory, points `..data_tmp` at it, renames `..data_tmp` over `..data`, and
+/// removes the old directory.
+struct ConfigMapVolume {
+    root: tempfile::TempDir,
+    generation: u32,
+}
+
+impl ConfigMapVolume {
+    const KEY: &'static str = "descriptors.pb";
+
+    fn new(content: &[u8]) -> Self {
+        let mut v = Self {
+            root: tempfile::tempdir().expect("tempdir"),
+            generation: 0,
+        };
+        v.update(content);
+        std::os::unix::fs::symlink(
+            format!("..data/{}", Self::KEY),
+            v.root.path().join(Self::KEY),
+        )
+        .expect("key symlink");
+        v
+    }
+
+    fn path(&self) -> PathBuf {
+        self.root.path().join(Self::KEY)
+    }
+
+    fn update(&mut self, content: &[u8]) {
+        let root = self.root.path();
+        let old = std::fs::read_link(root.join("..data")).ok();
+        self.generation += 1;
+        let ts = format!(
+            "..2026_11_27_08_00_{:02}.{:09}",
+            self.generation,
+            123_456_789 + self.generation
+        );
+        std::fs::create_dir(root.join(&ts)).expect("timestamped dir");
+        std::fs::write(root.join(&ts).join(Self::KEY), content).expect("payload");
+        std::os::unix::fs::symlink(&ts, root.join("..data_tmp")).expect("..data_tmp");
+        std::fs::rename(root.join("..data_tmp"), root.join("..data")).expect("rename over ..data");
+        if let Some(old) = old {
+            std::fs::remove_dir_all(root.join(old)).expect("remove old generation");
+        }
+    }
+}
+
+fn setup(path: &Path) -> (Arc<Registry>, Metrics, DescriptorWatcher, WatcherConfig) {
+    let registry = Arc::new(Registry::new(
+        Snapshot::from_bytes(pbflags_proto::EXAMPLE_DESCRIPTORS).expect("example"),
+    ));
+    let metrics = Metrics::new();
+    let mut config = WatcherConfig::new(path);
+    config.poll_interval = Duration::from_secs(3600);
+    config.sighup = false;
+    let watcher = DescriptorWatcher::new(config.clone(), registry.clone(), metrics.clone());
+    (registry, metrics, watcher, config)
+}
+
+async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn configmap_symlink_swap_is_seen_by_the_directory_watch() {
+    let mut volume = ConfigMapVolume::new(pbflags_proto::EXAMPLE_DESCRIPTORS);
+    let (registry, metrics, watcher, _) = setup(&volume.path());
+    let shutdown = CancellationToken::new();
+    let task = watcher.spawn(shutdown.clone());
+
+    let next = support::many_flags("cm", 5);
+    volume.update(&next);
+    wait_for("reload after ..data swap", || registry.load().len() == 5).await;
+    assert_eq!(
+        registry.load().hash(),
+        pbflags_evaluator::registry::ContentHash::of(&next)
+    );
+    assert_eq!(metrics.reloads(true), 1);
+    assert!(
+        metrics
+            .render()
+            .contains(&format!("sha256=\"{}\"", registry.load().hash()))
+    );
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("stops")
+        .expect("no panic");
+}
+
+#[tokio::test]
+async fn a_burst_of_updates_settles_on_the_last_content() {
+    let mut volume = ConfigMapVolume::new(pbflags_proto::EXAMPLE_DESCRIPTORS);
+    let (registry, _metrics, watcher, _) = setup(&volume.path());
+    let shutdown = CancellationToken::new();
+    let _task = watcher.spawn(shutdown.clone());
+    for n in 1..=5 {
+        volume.update(&support::many_flags("burst", n));
+    }
+    wait_for("last content of the burst", || registry.load().len() == 5).await;
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn polling_alone_notices_a_changed_hash() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("d.pb");
+    std::fs::write(&path, pbflags_proto::EXAMPLE_DESCRIPTORS).expect("write");
+    let (registry, metrics, _, mut config) = setup(&path);
+    config.fs_events = false;
+    config.poll_interval = Duration::from_millis(50);
+    let watcher = DescriptorWatcher::new(config, registry.clone(), metrics);
+    let shutdown = CancellationToken::new();
+    let _task = watcher.spawn(shutdown.clone());
+    std::fs::write(&path, support::many_flags("polled", 2)).expect("write");
+    wait_for("poll reload", || registry.load().len() == 2).await;
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn sighup_reloads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("d.pb");
+    std::fs::write(&path, pbflags_proto::EXAMPLE_DESCRIPTORS).expect("write");
+    let (registry, metrics, _, mut config) = setup(&path);
+    config.fs_events = false;
+    config.sighup = true;
+    let watcher = DescriptorWatcher::new(config, registry.clone(), metrics);
+    let shutdown = CancellationToken::new();
+    let _task = watcher.spawn(shutdown.clone());
+    std::fs::write(&path, support::many_flags("hup", 3)).expect("write");
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &std::process::id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    wait_for("SIGHUP reload", || registry.load().len() == 3).await;
+    shutdown.cancel();
+}
+
+#[test]
+fn corrupt_file_keeps_the_old_snapshot_and_is_counted_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("d.pb");
+    let (registry, metrics, watcher, _) = setup(&path);
+    let before = registry.load().hash();
+    std::fs::write(&path, b"\xff\xfe garbage").expect("write");
+    assert!(matches!(
+        watcher.reload(Trigger::Manual),
+        ReloadOutcome::Failed(ReloadError::Parse { .. })
+    ));
+    assert_eq!(registry.load().hash(), before);
+    assert_eq!(registry.load().len(), 4);
+    assert_eq!(metrics.reloads(false), 1);
+    // The same bad bytes are not retried (or re-logged) until they change.
+    assert!(matches!(
+        watcher.reload(Trigger::Poll),
+        ReloadOutcome::Unchanged
+    ));
+    assert_eq!(metrics.reloads(false), 1);
+}
+
+#[test]
+fn missing_file_keeps_the_old_snapshot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (registry, metrics, watcher, _) = setup(&dir.path().join("absent.pb"));
+    match watcher.reload(Trigger::Manual) {
+        ReloadOutcome::Failed(e @ ReloadError::Read { .. }) => {
+            assert!(e.to_string().contains("absent.pb"), "{e}")
+        }
+        other => panic!("expected a read failure, got {other:?}"),
+    }
+    assert_eq!(registry.load().len(), 4);
+    assert_eq!(metrics.reloads(false), 1);
+}
+
+#[test]
+fn empty_file_keeps_the_old_snapshot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("d.pb");
+    std::fs::write(&path, b"").expect("write");
+    let (registry, _metrics, watcher, _) = setup(&path);
+    match watcher.reload(Trigger::Manual) {
+        ReloadOutcome::Failed(e) => assert!(e.to_string().contains("empty"), "{e}"),
+        other => panic!("expected failure, got {other:?}"),
+    }
+    assert_eq!(registry.load().len(), 4);
+}
+
+#[test]
+fn a_valid_file_after_a_bad_one_is_loaded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("d.pb");
+    let (registry, metrics, watcher, _) = setup(&path);
+    std::fs::write(&path, b"garbage").expect("write");
+    assert!(matches!(
+        watcher.reload(Trigger::Manual),
+        ReloadOutcome::Failed(_)
+    ));
+    std::fs::write(&path, support::many_flags("fixed", 7)).expect("write");
+    match watcher.reload(Trigger::Manual) {
+        ReloadOutcome::Reloaded { diff, .. } => {
+            assert_eq!(diff.added.len(), 7);
+            assert_eq!(diff.removed.len(), 4);
+        }
+        other => panic!("expected reload, got {other:?}"),
+    }
+    assert_eq!(registry.load().len(), 7);
+    assert_eq!((metrics.reloads(true), metrics.reloads(false)), (1, 1));
+}
+
+#[test]
+fn identical_content_is_not_reloaded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("d.pb");
+    std::fs::write(&path, pbflags_proto::EXAMPLE_DESCRIPTORS).expect("write");
+    let (_registry, metrics, watcher, _) = setup(&path);
+    assert!(matches!(
+        watcher.reload(Trigger::Signal),
+        ReloadOutcome::Unchanged
+    ));
+    assert_eq!(metrics.reloads(true) + metrics.reloads(false), 0);
+}
