@@ -3,7 +3,9 @@
 
 pub mod cli;
 pub mod descriptor;
+pub mod engine;
 pub mod list;
 pub mod metrics;
+pub mod poller;
 pub mod registry;
 pub mod watcher;

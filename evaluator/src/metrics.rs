@@ -21,6 +21,8 @@ pub enum Backend {
     Db,
     /// An upstream evaluator (proxy mode).
     Upstream,
+    /// An in-memory source (tests, benchmarks).
+    Memory,
 }
 
 /// What a fetch asked for.
@@ -224,6 +226,7 @@ impl Metrics {
         let backend = match backend {
             Backend::Db => "db",
             Backend::Upstream => "upstream",
+            Backend::Memory => "memory",
         };
         let op = match op {
             Operation::FlagState => "flag_state",

@@ -1,0 +1,369 @@
+//! Caches of runtime state: hot caches with TTL + jitter per entry, and bounded last-known-value
+//! stores consulted only when a fetch fails.
+//!
+//! Absent rows are cached like values ("negative caching"): an entry holds `None` when the source
+//! said there is no flag row, or no override for (flag, entity). Override entries are keyed by a
+//! 64-bit hash of (flag, entity) so a lookup allocates nothing; the entry carries both ids and a
+//! mismatch (a hash collision) is treated as a miss.
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::Expiry;
+use moka::policy::EvictionPolicy;
+use moka::sync::Cache;
+
+use super::source::{FlagState, Override};
+
+/// Cache settings; keys and defaults of v0.6's `cache:` block, plus bounds of our own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheConfig {
+    /// Base interval of the kill-set poll.
+    pub kill_ttl: Duration,
+    /// TTL of global flag state entries.
+    pub flag_ttl: Duration,
+    /// TTL of override entries.
+    pub override_ttl: Duration,
+    /// Capacity of the override cache.
+    pub override_max_entries: u64,
+    /// Capacity of the flag state cache.
+    pub flag_max_entries: u64,
+    /// ± random jitter on flag and override TTLs, in percent (0 = exact).
+    pub jitter_percent: u32,
+    /// Timeout of one source call (applied by the sources and the kill poller).
+    pub fetch_timeout: Duration,
+    /// Capacity of each last-known-value store (flags, overrides); least recently used goes first.
+    pub last_known_max_entries: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            kill_ttl: Duration::from_secs(30),
+            flag_ttl: Duration::from_secs(300),
+            override_ttl: Duration::from_secs(300),
+            override_max_entries: 10_000,
+            flag_max_entries: 100_000,
+            jitter_percent: 20,
+            fetch_timeout: Duration::from_millis(500),
+            last_known_max_entries: 100_000,
+        }
+    }
+}
+
+/// `base` with a random ±`jitter_percent` applied.
+pub fn jittered(base: Duration, jitter_percent: u32) -> Duration {
+    if jitter_percent == 0 || base.is_zero() {
+        return base;
+    }
+    let j = f64::from(jitter_percent.min(100)) / 100.0;
+    let factor = 1.0 + (fastrand::f64() * 2.0 - 1.0) * j;
+    base.mul_f64(factor)
+}
+
+/// A cached flag state; `state` is `None` when the source has no row for the flag.
+#[derive(Debug)]
+pub struct FlagEntry {
+    /// The state, or `None` for "no row".
+    pub state: Option<FlagState>,
+    ttl: Duration,
+}
+
+/// A cached override lookup; `value` is `None` when the entity has no override for the flag.
+#[derive(Debug)]
+pub struct OverrideEntry {
+    flag_id: Box<str>,
+    entity_id: Box<str>,
+    /// The override, or `None` for "no override".
+    pub value: Option<Override>,
+    ttl: Duration,
+}
+
+trait Ttl {
+    fn ttl(&self) -> Duration;
+}
+impl Ttl for FlagEntry {
+    fn ttl(&self) -> Duration {
+        self.ttl
+    }
+}
+impl Ttl for OverrideEntry {
+    fn ttl(&self) -> Duration {
+        self.ttl
+    }
+}
+
+/// Each entry expires after its own (jittered) TTL, counted from its latest write.
+struct PerEntryTtl;
+
+impl<K, V: Ttl> Expiry<K, Arc<V>> for PerEntryTtl {
+    fn expire_after_create(&self, _: &K, value: &Arc<V>, _: Instant) -> Option<Duration> {
+        Some(value.ttl())
+    }
+    fn expire_after_update(
+        &self,
+        _: &K,
+        value: &Arc<V>,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.ttl())
+    }
+}
+
+type Hash = foldhash::fast::RandomState;
+
+fn hot<K, V>(capacity: u64) -> Cache<K, Arc<V>, Hash>
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+    V: Ttl + Send + Sync + 'static,
+{
+    Cache::builder()
+        .max_capacity(capacity)
+        .expire_after(PerEntryTtl)
+        .build_with_hasher(Hash::default())
+}
+
+fn last<K, V>(capacity: u64) -> Cache<K, Arc<V>, Hash>
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+    V: Send + Sync + 'static,
+{
+    Cache::builder()
+        .max_capacity(capacity)
+        .eviction_policy(EvictionPolicy::lru())
+        .build_with_hasher(Hash::default())
+}
+
+/// All caches of one engine.
+pub struct Caches {
+    config: CacheConfig,
+    flags: Cache<Arc<str>, Arc<FlagEntry>, Hash>,
+    overrides: Cache<u64, Arc<OverrideEntry>, Hash>,
+    last_flags: Cache<Arc<str>, Arc<FlagEntry>, Hash>,
+    last_overrides: Cache<u64, Arc<OverrideEntry>, Hash>,
+    key_hasher: Hash,
+}
+
+impl Caches {
+    /// Empty caches sized by `config`.
+    pub fn new(config: CacheConfig) -> Self {
+        Self {
+            flags: hot(config.flag_max_entries),
+            overrides: hot(config.override_max_entries),
+            last_flags: last(config.last_known_max_entries),
+            last_overrides: last(config.last_known_max_entries),
+            key_hasher: Hash::default(),
+            config,
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &CacheConfig {
+        &self.config
+    }
+
+    fn override_key(&self, flag_id: &str, entity_id: &str) -> u64 {
+        let mut h = self.key_hasher.build_hasher();
+        h.write(flag_id.as_bytes());
+        h.write_u8(0xff); // not valid UTF-8: separates ("ab","c") from ("a","bc")
+        h.write(entity_id.as_bytes());
+        h.finish()
+    }
+
+    /// The hot entry for `flag_id`.
+    #[inline]
+    pub fn flag(&self, flag_id: &str) -> Option<Arc<FlagEntry>> {
+        self.flags.get(flag_id)
+    }
+
+    /// Caches a fetched state (or "no row") in the hot cache and the last-known store.
+    pub fn put_flag(&self, flag_id: Arc<str>, state: Option<FlagState>) -> Arc<FlagEntry> {
+        let entry = Arc::new(FlagEntry {
+            state,
+            ttl: jittered(self.config.flag_ttl, self.config.jitter_percent),
+        });
+        self.flags.insert(flag_id.clone(), entry.clone());
+        self.last_flags.insert(flag_id, entry.clone());
+        entry
+    }
+
+    /// The last fetched entry for `flag_id`, whatever its age.
+    pub fn last_known_flag(&self, flag_id: &str) -> Option<Arc<FlagEntry>> {
+        self.last_flags.get(flag_id)
+    }
+
+    /// The hot override entry for (flag, entity).
+    #[inline]
+    pub fn override_entry(&self, flag_id: &str, entity_id: &str) -> Option<Arc<OverrideEntry>> {
+        let e = self.overrides.get(&self.override_key(flag_id, entity_id))?;
+        (*e.flag_id == *flag_id && *e.entity_id == *entity_id).then_some(e)
+    }
+
+    /// Caches a fetched override (or "no override") for (flag, entity).
+    pub fn put_override(
+        &self,
+        flag_id: &str,
+        entity_id: &str,
+        value: Option<Override>,
+    ) -> Arc<OverrideEntry> {
+        let entry = Arc::new(OverrideEntry {
+            flag_id: flag_id.into(),
+            entity_id: entity_id.into(),
+            value,
+            ttl: jittered(self.config.override_ttl, self.config.jitter_percent),
+        });
+        let key = self.override_key(flag_id, entity_id);
+        self.overrides.insert(key, entry.clone());
+        self.last_overrides.insert(key, entry.clone());
+        entry
+    }
+
+    /// The last fetched override entry for (flag, entity), whatever its age.
+    pub fn last_known_override(
+        &self,
+        flag_id: &str,
+        entity_id: &str,
+    ) -> Option<Arc<OverrideEntry>> {
+        let e = self
+            .last_overrides
+            .get(&self.override_key(flag_id, entity_id))?;
+        (*e.flag_id == *flag_id && *e.entity_id == *entity_id).then_some(e)
+    }
+
+    /// Empties the hot caches; the last-known stores are kept.
+    pub fn flush(&self) {
+        self.flags.invalidate_all();
+        self.overrides.invalidate_all();
+        self.flags.run_pending_tasks();
+        self.overrides.run_pending_tasks();
+    }
+
+    /// Entry counts after pending maintenance: (flags, overrides, last-known flags + overrides).
+    pub fn sizes(&self) -> (u64, u64, u64) {
+        for c in [&self.flags, &self.last_flags] {
+            c.run_pending_tasks();
+        }
+        for c in [&self.overrides, &self.last_overrides] {
+            c.run_pending_tasks();
+        }
+        (
+            self.flags.entry_count(),
+            self.overrides.entry_count(),
+            self.last_flags.entry_count() + self.last_overrides.entry_count(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pbflags_proto::v1::State;
+
+    fn state() -> FlagState {
+        FlagState {
+            state: State::Enabled,
+            value: None,
+            archived: false,
+        }
+    }
+
+    #[test]
+    fn zero_jitter_gives_the_exact_ttl() {
+        let base = Duration::from_secs(60);
+        assert!((0..100).all(|_| jittered(base, 0) == base));
+    }
+
+    #[test]
+    fn twenty_percent_jitter_stays_within_bounds_and_varies() {
+        let base = Duration::from_secs(100);
+        let samples: Vec<_> = (0..100).map(|_| jittered(base, 20)).collect();
+        assert!(
+            samples
+                .iter()
+                .all(|d| *d >= Duration::from_secs(80) && *d <= Duration::from_secs(120))
+        );
+        assert!(samples.iter().any(|d| *d != samples[0]), "jitter must vary");
+    }
+
+    #[test]
+    fn entries_expire_after_their_ttl_but_last_known_survives() {
+        let caches = Caches::new(CacheConfig {
+            flag_ttl: Duration::from_millis(50),
+            jitter_percent: 0,
+            ..Default::default()
+        });
+        caches.put_flag("f/1".into(), Some(state()));
+        assert!(caches.flag("f/1").is_some());
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(caches.flag("f/1").is_none(), "expired");
+        assert!(
+            caches.last_known_flag("f/1").is_some(),
+            "last known value survives the TTL"
+        );
+    }
+
+    #[test]
+    fn absent_rows_are_cached_as_negative_entries() {
+        let caches = Caches::new(CacheConfig::default());
+        caches.put_flag("f/1".into(), None);
+        let e = caches.flag("f/1").expect("negative entry is cached");
+        assert!(e.state.is_none());
+        caches.put_override("f/1", "u", None);
+        assert!(
+            caches
+                .override_entry("f/1", "u")
+                .expect("negative")
+                .value
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn override_keys_do_not_mix_flag_and_entity_boundaries() {
+        let caches = Caches::new(CacheConfig::default());
+        caches.put_override("ab", "c", None);
+        assert!(caches.override_entry("a", "bc").is_none());
+        assert!(caches.override_entry("ab", "c").is_some());
+    }
+
+    #[test]
+    fn flush_empties_hot_caches_and_keeps_last_known() {
+        let caches = Caches::new(CacheConfig::default());
+        caches.put_flag("f/1".into(), Some(state()));
+        caches.put_override("f/1", "u", None);
+        caches.flush();
+        assert!(caches.flag("f/1").is_none() && caches.override_entry("f/1", "u").is_none());
+        assert!(
+            caches.last_known_flag("f/1").is_some()
+                && caches.last_known_override("f/1", "u").is_some()
+        );
+    }
+
+    #[test]
+    fn last_known_store_is_bounded() {
+        let caches = Caches::new(CacheConfig {
+            last_known_max_entries: 100,
+            ..Default::default()
+        });
+        for i in 0..5_000 {
+            caches.put_override("f/1", &format!("entity-{i}"), None);
+        }
+        let (_, _, last) = caches.sizes();
+        assert!(
+            last <= 100,
+            "last-known store holds {last} entries, bound is 100"
+        );
+    }
+
+    #[test]
+    fn sizes_are_real_counts() {
+        let caches = Caches::new(CacheConfig::default());
+        for i in 0..10 {
+            caches.put_flag(format!("f/{i}").into(), None);
+        }
+        caches.put_override("f/1", "u", None);
+        assert_eq!(caches.sizes(), (10, 1, 11));
+    }
+}

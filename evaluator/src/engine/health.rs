@@ -1,0 +1,187 @@
+//! Health of the connection to the state source: CONNECTING until the first success, SERVING,
+//! DEGRADED after 3 consecutive failures; and the kill poller's backoff multiplier.
+//!
+//! Lock-free: evaluations record outcomes on the hot path.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Instant;
+
+use pbflags_proto::v1::EvaluatorStatus;
+
+use crate::metrics::Metrics;
+
+/// Consecutive failures at which status turns DEGRADED.
+pub const DEGRADED_AFTER: u32 = 3;
+
+const CONNECTING: u32 = EvaluatorStatus::Connecting as u32;
+const SERVING: u32 = EvaluatorStatus::Serving as u32;
+const DEGRADED: u32 = EvaluatorStatus::Degraded as u32;
+
+/// Tracks source health.
+pub struct Health {
+    status: AtomicU32,
+    failures: AtomicU32,
+    /// Milliseconds after `epoch` of the last success, plus one (0 = never).
+    last_success: AtomicU64,
+    epoch: Instant,
+    metrics: Option<Metrics>,
+}
+
+impl Health {
+    /// A tracker in CONNECTING state; `metrics` mirrors the failure count if given.
+    pub fn new(metrics: Option<Metrics>) -> Self {
+        Self {
+            status: AtomicU32::new(CONNECTING),
+            failures: AtomicU32::new(0),
+            last_success: AtomicU64::new(0),
+            epoch: Instant::now(),
+            metrics,
+        }
+    }
+
+    /// A source call succeeded: SERVING, failures reset.
+    pub fn record_success(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.last_success.store(ms + 1, Ordering::Relaxed);
+        // Skip the stores when already healthy: this runs on every fetch.
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+        if self.status.load(Ordering::Relaxed) != SERVING {
+            self.status.store(SERVING, Ordering::Relaxed);
+        }
+        if let Some(m) = &self.metrics {
+            m.consecutive_failures.set(0);
+        }
+    }
+
+    /// A source call failed: after [`DEGRADED_AFTER`] in a row, DEGRADED (from any state).
+    pub fn record_failure(&self) {
+        let n = self
+            .failures
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        if n >= DEGRADED_AFTER {
+            self.status.store(DEGRADED, Ordering::Relaxed);
+        }
+        if let Some(m) = &self.metrics {
+            m.consecutive_failures.set(i64::from(n));
+        }
+    }
+
+    /// The current status.
+    pub fn status(&self) -> EvaluatorStatus {
+        match self.status.load(Ordering::Relaxed) {
+            SERVING => EvaluatorStatus::Serving,
+            DEGRADED => EvaluatorStatus::Degraded,
+            _ => EvaluatorStatus::Connecting,
+        }
+    }
+
+    /// Consecutive failures so far.
+    pub fn consecutive_failures(&self) -> u32 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Whole seconds since the last success; 0 if there has never been one.
+    pub fn seconds_since_contact(&self) -> u64 {
+        match self.last_success.load(Ordering::Relaxed) {
+            0 => 0,
+            t => {
+                (u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX) + 1)
+                    .saturating_sub(t)
+                    / 1000
+            }
+        }
+    }
+
+    /// Multiplier on the kill-poll interval for the current failure count.
+    pub fn backoff_multiplier(&self) -> u32 {
+        backoff_multiplier(self.consecutive_failures())
+    }
+}
+
+/// 1× with no failures, 2× for 1–2, 4× for 3–5, 8× for 6 or more (the cap).
+pub fn backoff_multiplier(failures: u32) -> u32 {
+    match failures {
+        0 => 1,
+        1..=2 => 2,
+        3..=5 => 4,
+        _ => 8,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starts_connecting_with_no_failures_and_no_contact() {
+        let h = Health::new(None);
+        assert_eq!(h.status(), EvaluatorStatus::Connecting);
+        assert_eq!(h.consecutive_failures(), 0);
+        assert_eq!(h.seconds_since_contact(), 0);
+        assert_eq!(h.backoff_multiplier(), 1);
+    }
+
+    #[test]
+    fn success_makes_it_serving() {
+        let h = Health::new(None);
+        h.record_success();
+        assert_eq!(h.status(), EvaluatorStatus::Serving);
+        assert!(h.seconds_since_contact() <= 1);
+    }
+
+    #[test]
+    fn one_or_two_failures_keep_serving_and_three_degrade() {
+        let h = Health::new(None);
+        h.record_success();
+        h.record_failure();
+        h.record_failure();
+        assert_eq!(h.status(), EvaluatorStatus::Serving);
+        h.record_failure();
+        assert_eq!(h.status(), EvaluatorStatus::Degraded);
+    }
+
+    #[test]
+    fn three_failures_degrade_even_while_connecting() {
+        let h = Health::new(None);
+        for _ in 0..3 {
+            h.record_failure();
+        }
+        assert_eq!(h.status(), EvaluatorStatus::Degraded);
+    }
+
+    #[test]
+    fn a_single_success_after_five_failures_resets() {
+        let m = Metrics::new();
+        let h = Health::new(Some(m.clone()));
+        for _ in 0..5 {
+            h.record_failure();
+        }
+        assert_eq!(m.consecutive_failures.get(), 5);
+        h.record_success();
+        assert_eq!(
+            (h.status(), h.consecutive_failures()),
+            (EvaluatorStatus::Serving, 0)
+        );
+        assert_eq!(m.consecutive_failures.get(), 0);
+    }
+
+    #[test]
+    fn backoff_follows_the_v0_6_table() {
+        for (f, m) in [
+            (0, 1),
+            (1, 2),
+            (2, 2),
+            (3, 4),
+            (4, 4),
+            (5, 4),
+            (6, 8),
+            (10, 8),
+            (100, 8),
+        ] {
+            assert_eq!(backoff_multiplier(f), m, "{f} failures");
+        }
+    }
+}

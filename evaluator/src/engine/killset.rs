@@ -1,0 +1,65 @@
+//! The kill set: ids of globally killed flags, replaced whole on each successful poll.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+/// Killed flag ids, swappable atomically; initially empty.
+#[derive(Default)]
+pub struct KillSet {
+    ids: ArcSwap<HashSet<Box<str>, foldhash::fast::RandomState>>,
+}
+
+impl KillSet {
+    /// True when `flag_id` is killed.
+    #[inline]
+    pub fn contains(&self, flag_id: &str) -> bool {
+        self.ids.load().contains(flag_id)
+    }
+
+    /// Replaces the whole set.
+    pub fn replace(&self, ids: impl IntoIterator<Item = String>) {
+        let set = ids.into_iter().map(String::into_boxed_str).collect();
+        self.ids.store(Arc::new(set));
+    }
+
+    /// Number of killed flags.
+    pub fn len(&self) -> usize {
+        self.ids.load().len()
+    }
+
+    /// True when nothing is killed.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The killed ids, sorted.
+    pub fn ids(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.ids.load().iter().map(|s| s.to_string()).collect();
+        v.sort();
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starts_empty() {
+        let k = KillSet::default();
+        assert!(k.is_empty());
+        assert!(!k.contains("f/1"));
+    }
+
+    #[test]
+    fn replacement_is_whole() {
+        let k = KillSet::default();
+        k.replace(["a/1".to_owned(), "b/2".to_owned()]);
+        assert!(k.contains("a/1") && k.contains("b/2"));
+        k.replace(["c/3".to_owned()]);
+        assert!(!k.contains("a/1"), "old ids are no longer killed");
+        assert_eq!(k.ids(), ["c/3"]);
+    }
+}

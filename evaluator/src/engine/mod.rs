@@ -1,0 +1,565 @@
+//! The evaluation engine: precedence, caches, coalescing, health. Never fails an evaluation.
+//!
+//! Precedence (as pbflags v0.6): kill set → per-entity override (non-global layers only) → global
+//! state → last-known value when the source fails → compiled default. Pure: no network, no database,
+//! no tokio; sources plug in through [`StateSource`] and bring their own timeouts.
+//!
+//! Where v0.6 is weak, this engine differs (each is tested):
+//! - "no row" and "no override" are cached like values, so they do not hit the source every time;
+//! - concurrent misses for one key make one source call;
+//! - the last-known store is bounded (LRU);
+//! - a stale value is judged by the same state rules as a fresh one (a last-known DEFAULT state yields
+//!   the compiled default, not a stale value);
+//! - BulkEvaluate fetches what it misses in two batched calls, not one call per flag.
+
+pub mod cache;
+pub mod coalesce;
+pub mod health;
+pub mod killset;
+pub mod memory;
+pub mod source;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use pbflags_proto::v1::{EvaluationSource, FlagValue, State};
+
+use crate::descriptor::FlagDef;
+use crate::metrics::{Backend, Metrics, Operation};
+use crate::registry::Registry;
+use cache::{CacheConfig, Caches, FlagEntry, OverrideEntry};
+use coalesce::Coalescer;
+use health::Health;
+use killset::KillSet;
+use source::{SourceError, SourceResult, StateSource};
+
+/// Where an evaluated value lives; cloning it never allocates.
+#[derive(Debug, Clone, Default)]
+enum ValueRef {
+    #[default]
+    None,
+    Default(Arc<FlagDef>),
+    State(Arc<FlagEntry>),
+    Override(Arc<OverrideEntry>),
+}
+
+/// The result of one evaluation.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    /// Where the value came from.
+    pub source: EvaluationSource,
+    value: ValueRef,
+}
+
+impl Evaluation {
+    /// The value; `None` when the flag has no compiled default and nothing else applied.
+    pub fn value(&self) -> Option<&FlagValue> {
+        match &self.value {
+            ValueRef::None => None,
+            ValueRef::Default(d) => d.default.as_ref(),
+            ValueRef::State(e) => e.state.as_ref().and_then(|s| s.value.as_ref()),
+            ValueRef::Override(e) => e.value.as_ref().and_then(|o| o.value.as_ref()),
+        }
+    }
+
+    fn default_of(def: Option<&Arc<FlagDef>>, source: EvaluationSource) -> Self {
+        let value = def.map_or(ValueRef::None, |d| ValueRef::Default(d.clone()));
+        Self { source, value }
+    }
+}
+
+/// Outcome of looking something up: fresh (cache or source), last-known after a failed fetch, or
+/// nothing at all.
+enum Lookup<T> {
+    Fresh(Arc<T>),
+    Stale(Arc<T>),
+    Unavailable,
+}
+
+/// Health as reported by the Health RPC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthReport {
+    /// CONNECTING, SERVING or DEGRADED.
+    pub status: pbflags_proto::v1::EvaluatorStatus,
+    /// Seconds since the last successful source call (0 if none yet).
+    pub seconds_since_contact: u64,
+    /// Entries in the flag state cache.
+    pub cached_flags: u64,
+    /// Consecutive failed source calls.
+    pub consecutive_failures: u32,
+}
+
+struct Shared {
+    source: Arc<dyn StateSource>,
+    backend: Backend,
+    caches: Caches,
+    health: Health,
+    metrics: Metrics,
+}
+
+impl Shared {
+    fn observe<T>(&self, op: Operation, result: &SourceResult<T>, started: std::time::Instant) {
+        self.metrics
+            .fetch(self.backend, op)
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(_) => self.health.record_success(),
+            Err(e) => {
+                self.health.record_failure();
+                tracing::debug!(operation = ?op, error = %e, "state fetch failed");
+            }
+        }
+    }
+}
+
+/// (flag id, entity id) of an override fetch in flight.
+type OverrideKey = (Arc<str>, Arc<str>);
+
+/// Evaluates flags against a registry and a state source.
+pub struct Engine {
+    registry: Arc<Registry>,
+    shared: Arc<Shared>,
+    kills: KillSet,
+    flag_flights: Coalescer<Arc<str>, SourceResult<Arc<FlagEntry>>>,
+    override_flights: Coalescer<OverrideKey, SourceResult<Arc<OverrideEntry>>>,
+}
+
+impl Engine {
+    /// An engine evaluating `registry`'s flags with state from `source`.
+    pub fn new(
+        registry: Arc<Registry>,
+        source: Arc<dyn StateSource>,
+        backend: Backend,
+        config: CacheConfig,
+        metrics: Metrics,
+    ) -> Self {
+        let shared = Shared {
+            source,
+            backend,
+            caches: Caches::new(config),
+            health: Health::new(Some(metrics.clone())),
+            metrics,
+        };
+        Self {
+            registry,
+            shared: Arc::new(shared),
+            kills: KillSet::default(),
+            flag_flights: Coalescer::default(),
+            override_flights: Coalescer::default(),
+        }
+    }
+
+    /// The registry this engine evaluates.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// The kill set (the poller replaces it).
+    pub fn kills(&self) -> &KillSet {
+        &self.kills
+    }
+
+    /// The health tracker.
+    pub fn health(&self) -> &Health {
+        &self.shared.health
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// The caches.
+    pub fn caches(&self) -> &Caches {
+        &self.shared.caches
+    }
+
+    /// The state source.
+    pub fn source(&self) -> &Arc<dyn StateSource> {
+        &self.shared.source
+    }
+
+    /// Health for the Health RPC, with real cache counts.
+    pub fn health_report(&self) -> HealthReport {
+        let (flags, overrides, last) = self.shared.caches.sizes();
+        let m = &self.shared.metrics;
+        m.flag_cache_size
+            .set(i64::try_from(flags).unwrap_or(i64::MAX));
+        m.override_cache_size
+            .set(i64::try_from(overrides).unwrap_or(i64::MAX));
+        m.last_known_entries
+            .set(i64::try_from(last).unwrap_or(i64::MAX));
+        let h = &self.shared.health;
+        HealthReport {
+            status: h.status(),
+            seconds_since_contact: h.seconds_since_contact(),
+            cached_flags: flags,
+            consecutive_failures: h.consecutive_failures(),
+        }
+    }
+
+    /// Evaluates one flag for one entity (`""` for a global evaluation). Never fails.
+    pub async fn evaluate(&self, flag_id: &str, entity_id: &str) -> Evaluation {
+        let def = self.registry.load().get(flag_id).cloned();
+        let ev = self.evaluate_with(flag_id, entity_id, def.as_ref()).await;
+        self.shared.metrics.evaluation(ev.source);
+        ev
+    }
+
+    async fn evaluate_with(
+        &self,
+        flag_id: &str,
+        entity_id: &str,
+        def: Option<&Arc<FlagDef>>,
+    ) -> Evaluation {
+        if self.kills.contains(flag_id) {
+            self.shared.metrics.kill_set_hits.inc();
+            return Evaluation::default_of(def, EvaluationSource::Killed);
+        }
+        if overridable(def, entity_id)
+            && let Some(ev) = decide_override(self.override_lookup(flag_id, entity_id).await, def)
+        {
+            return ev;
+        }
+        decide_global(self.flag_lookup(flag_id).await, def)
+    }
+
+    async fn flag_lookup(&self, flag_id: &str) -> Lookup<FlagEntry> {
+        let caches = &self.shared.caches;
+        if let Some(e) = caches.flag(flag_id) {
+            self.shared.metrics.flags.hits.inc();
+            return Lookup::Fresh(e);
+        }
+        self.shared.metrics.flags.misses.inc();
+        let key: Arc<str> = flag_id.into();
+        let shared = self.shared.clone();
+        let (result, _) = self
+            .flag_flights
+            .run(
+                key.clone(),
+                move || -> BoxFuture<'static, SourceResult<Arc<FlagEntry>>> {
+                    Box::pin(async move {
+                        let started = std::time::Instant::now();
+                        let r = shared.source.flag_state(&key).await;
+                        shared.observe(Operation::FlagState, &r, started);
+                        r.map(|state| shared.caches.put_flag(key, state))
+                    })
+                },
+                || self.shared.metrics.coalesced_fetches.inc(),
+            )
+            .await;
+        match result {
+            Ok(e) => Lookup::Fresh(e),
+            Err(_) => caches
+                .last_known_flag(flag_id)
+                .map_or(Lookup::Unavailable, Lookup::Stale),
+        }
+    }
+
+    async fn override_lookup(&self, flag_id: &str, entity_id: &str) -> Lookup<OverrideEntry> {
+        let caches = &self.shared.caches;
+        if let Some(e) = caches.override_entry(flag_id, entity_id) {
+            self.shared.metrics.overrides.hits.inc();
+            return Lookup::Fresh(e);
+        }
+        self.shared.metrics.overrides.misses.inc();
+        let key: OverrideKey = (flag_id.into(), entity_id.into());
+        let shared = self.shared.clone();
+        let flight_key = key.clone();
+        let (result, _) = self
+            .override_flights
+            .run(
+                flight_key,
+                move || -> BoxFuture<'static, SourceResult<Arc<OverrideEntry>>> {
+                    Box::pin(async move {
+                        let (flag, entity) = key;
+                        let ids = [flag.to_string()];
+                        let started = std::time::Instant::now();
+                        let r = shared.source.overrides(&entity, &ids).await;
+                        shared.observe(Operation::Overrides, &r, started);
+                        r.map(|rows| store_overrides(&shared.caches, &entity, &ids, rows).remove(0))
+                    })
+                },
+                || self.shared.metrics.coalesced_fetches.inc(),
+            )
+            .await;
+        match result {
+            Ok(e) => Lookup::Fresh(e),
+            Err(_) => caches
+                .last_known_override(flag_id, entity_id)
+                .map_or(Lookup::Unavailable, Lookup::Stale),
+        }
+    }
+
+    /// Evaluates `flag_ids` (all flags of the registry, in declaration order, when empty) for one
+    /// entity, in request order, duplicates and unknown ids included. What is not cached is fetched
+    /// in at most two source calls: the entity's overrides, then the flags' global state.
+    pub async fn bulk_evaluate(
+        &self,
+        flag_ids: &[String],
+        entity_id: &str,
+    ) -> Vec<(String, Evaluation)> {
+        let snapshot = self.registry.load_full();
+        let ids: Vec<String> = if flag_ids.is_empty() {
+            snapshot.flags().iter().map(|f| f.flag_id.clone()).collect()
+        } else {
+            flag_ids.to_vec()
+        };
+        let defs: Vec<Option<Arc<FlagDef>>> =
+            ids.iter().map(|id| snapshot.get(id).cloned()).collect();
+        drop(snapshot);
+
+        let mut results: Vec<Option<Evaluation>> = vec![None; ids.len()];
+        for (i, id) in ids.iter().enumerate() {
+            if self.kills.contains(id) {
+                self.shared.metrics.kill_set_hits.inc();
+                results[i] = Some(Evaluation::default_of(
+                    defs[i].as_ref(),
+                    EvaluationSource::Killed,
+                ));
+            }
+        }
+
+        // Overrides: every undecided overridable flag, in one call for the misses.
+        let wants_override: Vec<usize> = (0..ids.len())
+            .filter(|&i| results[i].is_none() && overridable(defs[i].as_ref(), entity_id))
+            .collect();
+        let overrides = self
+            .bulk_overrides(entity_id, wants_override.iter().map(|&i| ids[i].as_str()))
+            .await;
+        for &i in &wants_override {
+            let lookup = overrides.lookup(&ids[i], |id| {
+                self.shared.caches.last_known_override(id, entity_id)
+            });
+            results[i] = decide_override(lookup, defs[i].as_ref());
+        }
+
+        // Global state: everything still undecided, in one call for the misses.
+        let wants_global: Vec<usize> = (0..ids.len()).filter(|&i| results[i].is_none()).collect();
+        let states = self
+            .bulk_flags(wants_global.iter().map(|&i| ids[i].as_str()))
+            .await;
+        for &i in &wants_global {
+            let lookup = states.lookup(&ids[i], |id| self.shared.caches.last_known_flag(id));
+            results[i] = Some(decide_global(lookup, defs[i].as_ref()));
+        }
+
+        ids.into_iter()
+            .zip(results)
+            .map(|(id, ev)| {
+                let ev =
+                    ev.unwrap_or_else(|| Evaluation::default_of(None, EvaluationSource::Default));
+                self.shared.metrics.evaluation(ev.source);
+                (id, ev)
+            })
+            .collect()
+    }
+
+    async fn bulk_overrides<'a>(
+        &self,
+        entity_id: &str,
+        ids: impl Iterator<Item = &'a str>,
+    ) -> Batch<OverrideEntry> {
+        let caches = &self.shared.caches;
+        let mut batch = Batch::default();
+        let mut missing: Vec<String> = Vec::new();
+        for id in ids {
+            if batch.found.contains_key(id) || missing.iter().any(|m| m == id) {
+                continue;
+            }
+            match caches.override_entry(id, entity_id) {
+                Some(e) => {
+                    self.shared.metrics.overrides.hits.inc();
+                    batch.found.insert(id.to_owned(), e);
+                }
+                None => {
+                    self.shared.metrics.overrides.misses.inc();
+                    missing.push(id.to_owned());
+                }
+            }
+        }
+        if missing.is_empty() {
+            return batch;
+        }
+        let started = std::time::Instant::now();
+        let r = self.shared.source.overrides(entity_id, &missing).await;
+        self.shared.observe(Operation::Overrides, &r, started);
+        match r {
+            Ok(rows) => {
+                let entries = store_overrides(caches, entity_id, &missing, rows);
+                batch.found.extend(missing.into_iter().zip(entries));
+            }
+            Err(e) => batch.failed = Some(e),
+        }
+        batch
+    }
+
+    async fn bulk_flags<'a>(&self, ids: impl Iterator<Item = &'a str>) -> Batch<FlagEntry> {
+        let caches = &self.shared.caches;
+        let mut batch = Batch::default();
+        let mut missing: Vec<String> = Vec::new();
+        for id in ids {
+            if batch.found.contains_key(id) || missing.iter().any(|m| m == id) {
+                continue;
+            }
+            match caches.flag(id) {
+                Some(e) => {
+                    self.shared.metrics.flags.hits.inc();
+                    batch.found.insert(id.to_owned(), e);
+                }
+                None => {
+                    self.shared.metrics.flags.misses.inc();
+                    missing.push(id.to_owned());
+                }
+            }
+        }
+        if missing.is_empty() {
+            return batch;
+        }
+        let started = std::time::Instant::now();
+        let r = self.shared.source.flag_states(&missing).await;
+        self.shared.observe(Operation::FlagState, &r, started);
+        match r {
+            Ok(mut rows) => {
+                for id in missing {
+                    let entry = caches.put_flag(id.as_str().into(), rows.remove(&id));
+                    batch.found.insert(id, entry);
+                }
+            }
+            Err(e) => batch.failed = Some(e),
+        }
+        batch
+    }
+
+    /// Polls the kill set once: replaces it on success, keeps the last one on failure.
+    /// Counts towards health either way.
+    pub async fn poll_kill_set(&self) -> SourceResult<usize> {
+        let started = std::time::Instant::now();
+        let r = self.shared.source.killed_flags().await;
+        self.shared.observe(Operation::KilledFlags, &r, started);
+        let ids = r?;
+        let n = ids.len();
+        self.kills.replace(ids);
+        let m = &self.shared.metrics;
+        m.kill_set_size.set(i64::try_from(n).unwrap_or(i64::MAX));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        m.poller_last_success.set(now);
+        Ok(n)
+    }
+
+    /// Records a failed kill poll that never reached the source (e.g. the poller's timeout fired).
+    pub fn kill_poll_timed_out(&self) {
+        self.shared.health.record_failure();
+    }
+}
+
+/// Cached and fetched entries of one bulk evaluation, and whether the fetch failed.
+struct Batch<T> {
+    found: HashMap<String, Arc<T>>,
+    failed: Option<SourceError>,
+}
+
+impl<T> Default for Batch<T> {
+    fn default() -> Self {
+        Self {
+            found: HashMap::new(),
+            failed: None,
+        }
+    }
+}
+
+impl<T> Batch<T> {
+    fn lookup(&self, id: &str, last_known: impl FnOnce(&str) -> Option<Arc<T>>) -> Lookup<T> {
+        match self.found.get(id) {
+            Some(e) => Lookup::Fresh(e.clone()),
+            None if self.failed.is_some() => {
+                last_known(id).map_or(Lookup::Unavailable, Lookup::Stale)
+            }
+            None => Lookup::Unavailable,
+        }
+    }
+}
+
+/// Caches the rows of an override fetch for `ids`: each id gets its row, or a negative entry.
+/// Returns the entries in the order of `ids`.
+fn store_overrides(
+    caches: &Caches,
+    entity_id: &str,
+    ids: &[String],
+    rows: Vec<source::Override>,
+) -> Vec<Arc<OverrideEntry>> {
+    let mut by_flag: HashMap<String, source::Override> = HashMap::with_capacity(rows.len());
+    for row in rows {
+        // A source answering for another entity is ignored rather than trusted.
+        if row.entity_id == entity_id {
+            by_flag.insert(row.flag_id.clone(), row);
+        }
+    }
+    ids.iter()
+        .map(|id| caches.put_override(id, entity_id, by_flag.remove(id)))
+        .collect()
+}
+
+fn overridable(def: Option<&Arc<FlagDef>>, entity_id: &str) -> bool {
+    !entity_id.is_empty() && def.is_some_and(|d| !d.is_global_layer())
+}
+
+/// The override step: `Some` when an override decides the result, `None` to go on to global state.
+fn decide_override(
+    lookup: Lookup<OverrideEntry>,
+    def: Option<&Arc<FlagDef>>,
+) -> Option<Evaluation> {
+    let (entry, stale) = match lookup {
+        Lookup::Fresh(e) => (e, false),
+        Lookup::Stale(e) => (e, true),
+        Lookup::Unavailable => return None,
+    };
+    let o = entry.value.as_ref()?;
+    match o.state {
+        State::Enabled if o.value.as_ref().is_some_and(|v| v.value.is_some()) => {
+            let source = if stale {
+                EvaluationSource::Cached
+            } else {
+                EvaluationSource::Override
+            };
+            Some(Evaluation {
+                source,
+                value: ValueRef::Override(entry.clone()),
+            })
+        }
+        State::Enabled | State::Default | State::Killed => {
+            Some(Evaluation::default_of(def, EvaluationSource::Default))
+        }
+        State::Unspecified => None,
+    }
+}
+
+/// The global step; the same rules judge fresh and last-known state.
+fn decide_global(lookup: Lookup<FlagEntry>, def: Option<&Arc<FlagDef>>) -> Evaluation {
+    let (entry, stale) = match lookup {
+        Lookup::Fresh(e) => (e, false),
+        Lookup::Stale(e) => (e, true),
+        Lookup::Unavailable => return Evaluation::default_of(def, EvaluationSource::Default),
+    };
+    let Some(s) = entry.state.as_ref() else {
+        return Evaluation::default_of(def, EvaluationSource::Default);
+    };
+    let has_value = s.value.as_ref().is_some_and(|v| v.value.is_some());
+    let source = match (s.archived, s.state, has_value) {
+        (true, _, true) => EvaluationSource::Archived,
+        (false, State::Enabled, true) => EvaluationSource::Global,
+        _ => return Evaluation::default_of(def, EvaluationSource::Default),
+    };
+    let source = if stale {
+        EvaluationSource::Cached
+    } else {
+        source
+    };
+    Evaluation {
+        source,
+        value: ValueRef::State(entry.clone()),
+    }
+}
