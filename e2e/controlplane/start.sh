@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# Starts a local Kubernetes control plane on loopback from the binaries build.sh made.
+#
+#   start.sh [A|B|C]   A = etcd + kube-apiserver
+#                      B = A + kube-controller-manager (Deployments → Pods, garbage collection)
+#                      C = B + kube-scheduler + kwok (fake node; pods Running and Ready)   [default C]
+#
+# A running control plane of the same or a higher tier is reused. Everything lives in $E2E_CP_RUN
+# (default /tmp/pbflags-e2e-cp): pki/, logs/, pids/, etcd data, kubeconfigs, and env (source it for
+# KUBECONFIG and the ports). Ports: $E2E_CP_PORT_BASE (default 26443) + 0..5. Stop with stop.sh.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+tier=${1:-C}
+case "$tier" in A|B|C) ;; *) echo "usage: start.sh [A|B|C]" >&2; exit 64 ;; esac
+
+RUN=${E2E_CP_RUN:-/tmp/pbflags-e2e-cp}
+base=${E2E_CP_PORT_BASE:-26443}
+APISERVER_PORT=$base ETCD_PORT=$((base + 1)) ETCD_PEER_PORT=$((base + 2))
+KCM_PORT=$((base + 3)) SCHED_PORT=$((base + 4)) KWOK_PORT=$((base + 5))
+log() { printf '[controlplane/start %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+
+"$here/build.sh"
+BIN=$("$here/build.sh" --print-bin)
+CACHE=$(dirname "$BIN")
+
+rank() { case "$1" in A) echo 1 ;; B) echo 2 ;; C) echo 3 ;; *) echo 0 ;; esac; }
+alive() { [ -f "$RUN/pids/$1" ] && kill -0 "$(cat "$RUN/pids/$1")" 2>/dev/null; }
+
+# wait_for NAME SECONDS CMD...: polls CMD every 0.2 s; on timeout prints the component's log tail.
+wait_for() {
+  local name=$1 secs=$2; shift 2
+  local deadline=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    if ! alive "$name"; then log "$name exited; last log lines:"; tail -n 30 "$RUN/logs/$name.log" >&2; return 1; fi
+    if [ $SECONDS -ge $deadline ]; then log "$name not ready after ${secs}s; last log lines:"; tail -n 30 "$RUN/logs/$name.log" >&2; return 1; fi
+    sleep 0.2
+  done
+}
+
+if [ -f "$RUN/env" ] && alive kube-apiserver; then
+  # shellcheck disable=SC1091
+  running=$(. "$RUN/env"; echo "$E2E_CP_TIER")
+  if [ "$(rank "$running")" -ge "$(rank "$tier")" ]; then
+    log "reusing tier $running control plane in $RUN"
+    exit 0
+  fi
+  log "tier $running is running; stopping it to start tier $tier"
+  "$here/stop.sh"
+fi
+
+rm -rf "$RUN"
+mkdir -p "$RUN"/{pki,logs,pids}
+P=$RUN/pki
+start_ts=$SECONDS
+
+# --- PKI: one CA for serving and client certificates, a service-account key pair, static tokens.
+openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=pbflags-e2e-ca" \
+  -keyout "$P/ca.key" -out "$P/ca.crt" \
+  -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" -keyout "$P/apiserver.key" -out "$P/apiserver.csr" 2>/dev/null
+cat > "$P/apiserver.ext" <<EOF
+basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth
+subjectAltName=DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:10.96.0.1
+EOF
+openssl x509 -req -in "$P/apiserver.csr" -CA "$P/ca.crt" -CAkey "$P/ca.key" -CAcreateserial -days 30 \
+  -extfile "$P/apiserver.ext" -out "$P/apiserver.crt" 2>/dev/null
+openssl genrsa -out "$P/sa.key" 2048 2>/dev/null
+openssl rsa -in "$P/sa.key" -pubout -out "$P/sa.pub" 2>/dev/null
+declare -A TOK
+for u in admin kcm scheduler kwok; do TOK[$u]=$(openssl rand -hex 24); done
+cat > "$P/tokens.csv" <<EOF
+${TOK[admin]},e2e-admin,uid-admin,system:masters
+${TOK[kcm]},system:kube-controller-manager,uid-kcm,system:masters
+${TOK[scheduler]},system:kube-scheduler,uid-sched,system:masters
+${TOK[kwok]},kwok,uid-kwok,system:masters
+EOF
+chmod 600 "$P"/*.key "$P/tokens.csv"
+
+mkkc() { # name token
+  local f=$RUN/$1.kubeconfig
+  kubectl config --kubeconfig="$f" set-cluster e2e --server="https://127.0.0.1:$APISERVER_PORT" \
+    --certificate-authority="$P/ca.crt" --embed-certs=true >/dev/null
+  kubectl config --kubeconfig="$f" set-credentials "$1" --token="$2" >/dev/null
+  kubectl config --kubeconfig="$f" set-context e2e --cluster=e2e --user="$1" >/dev/null
+  kubectl config --kubeconfig="$f" use-context e2e >/dev/null
+}
+for u in admin kcm scheduler kwok; do mkkc "$u" "${TOK[$u]}"; done
+KC=$RUN/admin.kubeconfig
+
+launch() { # name cmd...
+  local name=$1; shift
+  "$@" >"$RUN/logs/$name.log" 2>&1 &
+  echo $! >"$RUN/pids/$name"
+}
+
+# --- tier A
+log "starting etcd on 127.0.0.1:$ETCD_PORT"
+launch etcd "$BIN/etcd" --name=e2e --data-dir="$RUN/etcd" \
+  --listen-client-urls="http://127.0.0.1:$ETCD_PORT" --advertise-client-urls="http://127.0.0.1:$ETCD_PORT" \
+  --listen-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
+  --initial-cluster="e2e=http://127.0.0.1:$ETCD_PEER_PORT" --listen-metrics-urls="" \
+  --unsafe-no-fsync=true --auto-compaction-retention=1 --quota-backend-bytes=2147483648 --log-level=warn
+wait_for etcd 30 curl -fsS "http://127.0.0.1:$ETCD_PORT/health"
+
+log "starting kube-apiserver on https://127.0.0.1:$APISERVER_PORT"
+launch kube-apiserver "$BIN/kube-apiserver" \
+  --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
+  --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$APISERVER_PORT" \
+  --cert-dir="$P" --tls-cert-file="$P/apiserver.crt" --tls-private-key-file="$P/apiserver.key" \
+  --client-ca-file="$P/ca.crt" --token-auth-file="$P/tokens.csv" \
+  --authorization-mode=Node,RBAC \
+  --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+  --service-account-key-file="$P/sa.pub" --service-account-signing-key-file="$P/sa.key" \
+  --service-cluster-ip-range=10.96.0.0/16 --endpoint-reconciler-type=none --allow-privileged=true \
+  --enable-priority-and-fairness=false --profiling=false --v=1
+wait_for kube-apiserver 90 curl -fsS --cacert "$P/ca.crt" -H "Authorization: Bearer ${TOK[admin]}" \
+  "https://127.0.0.1:$APISERVER_PORT/readyz"
+
+if [ "$(rank "$tier")" -ge 2 ]; then
+  log "starting kube-controller-manager"
+  launch kube-controller-manager "$BIN/kube-controller-manager" --kubeconfig="$RUN/kcm.kubeconfig" \
+    --bind-address=127.0.0.1 --secure-port="$KCM_PORT" \
+    --authentication-kubeconfig="$RUN/kcm.kubeconfig" --authorization-kubeconfig="$RUN/kcm.kubeconfig" \
+    --authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics \
+    --leader-elect=false --controllers='*' \
+    --root-ca-file="$P/ca.crt" --service-account-private-key-file="$P/sa.key" \
+    --use-service-account-credentials=false --kube-api-qps=100 --kube-api-burst=200 --v=1
+  wait_for kube-controller-manager 60 curl -fsSk "https://127.0.0.1:$KCM_PORT/healthz"
+fi
+
+if [ "$(rank "$tier")" -ge 3 ]; then
+  log "starting kube-scheduler"
+  launch kube-scheduler "$BIN/kube-scheduler" --kubeconfig="$RUN/scheduler.kubeconfig" --leader-elect=false \
+    --authentication-kubeconfig="$RUN/scheduler.kubeconfig" --authorization-kubeconfig="$RUN/scheduler.kubeconfig" \
+    --bind-address=127.0.0.1 --secure-port="$SCHED_PORT" \
+    --authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics
+  wait_for kube-scheduler 60 curl -fsSk "https://127.0.0.1:$SCHED_PORT/healthz"
+
+  log "starting kwok and its fake node"
+  launch kwok "$BIN/kwok" --kubeconfig="$RUN/kwok.kubeconfig" --config="$CACHE/kwok-stages.yaml" \
+    --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
+    --node-ip=127.0.0.1 --cidr=10.244.0.0/16 --node-lease-duration-seconds=40 \
+    --server-address="127.0.0.1:$KWOK_PORT"
+  wait_for kwok 60 curl -fsS "http://127.0.0.1:$KWOK_PORT/healthz"
+  kubectl --kubeconfig "$KC" apply -f "$here/manifests/fake-node.yaml" >/dev/null
+  deadline=$((SECONDS + 60))
+  until kubectl --kubeconfig "$KC" wait --for=condition=Ready node/kwok-node-0 --timeout=5s >/dev/null 2>&1; do
+    [ $SECONDS -lt $deadline ] || { log "fake node not Ready"; tail -n 30 "$RUN/logs/kwok.log" >&2; exit 1; }
+  done
+fi
+
+cat > "$RUN/env" <<EOF
+export E2E_CP_TIER=$tier
+export E2E_CP_RUN=$RUN
+export E2E_CP_BIN=$BIN
+export KUBECONFIG=$KC
+export E2E_CP_APISERVER=https://127.0.0.1:$APISERVER_PORT
+export PATH=$BIN:\$PATH
+EOF
+log "tier $tier ready in $((SECONDS - start_ts))s; source $RUN/env"

@@ -1,0 +1,121 @@
+//! Test support for tests that need a real Kubernetes API: starts (or reuses) the local control plane
+//! built from Go modules (`e2e/controlplane/`), and gives each test a `kube::Client` and a namespace
+//! of its own that is deleted afterwards.
+//!
+//! Tests only: nothing here ships.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use anyhow::{Context as _, bail};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+/// How much of the control plane a test needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// etcd + kube-apiserver.
+    A,
+    /// + kube-controller-manager.
+    B,
+    /// + kube-scheduler + kwok.
+    C,
+}
+
+/// A running local control plane.
+#[derive(Debug, Clone)]
+pub struct ControlPlane {
+    /// Admin kubeconfig.
+    pub kubeconfig: PathBuf,
+    /// Directory of the control plane's binaries (kubectl-compatible tools, helm).
+    pub bin: PathBuf,
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+static STARTED: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
+
+impl ControlPlane {
+    /// Starts tier C (or reuses a running control plane) once per test process.
+    pub fn ensure() -> anyhow::Result<ControlPlane> {
+        STARTED
+            .get_or_init(|| Self::start(Tier::C).map_err(|e| format!("{e:#}")))
+            .clone()
+            .map_err(anyhow::Error::msg)
+    }
+
+    fn start(tier: Tier) -> anyhow::Result<ControlPlane> {
+        let script = repo_root().join("e2e/controlplane/start.sh");
+        let tier = format!("{tier:?}");
+        let status = Command::new("bash").arg(&script).arg(&tier).status().context("run start.sh")?;
+        if !status.success() {
+            bail!("{} {tier} failed ({status}); see its logs", script.display());
+        }
+        let run = std::env::var_os("E2E_CP_RUN").map_or_else(|| PathBuf::from("/tmp/pbflags-e2e-cp"), PathBuf::from);
+        let env = std::fs::read_to_string(run.join("env")).context("read the control plane's env file")?;
+        let var = |name: &str| -> anyhow::Result<PathBuf> {
+            env.lines()
+                .find_map(|l| l.strip_prefix(&format!("export {name}=")))
+                .map(PathBuf::from)
+                .with_context(|| format!("{name} missing from env file"))
+        };
+        Ok(ControlPlane { kubeconfig: var("KUBECONFIG")?, bin: var("E2E_CP_BIN")? })
+    }
+
+    /// A client authenticated as the admin.
+    pub async fn client(&self) -> anyhow::Result<kube::Client> {
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).context("read kubeconfig")?;
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+        Ok(kube::Client::try_from(config)?)
+    }
+
+    /// `kubectl` against this control plane.
+    pub fn kubectl(&self) -> Command {
+        let mut c = Command::new("kubectl");
+        c.arg("--kubeconfig").arg(&self.kubeconfig);
+        c
+    }
+}
+
+/// A namespace owned by one test; deleted when dropped.
+pub struct TestNamespace {
+    /// Its name.
+    pub name: String,
+    kubectl: Command,
+}
+
+impl TestNamespace {
+    /// Creates a namespace named `<prefix>-<random suffix>`.
+    pub async fn create(cp: &ControlPlane, client: &kube::Client, prefix: &str) -> anyhow::Result<Self> {
+        let name = format!("{prefix}-{:08x}", rand_suffix());
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": name, "labels": { "pbflags.dev/e2e": "true" } }
+        }))?;
+        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?;
+        Ok(Self { name, kubectl: cp.kubectl() })
+    }
+
+    /// Deletes the namespace now and waits for the API to accept the deletion.
+    pub async fn delete(self, client: &kube::Client) -> anyhow::Result<()> {
+        Api::<Namespace>::all(client.clone()).delete(&self.name, &DeleteParams::default()).await?;
+        std::mem::forget(self);
+        Ok(())
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        // Drop cannot await: hand the deletion to kubectl, without waiting for finalization.
+        let _ = self.kubectl.args(["delete", "namespace", &self.name, "--wait=false"]).output();
+    }
+}
+
+fn rand_suffix() -> u32 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    nanos ^ std::process::id().rotate_left(16)
+}
