@@ -12,18 +12,25 @@ cargo fmt --all --check
 step "clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "unit and in-process tests"
+cleanup=()
+trap 'for c in "${cleanup[@]}"; do eval "$c"; done' EXIT
+
+step "throwaway PostgreSQL for the database tests"
+pg_dir=$(mktemp -d /tmp/pbflags-test-pg.XXXXXX)
+PBFLAGS_TEST_PG_URL=$(scripts/pg.sh start "$pg_dir")
+export PBFLAGS_TEST_PG_URL
+cleanup+=("scripts/pg.sh stop '$pg_dir'; rm -rf '$pg_dir'")
+
+step "unit, in-process and PostgreSQL tests"
 cargo test --workspace --locked --exclude pbflags-e2e
 
 [ "${1:-}" = "--quick" ] && exit 0
 
 step "local Kubernetes control plane (built from Go modules; cached after the first build)"
 cp_run=${E2E_CP_RUN:-/tmp/pbflags-e2e-cp}
-if [ -f "$cp_run/pids/kube-apiserver" ] && kill -0 "$(cat "$cp_run/pids/kube-apiserver")" 2>/dev/null; then
-  cp_started_here=0
-else
-  cp_started_here=1
-  trap '[ $cp_started_here = 1 ] && e2e/controlplane/stop.sh' EXIT
+# A control plane the developer already runs is reused and left running; one started here is stopped.
+if ! { [ -f "$cp_run/pids/kube-apiserver" ] && kill -0 "$(cat "$cp_run/pids/kube-apiserver")" 2>/dev/null; }; then
+  cleanup+=("e2e/controlplane/stop.sh")
 fi
 e2e/controlplane/build.sh
 e2e/controlplane/start.sh C

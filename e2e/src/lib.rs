@@ -52,25 +52,38 @@ impl ControlPlane {
     fn start(tier: Tier) -> anyhow::Result<ControlPlane> {
         let script = repo_root().join("e2e/controlplane/start.sh");
         let tier = format!("{tier:?}");
-        let status = Command::new("bash").arg(&script).arg(&tier).status().context("run start.sh")?;
+        let status = Command::new("bash")
+            .arg(&script)
+            .arg(&tier)
+            .status()
+            .context("run start.sh")?;
         if !status.success() {
-            bail!("{} {tier} failed ({status}); see its logs", script.display());
+            bail!(
+                "{} {tier} failed ({status}); see its logs",
+                script.display()
+            );
         }
-        let run = std::env::var_os("E2E_CP_RUN").map_or_else(|| PathBuf::from("/tmp/pbflags-e2e-cp"), PathBuf::from);
-        let env = std::fs::read_to_string(run.join("env")).context("read the control plane's env file")?;
+        let run = std::env::var_os("E2E_CP_RUN")
+            .map_or_else(|| PathBuf::from("/tmp/pbflags-e2e-cp"), PathBuf::from);
+        let env = std::fs::read_to_string(run.join("env"))
+            .context("read the control plane's env file")?;
         let var = |name: &str| -> anyhow::Result<PathBuf> {
             env.lines()
                 .find_map(|l| l.strip_prefix(&format!("export {name}=")))
                 .map(PathBuf::from)
                 .with_context(|| format!("{name} missing from env file"))
         };
-        Ok(ControlPlane { kubeconfig: var("KUBECONFIG")?, bin: var("E2E_CP_BIN")? })
+        Ok(ControlPlane {
+            kubeconfig: var("KUBECONFIG")?,
+            bin: var("E2E_CP_BIN")?,
+        })
     }
 
     /// A client authenticated as the admin.
     pub async fn client(&self) -> anyhow::Result<kube::Client> {
         let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).context("read kubeconfig")?;
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+        let config =
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
         Ok(kube::Client::try_from(config)?)
     }
 
@@ -91,18 +104,29 @@ pub struct TestNamespace {
 
 impl TestNamespace {
     /// Creates a namespace named `<prefix>-<random suffix>`.
-    pub async fn create(cp: &ControlPlane, client: &kube::Client, prefix: &str) -> anyhow::Result<Self> {
+    pub async fn create(
+        cp: &ControlPlane,
+        client: &kube::Client,
+        prefix: &str,
+    ) -> anyhow::Result<Self> {
         let name = format!("{prefix}-{:08x}", rand_suffix());
         let ns: Namespace = serde_json::from_value(serde_json::json!({
             "metadata": { "name": name, "labels": { "pbflags.dev/e2e": "true" } }
         }))?;
-        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?;
-        Ok(Self { name, kubectl: cp.kubectl() })
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await?;
+        Ok(Self {
+            name,
+            kubectl: cp.kubectl(),
+        })
     }
 
     /// Deletes the namespace now and waits for the API to accept the deletion.
     pub async fn delete(self, client: &kube::Client) -> anyhow::Result<()> {
-        Api::<Namespace>::all(client.clone()).delete(&self.name, &DeleteParams::default()).await?;
+        Api::<Namespace>::all(client.clone())
+            .delete(&self.name, &DeleteParams::default())
+            .await?;
         std::mem::forget(self);
         Ok(())
     }
@@ -111,11 +135,16 @@ impl TestNamespace {
 impl Drop for TestNamespace {
     fn drop(&mut self) {
         // Drop cannot await: hand the deletion to kubectl, without waiting for finalization.
-        let _ = self.kubectl.args(["delete", "namespace", &self.name, "--wait=false"]).output();
+        let _ = self
+            .kubectl
+            .args(["delete", "namespace", &self.name, "--wait=false"])
+            .output();
     }
 }
 
 fn rand_suffix() -> u32 {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
     nanos ^ std::process::id().rotate_left(16)
 }

@@ -2,10 +2,12 @@
 //! engine, and the sources and servers around it.
 
 pub mod cli;
+pub mod commands;
 pub mod descriptor;
 pub mod engine;
 pub mod list;
 pub mod metrics;
+pub mod pg;
 pub mod poller;
 pub mod registry;
 pub mod watcher;

@@ -15,11 +15,16 @@ fn allocations_during(f: impl FnOnce()) -> u64 {
 #[test]
 fn cached_global_override_and_killed_evaluations_allocate_nothing() {
     let h = Harness::with_config(
-        vec![def("f/1", "user", Some(FlagValue::string("d"))), def("f/2", "", None)],
+        vec![
+            def("f/1", "user", Some(FlagValue::string("d"))),
+            def("f/2", "", None),
+        ],
         CacheConfig::default(),
     );
-    h.source.set_flag("f/1", State::Enabled, Some(FlagValue::string("global")));
-    h.source.set_override("f/1", "u1", State::Enabled, Some(FlagValue::string("mine")));
+    h.source
+        .set_flag("f/1", State::Enabled, Some(FlagValue::string("global")));
+    h.source
+        .set_override("f/1", "u1", State::Enabled, Some(FlagValue::string("mine")));
     h.source.set_flag("f/2", State::Killed, None);
     assert!(h.poll_kills());
     // Warm the caches (and moka's internal buffers).
@@ -27,14 +32,25 @@ fn cached_global_override_and_killed_evaluations_allocate_nothing() {
         h.eval("f/1", "");
         h.eval("f/1", "u1");
     }
-    let cases = [("f/1", "", EvaluationSource::Global), ("f/1", "u1", EvaluationSource::Override), ("f/2", "", EvaluationSource::Killed)];
+    let cases = [
+        ("f/1", "", EvaluationSource::Global),
+        ("f/1", "u1", EvaluationSource::Override),
+        ("f/2", "", EvaluationSource::Killed),
+    ];
     for (flag, entity, want) in cases {
         let n = allocations_during(|| {
             for _ in 0..1_000 {
-                let ev = h.engine.evaluate(flag, entity).now_or_never().expect("cached");
+                let ev = h
+                    .engine
+                    .evaluate(flag, entity)
+                    .now_or_never()
+                    .expect("cached");
                 assert_eq!(ev.source, want);
             }
         });
-        assert_eq!(n, 0, "{flag} for {entity:?}: {n} allocations in 1000 cached evaluations");
+        assert_eq!(
+            n, 0,
+            "{flag} for {entity:?}: {n} allocations in 1000 cached evaluations"
+        );
     }
 }

@@ -1,0 +1,240 @@
+//! Connection settings, the pool, and migrations.
+//!
+//! The database URL comes from `--database`, `PBFLAGS_DATABASE` or a file (`--database-file`, for a
+//! mounted Secret). It is a secret: it never appears in logs or errors; [`DatabaseUrl`] prints
+//! with the password replaced.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr as _;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+
+/// Database arguments shared by every subcommand that talks to PostgreSQL.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL URL (`postgres://user:password@host:5432/db`). Prefer the environment variable or a file.
+    #[arg(long, env = "PBFLAGS_DATABASE", hide_env_values = true)]
+    pub database: Option<String>,
+    /// File holding the PostgreSQL URL (e.g. a mounted Secret key); surrounding whitespace is ignored.
+    #[arg(long, env = "PBFLAGS_DATABASE_FILE", conflicts_with = "database")]
+    pub database_file: Option<PathBuf>,
+    /// Maximum connections in the pool.
+    #[arg(long, env = "PBFLAGS_DB_POOL_SIZE", default_value_t = 10)]
+    pub db_pool_size: u32,
+    /// How long to wait for a connection.
+    #[arg(long, env = "PBFLAGS_DB_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub db_connect_timeout: Duration,
+    /// Server-side statement timeout for every query.
+    #[arg(long, env = "PBFLAGS_DB_STATEMENT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub db_statement_timeout: Duration,
+}
+
+/// Why a database could not be configured or migrated.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// Neither `--database`, `PBFLAGS_DATABASE` nor `--database-file` was given.
+    #[error("no database: set --database, PBFLAGS_DATABASE or --database-file")]
+    Missing,
+    /// The URL file could not be read.
+    #[error("read database file {path}: {source}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The URL does not parse (the message never includes the URL itself).
+    #[error("invalid database URL ({0})")]
+    InvalidUrl(String),
+    /// A migration failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+    /// A query failed.
+    #[error("database error: {0}")]
+    Query(#[from] sqlx::Error),
+}
+
+/// A database URL that never prints its password.
+#[derive(Clone)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// Wraps a URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    /// The URL with any password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        redact(&self.0)
+    }
+
+    /// The raw URL, for the driver only.
+    fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DatabaseUrl({})", self.redacted())
+    }
+}
+
+/// Replaces the password of a `scheme://user:password@host` URL (and any `password=` parameter).
+pub fn redact(url: &str) -> String {
+    let mut out = url.to_owned();
+    if let Some(scheme_end) = out.find("://") {
+        let rest = scheme_end + 3;
+        if let Some(at) = out[rest..].rfind('@').map(|i| i + rest)
+            && let Some(colon) = out[rest..at].find(':').map(|i| i + rest)
+        {
+            out.replace_range(colon + 1..at, "***");
+        }
+    }
+    if let Some(p) = out.find("password=") {
+        let start = p + "password=".len();
+        let end = out[start..].find('&').map_or(out.len(), |i| i + start);
+        out.replace_range(start..end, "***");
+    }
+    out
+}
+
+impl DatabaseArgs {
+    /// The URL from the flag, the environment or the file.
+    pub fn url(&self) -> Result<DatabaseUrl, DbError> {
+        if let Some(u) = self.database.as_deref().filter(|u| !u.trim().is_empty()) {
+            return Ok(DatabaseUrl::new(u.trim()));
+        }
+        if let Some(path) = &self.database_file {
+            let s = std::fs::read_to_string(path).map_err(|source| DbError::File {
+                path: path.clone(),
+                source,
+            })?;
+            return Ok(DatabaseUrl::new(s.trim()));
+        }
+        Err(DbError::Missing)
+    }
+
+    /// A pool that connects lazily: creating it never touches the network, so an evaluator starts
+    /// (serving defaults) while the database is down, and connects when it comes back.
+    pub fn pool(&self) -> Result<PgPool, DbError> {
+        let url = self.url()?;
+        let statement_ms = self.db_statement_timeout.as_millis().to_string();
+        let options = PgConnectOptions::from_str(url.expose())
+            .map_err(|e| DbError::InvalidUrl(redact(&e.to_string())))?
+            .application_name("pbflags-evaluator")
+            .options([("statement_timeout", statement_ms.as_str())]);
+        Ok(PgPoolOptions::new()
+            .max_connections(self.db_pool_size.max(1))
+            .acquire_timeout(self.db_connect_timeout)
+            .connect_lazy_with(options))
+    }
+}
+
+/// The migrations in `migrations/`, embedded at build time.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// Applies pending migrations and returns how many this call applied. The bookkeeping table lives in
+/// the `feature_flags` schema. Concurrent runs (pods starting together) are safe: one session lock
+/// serializes them, and the later runs find nothing to do.
+pub async fn migrate(pool: &PgPool) -> Result<usize, DbError> {
+    let mut migrator = sqlx::migrate::Migrator::with_migrations(MIGRATOR.migrations.to_vec());
+    migrator.create_schema("feature_flags");
+    migrator.dangerous_set_table_name("feature_flags.pbflags_migrations");
+    let mut conn = pool.acquire().await?;
+    sqlx::query("SELECT pg_advisory_lock(hashtext('pbflags-migrate'))")
+        .execute(&mut *conn)
+        .await?;
+    let result = async {
+        let before = applied_count(&mut conn).await?;
+        migrator
+            .run_direct(None, &mut *conn, false)
+            .await
+            .map_err(DbError::Migrate)?;
+        let after = applied_count(&mut conn).await?;
+        Ok(usize::try_from(after - before).unwrap_or(0))
+    }
+    .await;
+    // Released explicitly: the connection goes back to the pool, where a held lock would linger.
+    sqlx::query("SELECT pg_advisory_unlock(hashtext('pbflags-migrate'))")
+        .execute(&mut *conn)
+        .await?;
+    result
+}
+
+async fn applied_count(conn: &mut sqlx::PgConnection) -> Result<i64, DbError> {
+    let exists: bool =
+        sqlx::query_scalar("SELECT to_regclass('feature_flags.pbflags_migrations') IS NOT NULL")
+            .fetch_one(&mut *conn)
+            .await?;
+    if !exists {
+        return Ok(0);
+    }
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM feature_flags.pbflags_migrations WHERE success")
+            .fetch_one(&mut *conn)
+            .await?,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_print() {
+        let u = DatabaseUrl::new("postgres://app:s3cr3t@db:5432/flags?sslmode=disable");
+        assert_eq!(
+            u.to_string(),
+            "postgres://app:***@db:5432/flags?sslmode=disable"
+        );
+        assert!(!format!("{u:?}").contains("s3cr3t"));
+        assert_eq!(
+            redact("postgres://db/flags?user=a&password=hunter2&x=1"),
+            "postgres://db/flags?user=a&password=***&x=1"
+        );
+        assert_eq!(redact("postgres://app@db/flags"), "postgres://app@db/flags");
+    }
+
+    #[test]
+    fn a_url_file_is_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("url");
+        std::fs::write(&f, "postgres://a@b/c\n").unwrap();
+        let args = DatabaseArgs {
+            database: None,
+            database_file: Some(f),
+            db_pool_size: 1,
+            db_connect_timeout: Duration::from_secs(1),
+            db_statement_timeout: Duration::from_secs(1),
+        };
+        assert_eq!(args.url().unwrap().redacted(), "postgres://a@b/c");
+    }
+
+    #[test]
+    fn a_missing_url_is_a_clear_error() {
+        let args = DatabaseArgs {
+            database: None,
+            database_file: None,
+            db_pool_size: 1,
+            db_connect_timeout: Duration::from_secs(1),
+            db_statement_timeout: Duration::from_secs(1),
+        };
+        assert!(
+            args.url()
+                .unwrap_err()
+                .to_string()
+                .contains("PBFLAGS_DATABASE")
+        );
+    }
+}

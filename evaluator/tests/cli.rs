@@ -1,0 +1,117 @@
+//! The `pbflags-evaluator` binary's database subcommands, as an operator runs them.
+
+#[path = "support/pg.rs"]
+mod pg;
+
+use std::process::{Command, Output};
+
+fn run(url: Option<&str>, args: &[&str]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pbflags-evaluator"));
+    c.args(args)
+        .env_remove("PBFLAGS_DATABASE")
+        .env("USER", "cli-test");
+    if let Some(u) = url {
+        c.env("PBFLAGS_DATABASE", u);
+    }
+    c.output().expect("run binary")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn example() -> String {
+    format!(
+        "{}/../proto/example/descriptors.pb",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+#[tokio::test]
+async fn migrate_sync_and_administer_flags_from_the_command_line() {
+    let db = pg::TestDb::create().await;
+    let url = Some(db.url.as_str());
+    assert!(ok(&run(url, &["migrate"])).contains("migrations applied: 1"));
+    assert!(ok(&run(url, &["sync", "--descriptors", &example()])).contains("4 flags added"));
+    assert!(
+        ok(&run(url, &["sync", "--descriptors", &example()])).contains("sync complete: 0 changes")
+    );
+
+    assert!(
+        ok(&run(
+            url,
+            &["flags", "set", "notifications/3", "--value", "5"]
+        ))
+        .contains("ENABLED 5")
+    );
+    assert!(ok(&run(url, &["flags", "kill", "notifications/2"])).contains("KILLED"));
+    ok(&run(
+        url,
+        &[
+            "flags",
+            "override",
+            "set",
+            "notifications/1",
+            "user-7",
+            "--value",
+            "false",
+        ],
+    ));
+    let json = ok(&run(url, &["flags", "get", "notifications/1", "--json"]));
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(v["overrides"][0]["entity_id"], "user-7");
+    assert_eq!(v["overrides"][0]["value"], false);
+    let list = ok(&run(url, &["flags", "list"]));
+    assert!(
+        list.contains("notifications/2") && list.contains("KILLED"),
+        "{list}"
+    );
+    let audit = ok(&run(url, &["flags", "audit", "--json"]));
+    assert_eq!(audit.lines().count(), 3);
+    assert!(audit.contains("\"actor\":\"cli-test\""));
+
+    let bad = run(url, &["flags", "set", "notifications/3", "--value", "abc"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr)
+            .contains("notifications/3 is INT64; 'abc' is not an integer")
+    );
+    let global = run(
+        url,
+        &[
+            "flags",
+            "override",
+            "set",
+            "notifications/2",
+            "u",
+            "--value",
+            "x",
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&global.stderr).contains("does not support per-entity overrides")
+    );
+}
+
+#[test]
+fn a_missing_database_is_a_configuration_error() {
+    let out = run(None, &["migrate"]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PBFLAGS_DATABASE"));
+}
+
+#[test]
+fn the_database_password_never_appears_in_errors() {
+    let out = run(
+        Some("postgres://app:hunter2@127.0.0.1:1/x?connect_timeout=1"),
+        &["flags", "list", "--db-connect-timeout", "1s"],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("hunter2"), "{err}");
+}

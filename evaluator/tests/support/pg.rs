@@ -1,0 +1,118 @@
+//! Throwaway PostgreSQL for tests, through `scripts/pg.sh`.
+//!
+//! `TestDb::create()` gives each test a fresh database. With `PBFLAGS_TEST_PG_URL` set (the test
+//! command starts one server for the whole run), databases are created on that server; otherwise
+//! the test starts a server of its own, stopped by process id when the `TestDb` is dropped.
+//! `PgServer` is a private server a test can stop and start (outage tests).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use sqlx::postgres::{PgPool, PgPoolOptions};
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/pg.sh")
+}
+
+/// A PostgreSQL server of this test's own.
+pub struct PgServer {
+    dir: tempfile::TempDir,
+    /// URL of its `pbflags` database.
+    pub url: String,
+}
+
+impl PgServer {
+    /// initdb + start on a free loopback port.
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("pbflags-pg-")
+            .tempdir()
+            .expect("tempdir");
+        let url = run(&["start", &dir.path().to_string_lossy()]);
+        Self { dir, url }
+    }
+
+    /// Stops the server (by the pid in postmaster.pid).
+    pub fn stop(&self) {
+        run(&["stop", &self.dir.path().to_string_lossy()]);
+    }
+
+    /// Starts it again on the same port and data.
+    pub fn restart(&self) {
+        run(&["start", &self.dir.path().to_string_lossy()]);
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn run(args: &[&str]) -> String {
+    let out = Command::new("bash")
+        .arg(script())
+        .args(args)
+        .output()
+        .expect("run pg.sh");
+    assert!(
+        out.status.success(),
+        "pg.sh {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A fresh, empty database.
+pub struct TestDb {
+    /// Its URL.
+    pub url: String,
+    _server: Option<PgServer>,
+}
+
+impl TestDb {
+    /// Creates a database on the shared server, or starts a private server.
+    pub async fn create() -> Self {
+        let Ok(admin_url) = std::env::var("PBFLAGS_TEST_PG_URL") else {
+            let server = PgServer::start();
+            return Self {
+                url: server.url.clone(),
+                _server: Some(server),
+            };
+        };
+        let name = format!("t_{:016x}", fastrand::u64(..));
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&admin_url)
+            .await
+            .expect("connect to test server");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .expect("create database");
+        admin.close().await;
+        let base = admin_url.split('?').next().unwrap_or(&admin_url);
+        let (server, _) = base.rsplit_once('/').expect("url has a database");
+        Self {
+            url: format!("{server}/{name}?sslmode=disable"),
+            _server: None,
+        }
+    }
+
+    /// A pool on this database.
+    pub async fn pool(&self) -> PgPool {
+        pool(&self.url).await
+    }
+}
+
+/// A small pool with short timeouts.
+pub async fn pool(url: &str) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect(url)
+        .await
+        .expect("connect")
+}
