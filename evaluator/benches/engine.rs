@@ -1,27 +1,39 @@
-//! Engine hot paths over an in-memory source.
+//! Engine hot paths over an in-memory source, with the coarse clock the server uses (ticked every
+//! millisecond by a thread, as the server's ticker does).
 //! `cargo bench -p pbflags-evaluator --bench engine`
 
 #[path = "../tests/support/engine.rs"]
 mod harness;
 
 use std::hint::black_box;
+use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use futures_util::FutureExt as _;
 use harness::{Harness, def};
 use pbflags_evaluator::engine::cache::CacheConfig;
+use pbflags_evaluator::engine::clock::Clock;
 use pbflags_proto::v1::{FlagValue, State};
 
-fn long_ttl() -> CacheConfig {
-    CacheConfig::default()
+fn ticking() -> Clock {
+    let clock = Clock::coarse();
+    let c = clock.clone();
+    std::thread::spawn(move || {
+        loop {
+            c.tick();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+    clock
 }
 
 fn bench(c: &mut Criterion) {
+    let clock = ticking();
     let mut flags: Vec<_> = (1..=100)
         .map(|i| def(&format!("bench/{i}"), "user", Some(FlagValue::bool(false))))
         .collect();
     flags.push(def("bench/killed", "", Some(FlagValue::bool(false))));
-    let h = Harness::with_config(flags, long_ttl());
+    let h = Harness::with_clock(flags.clone(), CacheConfig::default(), clock.clone());
     for i in 1..=100 {
         h.source.set_flag(
             &format!("bench/{i}"),
@@ -71,15 +83,34 @@ fn bench(c: &mut Criterion) {
         })
     });
 
-    let miss = Harness::with_config(vec![], long_ttl());
-    let mut n = 0u64;
+    // A zero TTL makes every evaluation of a declared flag a miss that goes to the source.
+    let miss = Harness::with_clock(
+        flags,
+        CacheConfig {
+            flag_ttl: Duration::ZERO,
+            ..CacheConfig::default()
+        },
+        clock.clone(),
+    );
+    miss.source
+        .set_flag("bench/2", State::Enabled, Some(FlagValue::bool(true)));
     c.bench_function("evaluate_miss_memory_source", |b| {
+        b.iter(|| {
+            miss.engine
+                .evaluate(black_box("bench/2"), black_box(""))
+                .now_or_never()
+        })
+    });
+
+    let unknown = Harness::with_clock(vec![], CacheConfig::default(), clock);
+    let mut n = 0u64;
+    c.bench_function("evaluate_miss_undeclared_flag", |b| {
         b.iter_batched(
             || {
                 n += 1;
                 format!("miss/{n}")
             },
-            |id| miss.engine.evaluate(&id, "").now_or_never(),
+            |id| unknown.engine.evaluate(&id, "").now_or_never(),
             BatchSize::SmallInput,
         )
     });

@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 
 use crate::descriptor::{self, FlagDef, ParseError, Warning};
+use crate::engine::cache::Slot;
 
 /// SHA-256 of a descriptor file's bytes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -35,11 +36,12 @@ impl fmt::Debug for ContentHash {
     }
 }
 
-/// One immutable generation of flag definitions.
+/// One immutable generation of flag definitions, each with the engine's cache slot beside it.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     flags: Vec<Arc<FlagDef>>,
-    index: HashMap<Box<str>, usize>,
+    slots: Vec<Slot>,
+    index: HashMap<Box<str>, usize, foldhash::fast::RandomState>,
     hash: ContentHash,
     warnings: Vec<Warning>,
 }
@@ -63,8 +65,10 @@ impl Snapshot {
             .enumerate()
             .map(|(i, f)| (f.flag_id.as_str().into(), i))
             .collect();
+        let slots = flags.iter().map(|_| Slot::empty()).collect();
         Self {
             flags,
+            slots,
             index,
             hash,
             warnings,
@@ -75,6 +79,33 @@ impl Snapshot {
     #[inline]
     pub fn get(&self, flag_id: &str) -> Option<&Arc<FlagDef>> {
         self.index.get(flag_id).map(|&i| &self.flags[i])
+    }
+
+    /// The position of `flag_id` in [`flags`](Self::flags) and [`slot`](Self::slot).
+    #[inline]
+    pub fn index_of(&self, flag_id: &str) -> Option<usize> {
+        self.index.get(flag_id).copied()
+    }
+
+    /// The cache slot of the flag at `index`.
+    #[inline]
+    pub fn slot(&self, index: usize) -> &Slot {
+        &self.slots[index]
+    }
+
+    /// Every slot.
+    pub fn slots(&self) -> &[Slot] {
+        &self.slots
+    }
+
+    /// Carries cached state over from `old` for flags both declare, so a reload does not cold-start
+    /// the cache.
+    pub fn inherit_slots(&self, old: &Snapshot) {
+        for (i, f) in self.flags.iter().enumerate() {
+            if let Some(j) = old.index_of(&f.flag_id) {
+                self.slots[i].store(old.slots[j].load_full());
+            }
+        }
     }
 
     /// Every flag, in declaration order.
@@ -209,6 +240,20 @@ mod tests {
         assert_eq!(diff.added, ["notifications/99"]);
         assert_eq!(diff.removed, ["notifications/1"]);
         assert_eq!(diff.changed, ["notifications/2"]);
+    }
+
+    #[test]
+    fn a_new_snapshot_inherits_cached_state_of_flags_it_still_declares() {
+        let caches = crate::engine::cache::Caches::new(
+            Default::default(),
+            crate::engine::clock::Clock::real(),
+        );
+        let old = example();
+        caches.put_slot(old.slot(0), None);
+        let new = example();
+        new.inherit_slots(&old);
+        assert!(caches.slot_fresh(new.slot(0)).is_some());
+        assert!(new.slot(1).load().is_none());
     }
 
     #[test]

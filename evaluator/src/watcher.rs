@@ -183,6 +183,7 @@ impl DescriptorWatcher {
             tracing::warn!(warning = %w, "descriptor warning");
         }
         let flags = next.len();
+        next.inherit_slots(&self.registry.load());
         let old = self.registry.swap(next);
         let diff = self.registry.load().diff(&old);
         *self.last_failed.lock().unwrap_or_else(|e| e.into_inner()) = None;

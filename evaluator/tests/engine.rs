@@ -569,8 +569,8 @@ fn evaluation_metrics_count_each_source() {
         "{text}"
     );
     assert!(
-        text.contains("pbflags_cache_hits_total{tier=\"flags\"} 1"),
-        "{text}"
+        text.contains("pbflags_cache_hits_total{tier=\"flags\"} 2"),
+        "one hit per evaluation served from cache: {text}"
     );
     assert!(
         text.contains("pbflags_cache_misses_total{tier=\"flags\"} 1"),

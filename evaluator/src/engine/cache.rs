@@ -8,13 +8,21 @@
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
 
 use moka::Expiry;
 use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 
+use super::clock::Clock;
 use super::source::{FlagState, Override};
+
+/// The cache cell of one descriptor-known flag, kept beside its definition in the registry snapshot
+/// so a hit needs no second hash lookup. After expiry the entry stays as the flag's last-known value.
+pub type Slot = ArcSwapOption<FlagEntry>;
 
 /// Cache settings; keys and defaults of v0.6's `cache:` block, plus bounds of our own.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,6 +76,10 @@ pub struct FlagEntry {
     /// The state, or `None` for "no row".
     pub state: Option<FlagState>,
     ttl: Duration,
+    /// Engine-clock millisecond after which the entry is stale.
+    expires_at: u64,
+    /// The flush epoch it was written in; a flush makes older entries stale.
+    epoch: u64,
 }
 
 /// A cached override lookup; `value` is `None` when the entity has no override for the flag.
@@ -139,6 +151,8 @@ where
 /// All caches of one engine.
 pub struct Caches {
     config: CacheConfig,
+    clock: Clock,
+    epoch: AtomicU64,
     flags: Cache<Arc<str>, Arc<FlagEntry>, Hash>,
     overrides: Cache<u64, Arc<OverrideEntry>, Hash>,
     last_flags: Cache<Arc<str>, Arc<FlagEntry>, Hash>,
@@ -147,9 +161,11 @@ pub struct Caches {
 }
 
 impl Caches {
-    /// Empty caches sized by `config`.
-    pub fn new(config: CacheConfig) -> Self {
+    /// Empty caches sized by `config`, timing slot entries with `clock`.
+    pub fn new(config: CacheConfig, clock: Clock) -> Self {
         Self {
+            clock,
+            epoch: AtomicU64::new(0),
             flags: hot(config.flag_max_entries),
             overrides: hot(config.override_max_entries),
             last_flags: last(config.last_known_max_entries),
@@ -172,18 +188,58 @@ impl Caches {
         h.finish()
     }
 
-    /// The hot entry for `flag_id`.
+    /// The engine clock.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    fn flag_entry(&self, state: Option<FlagState>) -> Arc<FlagEntry> {
+        let ttl = jittered(self.config.flag_ttl, self.config.jitter_percent);
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        Arc::new(FlagEntry {
+            state,
+            ttl,
+            expires_at: self.clock.now_ms().saturating_add(ttl_ms),
+            epoch: self.epoch.load(Ordering::Relaxed),
+        })
+    }
+
+    /// The slot's entry if it is fresh.
+    #[inline]
+    pub fn slot_fresh(&self, slot: &Slot) -> Option<Arc<FlagEntry>> {
+        let guard = slot.load();
+        let e = guard.as_ref()?;
+        (self.clock.now_ms() < e.expires_at && e.epoch == self.epoch.load(Ordering::Relaxed))
+            .then(|| e.clone())
+    }
+
+    /// The slot's entry, fresh or not: the flag's last-known value.
+    pub fn slot_last(&self, slot: &Slot) -> Option<Arc<FlagEntry>> {
+        slot.load_full()
+    }
+
+    /// Stores a fetched state (or "no row") in a slot.
+    pub fn put_slot(&self, slot: &Slot, state: Option<FlagState>) -> Arc<FlagEntry> {
+        let entry = self.flag_entry(state);
+        slot.store(Some(entry.clone()));
+        entry
+    }
+
+    /// Fresh slots among `slots`.
+    pub fn fresh_slots<'a>(&self, slots: impl Iterator<Item = &'a Slot>) -> u64 {
+        slots.filter(|s| self.slot_fresh(s).is_some()).count() as u64
+    }
+
+    /// The hot entry for `flag_id` (flags the descriptors do not declare).
     #[inline]
     pub fn flag(&self, flag_id: &str) -> Option<Arc<FlagEntry>> {
         self.flags.get(flag_id)
     }
 
-    /// Caches a fetched state (or "no row") in the hot cache and the last-known store.
+    /// Caches a fetched state (or "no row") of an undeclared flag in the hot cache and the
+    /// last-known store.
     pub fn put_flag(&self, flag_id: Arc<str>, state: Option<FlagState>) -> Arc<FlagEntry> {
-        let entry = Arc::new(FlagEntry {
-            state,
-            ttl: jittered(self.config.flag_ttl, self.config.jitter_percent),
-        });
+        let entry = self.flag_entry(state);
         self.flags.insert(flag_id.clone(), entry.clone());
         self.last_flags.insert(flag_id, entry.clone());
         entry
@@ -232,8 +288,9 @@ impl Caches {
         (*e.flag_id == *flag_id && *e.entity_id == *entity_id).then_some(e)
     }
 
-    /// Empties the hot caches; the last-known stores are kept.
+    /// Empties the hot caches; last-known values are kept.
     pub fn flush(&self) {
+        self.epoch.fetch_add(1, Ordering::Relaxed);
         self.flags.invalidate_all();
         self.overrides.invalidate_all();
         self.flags.run_pending_tasks();
@@ -289,11 +346,14 @@ mod tests {
 
     #[test]
     fn entries_expire_after_their_ttl_but_last_known_survives() {
-        let caches = Caches::new(CacheConfig {
-            flag_ttl: Duration::from_millis(50),
-            jitter_percent: 0,
-            ..Default::default()
-        });
+        let caches = Caches::new(
+            CacheConfig {
+                flag_ttl: Duration::from_millis(50),
+                jitter_percent: 0,
+                ..Default::default()
+            },
+            Clock::real(),
+        );
         caches.put_flag("f/1".into(), Some(state()));
         assert!(caches.flag("f/1").is_some());
         std::thread::sleep(Duration::from_millis(100));
@@ -306,7 +366,7 @@ mod tests {
 
     #[test]
     fn absent_rows_are_cached_as_negative_entries() {
-        let caches = Caches::new(CacheConfig::default());
+        let caches = Caches::new(CacheConfig::default(), Clock::real());
         caches.put_flag("f/1".into(), None);
         let e = caches.flag("f/1").expect("negative entry is cached");
         assert!(e.state.is_none());
@@ -322,7 +382,7 @@ mod tests {
 
     #[test]
     fn override_keys_do_not_mix_flag_and_entity_boundaries() {
-        let caches = Caches::new(CacheConfig::default());
+        let caches = Caches::new(CacheConfig::default(), Clock::real());
         caches.put_override("ab", "c", None);
         assert!(caches.override_entry("a", "bc").is_none());
         assert!(caches.override_entry("ab", "c").is_some());
@@ -330,7 +390,7 @@ mod tests {
 
     #[test]
     fn flush_empties_hot_caches_and_keeps_last_known() {
-        let caches = Caches::new(CacheConfig::default());
+        let caches = Caches::new(CacheConfig::default(), Clock::real());
         caches.put_flag("f/1".into(), Some(state()));
         caches.put_override("f/1", "u", None);
         caches.flush();
@@ -343,10 +403,13 @@ mod tests {
 
     #[test]
     fn last_known_store_is_bounded() {
-        let caches = Caches::new(CacheConfig {
-            last_known_max_entries: 100,
-            ..Default::default()
-        });
+        let caches = Caches::new(
+            CacheConfig {
+                last_known_max_entries: 100,
+                ..Default::default()
+            },
+            Clock::real(),
+        );
         for i in 0..5_000 {
             caches.put_override("f/1", &format!("entity-{i}"), None);
         }
@@ -359,11 +422,50 @@ mod tests {
 
     #[test]
     fn sizes_are_real_counts() {
-        let caches = Caches::new(CacheConfig::default());
+        let caches = Caches::new(CacheConfig::default(), Clock::real());
         for i in 0..10 {
             caches.put_flag(format!("f/{i}").into(), None);
         }
         caches.put_override("f/1", "u", None);
         assert_eq!(caches.sizes(), (10, 1, 11));
+    }
+}
+
+#[cfg(test)]
+mod slot_tests {
+    use super::*;
+
+    #[test]
+    fn a_slot_entry_expires_but_stays_as_last_known() {
+        let clock = Clock::coarse();
+        let caches = Caches::new(
+            CacheConfig {
+                flag_ttl: Duration::from_millis(30),
+                jitter_percent: 0,
+                ..Default::default()
+            },
+            clock.clone(),
+        );
+        let slot = Slot::empty();
+        caches.put_slot(&slot, None);
+        assert!(caches.slot_fresh(&slot).is_some());
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(
+            caches.slot_fresh(&slot).is_some(),
+            "a coarse clock moves only when ticked"
+        );
+        clock.tick();
+        assert!(caches.slot_fresh(&slot).is_none());
+        assert!(caches.slot_last(&slot).is_some());
+    }
+
+    #[test]
+    fn flush_makes_slots_stale_but_keeps_them() {
+        let caches = Caches::new(CacheConfig::default(), Clock::real());
+        let slot = Slot::empty();
+        caches.put_slot(&slot, None);
+        caches.flush();
+        assert!(caches.slot_fresh(&slot).is_none());
+        assert!(caches.slot_last(&slot).is_some());
     }
 }

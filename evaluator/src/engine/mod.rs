@@ -13,6 +13,7 @@
 //! - BulkEvaluate fetches what it misses in two batched calls, not one call per flag.
 
 pub mod cache;
+pub mod clock;
 pub mod coalesce;
 pub mod health;
 pub mod killset;
@@ -27,8 +28,9 @@ use pbflags_proto::v1::{EvaluationSource, FlagValue, State};
 
 use crate::descriptor::FlagDef;
 use crate::metrics::{Backend, Metrics, Operation};
-use crate::registry::Registry;
+use crate::registry::{Registry, Snapshot};
 use cache::{CacheConfig, Caches, FlagEntry, OverrideEntry};
+use clock::Clock;
 use coalesce::Coalescer;
 use health::Health;
 use killset::KillSet;
@@ -125,8 +127,16 @@ pub struct Engine {
     override_flights: Coalescer<OverrideKey, SourceResult<Arc<OverrideEntry>>>,
 }
 
+/// Where a flag's global state is cached: its registry slot, or (undeclared flags) the moka cache.
+#[derive(Clone)]
+enum Home {
+    Slot(Arc<Snapshot>, usize),
+    Map,
+}
+
 impl Engine {
-    /// An engine evaluating `registry`'s flags with state from `source`.
+    /// An engine evaluating `registry`'s flags with state from `source`, timing entries with a real
+    /// clock. Servers use [`with_clock`](Self::with_clock) and a ticked coarse clock.
     pub fn new(
         registry: Arc<Registry>,
         source: Arc<dyn StateSource>,
@@ -134,10 +144,22 @@ impl Engine {
         config: CacheConfig,
         metrics: Metrics,
     ) -> Self {
+        Self::with_clock(registry, source, backend, config, metrics, Clock::real())
+    }
+
+    /// As [`new`](Self::new), with the given clock.
+    pub fn with_clock(
+        registry: Arc<Registry>,
+        source: Arc<dyn StateSource>,
+        backend: Backend,
+        config: CacheConfig,
+        metrics: Metrics,
+        clock: Clock,
+    ) -> Self {
         let shared = Shared {
             source,
             backend,
-            caches: Caches::new(config),
+            caches: Caches::new(config, clock),
             health: Health::new(Some(metrics.clone())),
             metrics,
         };
@@ -182,7 +204,9 @@ impl Engine {
 
     /// Health for the Health RPC, with real cache counts.
     pub fn health_report(&self) -> HealthReport {
-        let (flags, overrides, last) = self.shared.caches.sizes();
+        let (unknown, overrides, last) = self.shared.caches.sizes();
+        let snapshot = self.registry.load();
+        let flags = unknown + self.shared.caches.fresh_slots(snapshot.slots().iter());
         let m = &self.shared.metrics;
         m.flag_cache_size
             .set(i64::try_from(flags).unwrap_or(i64::MAX));
@@ -201,18 +225,56 @@ impl Engine {
 
     /// Evaluates one flag for one entity (`""` for a global evaluation). Never fails.
     pub async fn evaluate(&self, flag_id: &str, entity_id: &str) -> Evaluation {
-        let def = self.registry.load().get(flag_id).cloned();
-        let ev = self.evaluate_with(flag_id, entity_id, def.as_ref()).await;
+        let fast = self.evaluate_cached(&self.registry.load(), flag_id, entity_id);
+        let ev = match fast {
+            Some(ev) => ev,
+            None => self.evaluate_fetching(flag_id, entity_id).await,
+        };
         self.shared.metrics.evaluation(ev.source);
         ev
     }
 
-    async fn evaluate_with(
+    /// The answer from caches alone, or `None` when something must be fetched. No await, no
+    /// allocation; counts cache hits only when it answers.
+    fn evaluate_cached(
         &self,
+        snapshot: &Snapshot,
         flag_id: &str,
         entity_id: &str,
-        def: Option<&Arc<FlagDef>>,
-    ) -> Evaluation {
+    ) -> Option<Evaluation> {
+        let index = snapshot.index_of(flag_id);
+        let def = index.map(|i| &snapshot.flags()[i]);
+        let m = &self.shared.metrics;
+        if self.kills.contains(flag_id) {
+            m.kill_set_hits.inc();
+            return Some(Evaluation::default_of(def, EvaluationSource::Killed));
+        }
+        let caches = &self.shared.caches;
+        let mut override_hit = false;
+        if overridable(def, entity_id) {
+            let entry = caches.override_entry(flag_id, entity_id)?;
+            override_hit = true;
+            if let Some(ev) = decide_override(Lookup::Fresh(entry), def) {
+                m.overrides.hits.inc();
+                return Some(ev);
+            }
+        }
+        let entry = match index {
+            Some(i) => caches.slot_fresh(snapshot.slot(i))?,
+            None => caches.flag(flag_id)?,
+        };
+        if override_hit {
+            m.overrides.hits.inc();
+        }
+        m.flags.hits.inc();
+        Some(decide_global(Lookup::Fresh(entry), def))
+    }
+
+    async fn evaluate_fetching(&self, flag_id: &str, entity_id: &str) -> Evaluation {
+        let snapshot = self.registry.load_full();
+        let index = snapshot.index_of(flag_id);
+        let def = index.map(|i| snapshot.flags()[i].clone());
+        let def = def.as_ref();
         if self.kills.contains(flag_id) {
             self.shared.metrics.kill_set_hits.inc();
             return Evaluation::default_of(def, EvaluationSource::Killed);
@@ -222,18 +284,33 @@ impl Engine {
         {
             return ev;
         }
-        decide_global(self.flag_lookup(flag_id).await, def)
+        let home = index.map_or(Home::Map, |i| Home::Slot(snapshot.clone(), i));
+        decide_global(self.flag_lookup(flag_id, home).await, def)
     }
 
-    async fn flag_lookup(&self, flag_id: &str) -> Lookup<FlagEntry> {
-        let caches = &self.shared.caches;
-        if let Some(e) = caches.flag(flag_id) {
+    fn cached_flag(&self, flag_id: &str, home: &Home) -> Option<Arc<FlagEntry>> {
+        match home {
+            Home::Slot(s, i) => self.shared.caches.slot_fresh(s.slot(*i)),
+            Home::Map => self.shared.caches.flag(flag_id),
+        }
+    }
+
+    fn last_known_flag(&self, flag_id: &str, home: &Home) -> Option<Arc<FlagEntry>> {
+        match home {
+            Home::Slot(s, i) => self.shared.caches.slot_last(s.slot(*i)),
+            Home::Map => self.shared.caches.last_known_flag(flag_id),
+        }
+    }
+
+    async fn flag_lookup(&self, flag_id: &str, home: Home) -> Lookup<FlagEntry> {
+        if let Some(e) = self.cached_flag(flag_id, &home) {
             self.shared.metrics.flags.hits.inc();
             return Lookup::Fresh(e);
         }
         self.shared.metrics.flags.misses.inc();
         let key: Arc<str> = flag_id.into();
         let shared = self.shared.clone();
+        let flight_home = home.clone();
         let (result, _) = self
             .flag_flights
             .run(
@@ -243,7 +320,10 @@ impl Engine {
                         let started = std::time::Instant::now();
                         let r = shared.source.flag_state(&key).await;
                         shared.observe(Operation::FlagState, &r, started);
-                        r.map(|state| shared.caches.put_flag(key, state))
+                        r.map(|state| match flight_home {
+                            Home::Slot(s, i) => shared.caches.put_slot(s.slot(i), state),
+                            Home::Map => shared.caches.put_flag(key, state),
+                        })
                     })
                 },
                 || self.shared.metrics.coalesced_fetches.inc(),
@@ -251,8 +331,8 @@ impl Engine {
             .await;
         match result {
             Ok(e) => Lookup::Fresh(e),
-            Err(_) => caches
-                .last_known_flag(flag_id)
+            Err(_) => self
+                .last_known_flag(flag_id, &home)
                 .map_or(Lookup::Unavailable, Lookup::Stale),
         }
     }
@@ -306,45 +386,14 @@ impl Engine {
         } else {
             flag_ids.to_vec()
         };
-        let defs: Vec<Option<Arc<FlagDef>>> =
-            ids.iter().map(|id| snapshot.get(id).cloned()).collect();
-        drop(snapshot);
-
-        let mut results: Vec<Option<Evaluation>> = vec![None; ids.len()];
-        for (i, id) in ids.iter().enumerate() {
-            if self.kills.contains(id) {
-                self.shared.metrics.kill_set_hits.inc();
-                results[i] = Some(Evaluation::default_of(
-                    defs[i].as_ref(),
-                    EvaluationSource::Killed,
-                ));
-            }
-        }
-
-        // Overrides: every undecided overridable flag, in one call for the misses.
-        let wants_override: Vec<usize> = (0..ids.len())
-            .filter(|&i| results[i].is_none() && overridable(defs[i].as_ref(), entity_id))
+        let mut results: Vec<Option<Evaluation>> = ids
+            .iter()
+            .map(|id| self.evaluate_cached(&snapshot, id, entity_id))
             .collect();
-        let overrides = self
-            .bulk_overrides(entity_id, wants_override.iter().map(|&i| ids[i].as_str()))
-            .await;
-        for &i in &wants_override {
-            let lookup = overrides.lookup(&ids[i], |id| {
-                self.shared.caches.last_known_override(id, entity_id)
-            });
-            results[i] = decide_override(lookup, defs[i].as_ref());
+        if results.iter().any(Option::is_none) {
+            self.bulk_fetch(&snapshot, &ids, entity_id, &mut results)
+                .await;
         }
-
-        // Global state: everything still undecided, in one call for the misses.
-        let wants_global: Vec<usize> = (0..ids.len()).filter(|&i| results[i].is_none()).collect();
-        let states = self
-            .bulk_flags(wants_global.iter().map(|&i| ids[i].as_str()))
-            .await;
-        for &i in &wants_global {
-            let lookup = states.lookup(&ids[i], |id| self.shared.caches.last_known_flag(id));
-            results[i] = Some(decide_global(lookup, defs[i].as_ref()));
-        }
-
         ids.into_iter()
             .zip(results)
             .map(|(id, ev)| {
@@ -354,6 +403,53 @@ impl Engine {
                 (id, ev)
             })
             .collect()
+    }
+
+    /// Fills the `None`s of `results`: kills, then overrides in one call, then global state in one call.
+    async fn bulk_fetch(
+        &self,
+        snapshot: &Arc<Snapshot>,
+        ids: &[String],
+        entity_id: &str,
+        results: &mut [Option<Evaluation>],
+    ) {
+        let indexes: Vec<Option<usize>> = ids.iter().map(|id| snapshot.index_of(id)).collect();
+        let def = |i: usize| indexes[i].map(|x| &snapshot.flags()[x]);
+        for (i, id) in ids.iter().enumerate() {
+            if results[i].is_none() && self.kills.contains(id) {
+                self.shared.metrics.kill_set_hits.inc();
+                results[i] = Some(Evaluation::default_of(def(i), EvaluationSource::Killed));
+            }
+        }
+
+        let wants_override: Vec<usize> = (0..ids.len())
+            .filter(|&i| results[i].is_none() && overridable(def(i), entity_id))
+            .collect();
+        let overrides = self
+            .bulk_overrides(entity_id, wants_override.iter().map(|&i| ids[i].as_str()))
+            .await;
+        for &i in &wants_override {
+            let lookup = overrides.lookup(&ids[i], |id| {
+                self.shared.caches.last_known_override(id, entity_id)
+            });
+            results[i] = decide_override(lookup, def(i));
+        }
+
+        let wants_global: Vec<usize> = (0..ids.len()).filter(|&i| results[i].is_none()).collect();
+        let homes: Vec<(&str, Home)> = wants_global
+            .iter()
+            .map(|&i| {
+                (
+                    ids[i].as_str(),
+                    indexes[i].map_or(Home::Map, |x| Home::Slot(snapshot.clone(), x)),
+                )
+            })
+            .collect();
+        let states = self.bulk_flags(&homes).await;
+        for (&i, (id, home)) in wants_global.iter().zip(&homes) {
+            let lookup = states.lookup(id, |id| self.last_known_flag(id, home));
+            results[i] = Some(decide_global(lookup, def(i)));
+        }
     }
 
     async fn bulk_overrides<'a>(
@@ -395,35 +491,39 @@ impl Engine {
         batch
     }
 
-    async fn bulk_flags<'a>(&self, ids: impl Iterator<Item = &'a str>) -> Batch<FlagEntry> {
-        let caches = &self.shared.caches;
+    async fn bulk_flags(&self, wanted: &[(&str, Home)]) -> Batch<FlagEntry> {
         let mut batch = Batch::default();
-        let mut missing: Vec<String> = Vec::new();
-        for id in ids {
-            if batch.found.contains_key(id) || missing.iter().any(|m| m == id) {
+        let mut missing: Vec<(String, Home)> = Vec::new();
+        for (id, home) in wanted {
+            if batch.found.contains_key(*id) || missing.iter().any(|(m, _)| m == id) {
                 continue;
             }
-            match caches.flag(id) {
+            match self.cached_flag(id, home) {
                 Some(e) => {
                     self.shared.metrics.flags.hits.inc();
-                    batch.found.insert(id.to_owned(), e);
+                    batch.found.insert((*id).to_owned(), e);
                 }
                 None => {
                     self.shared.metrics.flags.misses.inc();
-                    missing.push(id.to_owned());
+                    missing.push(((*id).to_owned(), home.clone()));
                 }
             }
         }
         if missing.is_empty() {
             return batch;
         }
+        let ids: Vec<String> = missing.iter().map(|(id, _)| id.clone()).collect();
         let started = std::time::Instant::now();
-        let r = self.shared.source.flag_states(&missing).await;
+        let r = self.shared.source.flag_states(&ids).await;
         self.shared.observe(Operation::FlagState, &r, started);
         match r {
             Ok(mut rows) => {
-                for id in missing {
-                    let entry = caches.put_flag(id.as_str().into(), rows.remove(&id));
+                for (id, home) in missing {
+                    let state = rows.remove(&id);
+                    let entry = match home {
+                        Home::Slot(s, i) => self.shared.caches.put_slot(s.slot(i), state),
+                        Home::Map => self.shared.caches.put_flag(id.as_str().into(), state),
+                    };
                     batch.found.insert(id, entry);
                 }
             }

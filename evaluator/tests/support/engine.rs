@@ -58,6 +58,18 @@ impl Harness {
     }
 
     pub fn with_config(flags: Vec<FlagDef>, config: CacheConfig) -> Self {
+        Self::with_clock(
+            flags,
+            config,
+            pbflags_evaluator::engine::clock::Clock::real(),
+        )
+    }
+
+    pub fn with_clock(
+        flags: Vec<FlagDef>,
+        config: CacheConfig,
+        clock: pbflags_evaluator::engine::clock::Clock,
+    ) -> Self {
         let registry = Arc::new(Registry::new(Snapshot::new(
             flags,
             ContentHash::default(),
@@ -65,12 +77,13 @@ impl Harness {
         )));
         let source = Arc::new(MemorySource::new());
         let metrics = Metrics::new();
-        let engine = Arc::new(Engine::new(
+        let engine = Arc::new(Engine::with_clock(
             registry,
             source.clone(),
             Backend::Memory,
             config,
             metrics.clone(),
+            clock,
         ));
         Self {
             engine,
