@@ -20,6 +20,8 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Serve flag evaluations (gRPC, gRPC-Web and Connect on one port), in root or proxy mode.
+    Serve(Box<crate::config::ServeArgs>),
     /// Parse a descriptor set and list its flags, with warnings for anything suspicious.
     Descriptors(DescriptorsArgs),
     /// Apply pending database migrations and exit.

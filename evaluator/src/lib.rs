@@ -3,11 +3,16 @@
 
 pub mod cli;
 pub mod commands;
+pub mod config;
 pub mod descriptor;
 pub mod engine;
 pub mod list;
+pub mod logging;
 pub mod metrics;
 pub mod pg;
 pub mod poller;
 pub mod registry;
+pub mod serve;
+pub mod server;
+pub mod upstream;
 pub mod watcher;

@@ -6,11 +6,13 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use pbflags_evaluator::cli::{Cli, Command};
 use pbflags_evaluator::commands::{self, Failure};
-use pbflags_evaluator::{list, watcher};
+use pbflags_evaluator::{list, logging, serve, watcher};
+use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve(args) => return run_serve(&args),
         Command::Descriptors(args) => watcher::load_file(&args.descriptors)
             .map(|s| list::render(&s, args.json))
             .map_err(Failure::from),
@@ -23,7 +25,7 @@ fn main() -> ExitCode {
                     Command::Migrate(a) => commands::migrate(a).await,
                     Command::Sync(a) => commands::sync(a).await,
                     Command::Flags(a) => commands::flags(a).await,
-                    Command::Descriptors(_) => unreachable!("handled above"),
+                    Command::Serve(_) | Command::Descriptors(_) => unreachable!("handled above"),
                 }
             }),
             Err(e) => Err(Failure::from(e)),
@@ -39,4 +41,58 @@ fn main() -> ExitCode {
             ExitCode::from(f.code)
         }
     }
+}
+
+fn run_serve(args: &pbflags_evaluator::config::ServeArgs) -> ExitCode {
+    let config = match args.resolve() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    logging::init(config.log_format, &config.log_level);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: start runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(signals(shutdown.clone()));
+        match serve::prepare(config).await {
+            Ok(prepared) => {
+                serve::run(prepared, shutdown).await;
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start");
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        }
+    })
+}
+
+/// First SIGTERM or SIGINT starts a graceful shutdown; a second one exits at once.
+async fn signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot listen for SIGTERM/SIGINT; stop the process with SIGKILL");
+        return;
+    };
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::info!("signal received; shutting down (send it again to exit at once)");
+    shutdown.cancel();
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::warn!("second signal: exiting now");
+    std::process::exit(130);
 }

@@ -74,6 +74,8 @@ pub struct Metrics {
     /// `pbflags_source_invalid_values_total`: values from the source that could not be decoded.
     pub invalid_values: IntCounter,
     reloads: IntCounterVec,
+    rpc_requests: IntCounterVec,
+    rpc_duration: HistogramVec,
     /// `pbflags_descriptor_flags`: flags in the serving snapshot.
     pub descriptor_flags: IntGauge,
     descriptor_info: IntGaugeVec,
@@ -171,7 +173,31 @@ impl Metrics {
         .expect("valid");
         reg(Box::new(descriptor_info.clone()));
 
+        let rpc_requests = IntCounterVec::new(
+            Opts::new(
+                "pbflags_rpc_requests_total",
+                "RPCs served, by method and status code.",
+            ),
+            &["method", "code"],
+        )
+        .expect("valid");
+        reg(Box::new(rpc_requests.clone()));
+        let rpc_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "pbflags_rpc_duration_seconds",
+                "RPC handling time, by method.",
+            )
+            .buckets(vec![
+                0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0,
+            ]),
+            &["method"],
+        )
+        .expect("valid");
+        reg(Box::new(rpc_duration.clone()));
+
         Self {
+            rpc_requests,
+            rpc_duration,
             evaluations,
             kill_set_hits: hits.with_label_values(&["kill_set"]),
             flags: tier("flags"),
@@ -249,6 +275,14 @@ impl Metrics {
         self.descriptor_info.with_label_values(&[hash]).set(1);
         self.descriptor_flags
             .set(i64::try_from(flags).unwrap_or(i64::MAX));
+    }
+
+    /// Records one RPC: its method, status code name and duration.
+    pub fn rpc(&self, method: &str, code: &str, seconds: f64) {
+        self.rpc_requests.with_label_values(&[method, code]).inc();
+        self.rpc_duration
+            .with_label_values(&[method])
+            .observe(seconds);
     }
 
     /// Reload attempts with the given result so far.

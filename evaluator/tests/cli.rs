@@ -115,3 +115,70 @@ fn the_database_password_never_appears_in_errors() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("hunter2"), "{err}");
 }
+
+#[test]
+fn serve_with_bad_configuration_exits_64_naming_the_setting_before_binding() {
+    let out = run(
+        None,
+        &[
+            "serve",
+            "--descriptors",
+            &example(),
+            "--server",
+            "http://127.0.0.1:1",
+            "--kill-ttl",
+            "0s",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cache.kill_ttl"));
+    let out = run(None, &["serve", "--server", "http://127.0.0.1:1"]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("descriptors"));
+}
+
+#[test]
+fn serve_drains_and_exits_cleanly_on_sigterm() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pbflags-evaluator"))
+        .args([
+            "serve",
+            "--descriptors",
+            &example(),
+            "--server",
+            "http://127.0.0.1:1",
+            "--listen",
+            &listen,
+        ])
+        .env_remove("PBFLAGS_DATABASE")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(&listen).is_err() {
+        assert!(std::time::Instant::now() < deadline, "server did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "exit status {status}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "did not exit after SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -44,8 +44,18 @@ pub enum ErrorKind {
     Timeout,
     /// The source rejected the request as invalid.
     InvalidArgument,
-    /// The source answered, but with something that could not be understood.
+    /// The source answered, but with something that could not be understood, or failed inside.
     Internal,
+    /// The source does not know what was asked for (an upstream's NotFound on a state RPC).
+    NotFound,
+    /// The source refused the caller's credentials.
+    Unauthenticated,
+    /// The source refused the caller.
+    PermissionDenied,
+    /// The source is overloaded or the request too large.
+    ResourceExhausted,
+    /// The source does not implement the call.
+    Unimplemented,
 }
 
 /// A source failure. Cheap to clone: one failure is shared by every evaluation that waited on it.

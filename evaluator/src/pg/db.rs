@@ -125,6 +125,14 @@ impl DatabaseArgs {
         Err(DbError::Missing)
     }
 
+    /// Checks that a URL is given and parses, without connecting.
+    pub fn validate(&self) -> Result<(), DbError> {
+        let url = self.url()?;
+        PgConnectOptions::from_str(url.expose())
+            .map_err(|e| DbError::InvalidUrl(redact(&e.to_string())))?;
+        Ok(())
+    }
+
     /// A pool that connects lazily: creating it never touches the network, so an evaluator starts
     /// (serving defaults) while the database is down, and connects when it comes back.
     pub fn pool(&self) -> Result<PgPool, DbError> {

@@ -1,0 +1,517 @@
+//! Configuration of `serve`: command-line flags, `PBFLAGS_*` environment variables and an optional
+//! YAML file with pbflags v0.6's keys, merged with precedence flag > environment > file > default,
+//! then validated into an immutable [`Config`] before any port is bound or database touched.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::engine::cache::CacheConfig;
+use crate::pg::db::DatabaseArgs;
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (use a duration like 500ms, 30s or 5m)"))
+}
+
+/// Arguments of `serve`. Every setting is optional here so the file can fill what flags and the
+/// environment leave unset; defaults are applied last.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// YAML configuration file (keys of pbflags v0.6: descriptors, server, listen, database, cache.*).
+    #[arg(long, env = "PBFLAGS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The descriptor set to serve (hot-reloaded).
+    #[arg(long, env = "PBFLAGS_DESCRIPTORS")]
+    pub descriptors: Option<PathBuf>,
+    /// Upstream evaluator base URL (proxy mode), e.g. `http://pbflags-root:9201`.
+    #[arg(long, visible_alias = "upstream", env = "PBFLAGS_SERVER")]
+    pub server: Option<String>,
+    /// Listen address for gRPC, gRPC-Web, Connect, /metrics and health [default: localhost:9201].
+    #[arg(long, env = "PBFLAGS_LISTEN")]
+    pub listen: Option<String>,
+    /// Apply database migrations before serving (root mode).
+    #[arg(long, env = "PBFLAGS_MIGRATE")]
+    pub migrate: bool,
+    /// Kill-set poll interval [default: 30s].
+    #[arg(long, env = "PBFLAGS_CACHE_KILL_TTL", value_parser = duration)]
+    pub kill_ttl: Option<Duration>,
+    /// Flag state cache TTL [default: 5m].
+    #[arg(long, env = "PBFLAGS_CACHE_FLAG_TTL", value_parser = duration)]
+    pub flag_ttl: Option<Duration>,
+    /// Override cache TTL [default: 5m].
+    #[arg(long, env = "PBFLAGS_CACHE_OVERRIDE_TTL", value_parser = duration)]
+    pub override_ttl: Option<Duration>,
+    /// Override cache capacity [default: 10000].
+    #[arg(long, env = "PBFLAGS_CACHE_OVERRIDE_MAX_ENTRIES")]
+    pub override_max_entries: Option<u64>,
+    /// ± jitter on cache TTLs, percent [default: 20].
+    #[arg(long, env = "PBFLAGS_CACHE_JITTER_PERCENT")]
+    pub jitter_percent: Option<u32>,
+    /// Timeout of one source call [default: 500ms].
+    #[arg(long, env = "PBFLAGS_CACHE_FETCH_TIMEOUT", value_parser = duration)]
+    pub fetch_timeout: Option<Duration>,
+    /// Capacity of each last-known-value store [default: 100000].
+    #[arg(long, env = "PBFLAGS_CACHE_LAST_KNOWN_MAX_ENTRIES")]
+    pub last_known_max_entries: Option<u64>,
+    /// Largest accepted request body, bytes [default: 4194304].
+    #[arg(long, env = "PBFLAGS_MAX_REQUEST_BYTES")]
+    pub max_request_bytes: Option<usize>,
+    /// Most flag ids in one BulkEvaluate [default: 1000].
+    #[arg(long, env = "PBFLAGS_MAX_BULK_FLAGS")]
+    pub max_bulk_flags: Option<usize>,
+    /// How long in-flight requests may take to finish at shutdown [default: 10s].
+    #[arg(long, env = "PBFLAGS_SHUTDOWN_TIMEOUT", value_parser = duration)]
+    pub shutdown_timeout: Option<Duration>,
+    /// How often the descriptor file's hash is compared [default: 30s].
+    #[arg(long, env = "PBFLAGS_DESCRIPTOR_POLL_INTERVAL", value_parser = duration)]
+    pub descriptor_poll_interval: Option<Duration>,
+    /// Log format: text or json [default: text].
+    #[arg(long, env = "PBFLAGS_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Log level or filter, e.g. info or pbflags_evaluator=debug [default: info].
+    #[arg(long, env = "PBFLAGS_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// The database (root mode).
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+}
+
+/// The YAML file. Unknown keys are errors, except v0.6's admin-UI keys, which are ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    descriptors: Option<PathBuf>,
+    server: Option<String>,
+    listen: Option<String>,
+    database: Option<String>,
+    #[serde(default)]
+    cache: FileCache,
+    admin: Option<serde_yaml_ng::Value>,
+    env_name: Option<serde_yaml_ng::Value>,
+    env_color: Option<serde_yaml_ng::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCache {
+    kill_ttl: Option<String>,
+    flag_ttl: Option<String>,
+    override_ttl: Option<String>,
+    override_max_entries: Option<u64>,
+    jitter_percent: Option<u32>,
+    fetch_timeout: Option<String>,
+    last_known_max_entries: Option<u64>,
+}
+
+/// Where state comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// PostgreSQL.
+    Root,
+    /// An upstream evaluator at this base URL.
+    Proxy(String),
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The validated configuration of `serve`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Descriptor file.
+    pub descriptors: PathBuf,
+    /// Root or proxy.
+    pub mode: Mode,
+    /// Listen address as given (host:port).
+    pub listen: String,
+    /// Database settings (root mode).
+    pub db: DatabaseArgs,
+    /// Run migrations first.
+    pub migrate: bool,
+    /// Cache settings.
+    pub cache: CacheConfig,
+    /// Largest request body.
+    pub max_request_bytes: usize,
+    /// Most ids per BulkEvaluate.
+    pub max_bulk_flags: usize,
+    /// Drain deadline at shutdown.
+    pub shutdown_timeout: Duration,
+    /// Descriptor hash poll interval.
+    pub descriptor_poll_interval: Duration,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log filter.
+    pub log_level: String,
+}
+
+/// A setting that is missing or invalid; the message names it. Exit code 64.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+fn bad(setting: &str, why: impl std::fmt::Display) -> ConfigError {
+    ConfigError(format!("{setting}: {why}"))
+}
+
+fn file_duration(key: &str, v: Option<&String>) -> Result<Option<Duration>, ConfigError> {
+    v.map(|s| duration(s).map_err(|e| bad(&format!("cache.{key} (config file)"), e)))
+        .transpose()
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| bad("--config", format!("{}: {e}", path.display())))?;
+    serde_yaml_ng::from_str(&text).map_err(|e| bad("--config", format!("{}: {e}", path.display())))
+}
+
+impl ServeArgs {
+    /// Merges flags and environment (already in `self`) over the file over defaults, and validates.
+    pub fn resolve(&self) -> Result<Config, ConfigError> {
+        let file = match &self.config {
+            Some(p) => read_file(p)?,
+            None => FileConfig::default(),
+        };
+        for (key, v) in [
+            ("admin", &file.admin),
+            ("env_name", &file.env_name),
+            ("env_color", &file.env_color),
+        ] {
+            if v.is_some() {
+                tracing::warn!(
+                    key,
+                    "config file key ignored: the admin UI is not part of this evaluator"
+                );
+            }
+        }
+        let d = CacheConfig::default();
+        let fc = &file.cache;
+        let cache = CacheConfig {
+            kill_ttl: self
+                .kill_ttl
+                .or(file_duration("kill_ttl", fc.kill_ttl.as_ref())?)
+                .unwrap_or(d.kill_ttl),
+            flag_ttl: self
+                .flag_ttl
+                .or(file_duration("flag_ttl", fc.flag_ttl.as_ref())?)
+                .unwrap_or(d.flag_ttl),
+            override_ttl: self
+                .override_ttl
+                .or(file_duration("override_ttl", fc.override_ttl.as_ref())?)
+                .unwrap_or(d.override_ttl),
+            override_max_entries: self
+                .override_max_entries
+                .or(fc.override_max_entries)
+                .unwrap_or(d.override_max_entries),
+            flag_max_entries: d.flag_max_entries,
+            jitter_percent: self
+                .jitter_percent
+                .or(fc.jitter_percent)
+                .unwrap_or(d.jitter_percent),
+            fetch_timeout: self
+                .fetch_timeout
+                .or(file_duration("fetch_timeout", fc.fetch_timeout.as_ref())?)
+                .unwrap_or(d.fetch_timeout),
+            last_known_max_entries: self
+                .last_known_max_entries
+                .or(fc.last_known_max_entries)
+                .unwrap_or(d.last_known_max_entries),
+        };
+        if cache.kill_ttl < Duration::from_millis(100) {
+            return Err(bad(
+                "cache.kill_ttl",
+                "must be at least 100ms (a zero interval would poll in a tight loop)",
+            ));
+        }
+        if cache.flag_ttl.is_zero() || cache.override_ttl.is_zero() {
+            return Err(bad(
+                "cache.flag_ttl / cache.override_ttl",
+                "must be greater than zero",
+            ));
+        }
+        if cache.override_max_entries == 0 || cache.last_known_max_entries == 0 {
+            return Err(bad(
+                "cache.override_max_entries / cache.last_known_max_entries",
+                "must be at least 1",
+            ));
+        }
+        if cache.jitter_percent > 100 {
+            return Err(bad("cache.jitter_percent", "must be between 0 and 100"));
+        }
+        if cache.fetch_timeout.is_zero() {
+            return Err(bad("cache.fetch_timeout", "must be greater than zero"));
+        }
+
+        let descriptors = self
+            .descriptors
+            .clone()
+            .or(file.descriptors)
+            .ok_or_else(|| bad("descriptors", "required (--descriptors, PBFLAGS_DESCRIPTORS or `descriptors:` in the config file)"))?;
+        let mut db = self.db.clone();
+        if db.database.is_none() && db.database_file.is_none() {
+            db.database = file.database;
+        }
+        let has_db = db.database.as_deref().is_some_and(|u| !u.trim().is_empty())
+            || db.database_file.is_some();
+        let server = self
+            .server
+            .clone()
+            .or(file.server)
+            .filter(|s| !s.trim().is_empty());
+        let mode = match (has_db, server) {
+            (true, Some(_)) => {
+                return Err(bad(
+                    "database / server",
+                    "set one: a database (root mode) or an upstream server (proxy mode), not both",
+                ));
+            }
+            (true, None) => Mode::Root,
+            (false, Some(url)) => {
+                let parsed: http::Uri = url
+                    .parse()
+                    .map_err(|e| bad("server", format!("{url:?} is not a URL: {e}")))?;
+                if !matches!(parsed.scheme_str(), Some("http")) || parsed.host().is_none() {
+                    return Err(bad(
+                        "server",
+                        format!("{url:?} must be an http:// URL with a host"),
+                    ));
+                }
+                Mode::Proxy(url.trim_end_matches('/').to_owned())
+            }
+            (false, None) => {
+                return Err(bad(
+                    "database / server",
+                    "one is required: a database (root mode) or an upstream server (proxy mode)",
+                ));
+            }
+        };
+        if mode == Mode::Root {
+            db.validate().map_err(|e| bad("database", e))?;
+        }
+        if self.migrate && mode != Mode::Root {
+            return Err(bad("--migrate", "needs a database (root mode)"));
+        }
+        let listen = self
+            .listen
+            .clone()
+            .or(file.listen)
+            .unwrap_or_else(|| "localhost:9201".to_owned());
+        resolve_listen(&listen).map_err(|e| bad("listen", e))?;
+        let log_format = match self.log_format.as_deref().unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => return Err(bad("log_format", format!("{other:?} is not text or json"))),
+        };
+        let log_level = self.log_level.clone().unwrap_or_else(|| "info".to_owned());
+        tracing_subscriber::EnvFilter::try_new(&log_level).map_err(|e| bad("log_level", e))?;
+        let max_request_bytes = self.max_request_bytes.unwrap_or(4 << 20);
+        let max_bulk_flags = self.max_bulk_flags.unwrap_or(1000);
+        if max_request_bytes == 0 || max_bulk_flags == 0 {
+            return Err(bad(
+                "max_request_bytes / max_bulk_flags",
+                "must be at least 1",
+            ));
+        }
+        Ok(Config {
+            descriptors,
+            mode,
+            listen,
+            db,
+            migrate: self.migrate,
+            cache,
+            max_request_bytes,
+            max_bulk_flags,
+            shutdown_timeout: self.shutdown_timeout.unwrap_or(Duration::from_secs(10)),
+            descriptor_poll_interval: self
+                .descriptor_poll_interval
+                .unwrap_or(Duration::from_secs(30)),
+            log_format,
+            log_level,
+        })
+    }
+}
+
+/// Resolves `host:port` (`:9201` means every interface) to socket addresses.
+pub fn resolve_listen(listen: &str) -> Result<Vec<SocketAddr>, String> {
+    use std::net::ToSocketAddrs as _;
+    let spec = if listen.starts_with(':') {
+        format!("0.0.0.0{listen}")
+    } else {
+        listen.to_owned()
+    };
+    let addrs: Vec<SocketAddr> = spec
+        .to_socket_addrs()
+        .map_err(|e| format!("{listen:?} is not a host:port address ({e})"))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(format!("{listen:?} resolves to no address"));
+    }
+    Ok(addrs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    fn args(argv: &[&str]) -> ServeArgs {
+        let mut all = vec!["t"];
+        all.extend_from_slice(argv);
+        T::try_parse_from(all).expect("parses").args
+    }
+
+    fn file(text: &str) -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.yaml");
+        std::fs::write(&p, text).unwrap();
+        let s = p.to_string_lossy().into_owned();
+        (dir, s)
+    }
+
+    #[test]
+    fn defaults_match_v0_6() {
+        let c = args(&["--descriptors", "d.pb", "--server", "http://root:9201"])
+            .resolve()
+            .unwrap();
+        assert_eq!(c.listen, "localhost:9201");
+        assert_eq!(c.cache, CacheConfig::default());
+        assert_eq!(c.mode, Mode::Proxy("http://root:9201".into()));
+    }
+
+    #[test]
+    fn flags_beat_the_file_and_the_file_beats_defaults() {
+        let (_d, path) = file(
+            "descriptors: /f.pb\nserver: http://file:1\nlisten: 127.0.0.1:7000\ncache:\n  flag_ttl: 2m\n  kill_ttl: 10s\n  jitter_percent: 5\n",
+        );
+        let c = args(&["--config", &path, "--kill-ttl", "3s"])
+            .resolve()
+            .unwrap();
+        assert_eq!(c.descriptors, PathBuf::from("/f.pb"));
+        assert_eq!(c.listen, "127.0.0.1:7000");
+        assert_eq!(c.cache.kill_ttl, Duration::from_secs(3), "flag beats file");
+        assert_eq!(
+            c.cache.flag_ttl,
+            Duration::from_secs(120),
+            "file beats default"
+        );
+        assert_eq!(c.cache.jitter_percent, 5);
+        assert_eq!(c.cache.override_ttl, Duration::from_secs(300), "default");
+    }
+
+    #[test]
+    fn invalid_settings_are_named() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--server", "http://x:1"], "descriptors"),
+            (&["--descriptors", "d"], "database / server"),
+            (&["--descriptors", "d", "--server", "ftp://x"], "server"),
+            (
+                &[
+                    "--descriptors",
+                    "d",
+                    "--server",
+                    "http://x:1",
+                    "--kill-ttl",
+                    "0s",
+                ],
+                "cache.kill_ttl",
+            ),
+            (
+                &[
+                    "--descriptors",
+                    "d",
+                    "--server",
+                    "http://x:1",
+                    "--jitter-percent",
+                    "150",
+                ],
+                "cache.jitter_percent",
+            ),
+            (
+                &[
+                    "--descriptors",
+                    "d",
+                    "--server",
+                    "http://x:1",
+                    "--listen",
+                    "nonsense",
+                ],
+                "listen",
+            ),
+            (
+                &[
+                    "--descriptors",
+                    "d",
+                    "--server",
+                    "http://x:1",
+                    "--log-format",
+                    "xml",
+                ],
+                "log_format",
+            ),
+            (
+                &["--descriptors", "d", "--server", "http://x:1", "--migrate"],
+                "--migrate",
+            ),
+            (
+                &[
+                    "--descriptors",
+                    "d",
+                    "--server",
+                    "http://x:1",
+                    "--database",
+                    "postgres://a@b/c",
+                ],
+                "not both",
+            ),
+        ];
+        for (argv, name) in cases {
+            let e = args(argv).resolve().unwrap_err().to_string();
+            assert!(e.contains(name), "{argv:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn unknown_file_keys_and_bad_durations_are_errors() {
+        let (_d, path) = file("descriptors: d\nserver: http://x:1\ncache:\n  flag_tll: 5m\n");
+        assert!(
+            args(&["--config", &path])
+                .resolve()
+                .unwrap_err()
+                .to_string()
+                .contains("flag_tll")
+        );
+        let (_d, path) = file("descriptors: d\nserver: http://x:1\ncache:\n  flag_ttl: 5\n");
+        assert!(
+            args(&["--config", &path])
+                .resolve()
+                .unwrap_err()
+                .to_string()
+                .contains("cache.flag_ttl")
+        );
+        let (_d, path) = file("descriptors: d\nserver: http://x:1\nadmin: ':9200'\n");
+        assert!(
+            args(&["--config", &path]).resolve().is_ok(),
+            "v0.6 admin keys are ignored"
+        );
+    }
+
+    #[test]
+    fn root_mode_takes_the_database_from_the_file() {
+        let (_d, path) = file("descriptors: d\ndatabase: postgres://u:p@db/flags\n");
+        let c = args(&["--config", &path]).resolve().unwrap();
+        assert_eq!(c.mode, Mode::Root);
+    }
+}

@@ -1,0 +1,218 @@
+//! `pbflags-evaluator serve`: wires descriptors, the state source, the engine, the kill poller, the
+//! descriptor watcher and the server together, and runs them until shutdown.
+//!
+//! Shutdown: the token is cancelled (first SIGTERM/SIGINT) → readiness and `grpc.health.v1` turn
+//! NOT_SERVING → in-flight requests drain within the deadline → background tasks stop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Mode, resolve_listen};
+use crate::engine::Engine;
+use crate::engine::clock::Clock;
+use crate::engine::source::StateSource;
+use crate::metrics::{Backend, Metrics};
+use crate::pg::{db, source::PgSource};
+use crate::registry::Registry;
+use crate::server::{self, AppParts, Readiness, service::Evaluator};
+use crate::upstream::UpstreamSource;
+use crate::watcher::{self, DescriptorWatcher, WatcherConfig};
+
+/// Why `serve` stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The descriptors could not be loaded at start.
+    #[error("load descriptors: {0}")]
+    Descriptors(#[from] watcher::ReloadError),
+    /// Migrations were asked for and failed.
+    #[error("{0}")]
+    Db(#[from] db::DbError),
+    /// The listen address could not be bound.
+    #[error("listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A bound but not yet serving evaluator (tests bind port 0 and read the address).
+pub struct Prepared {
+    listener: tokio::net::TcpListener,
+    parts: AppParts,
+    engine: Arc<Engine>,
+    readiness: Readiness,
+    health: tonic_health::server::HealthReporter,
+    watcher: DescriptorWatcher,
+    config: Config,
+    clock: Clock,
+}
+
+impl Prepared {
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+}
+
+/// Loads descriptors, builds the source and engine, migrates if asked, and binds the listener.
+pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
+    let snapshot = watcher::load_file(&config.descriptors)?;
+    for w in snapshot.warnings() {
+        tracing::warn!(warning = %w, "descriptor warning");
+    }
+    tracing::info!(flags = snapshot.len(), sha256 = %snapshot.hash(), path = %config.descriptors.display(), "descriptors loaded");
+    let registry = Arc::new(Registry::new(snapshot));
+    let metrics = Metrics::new();
+    let (source, backend): (Arc<dyn StateSource>, Backend) = match &config.mode {
+        Mode::Root => {
+            let pool = config.db.pool()?;
+            if config.migrate {
+                let n = db::migrate(&pool).await?;
+                tracing::info!(applied = n, "migrations applied");
+            }
+            (
+                Arc::new(PgSource::new(
+                    pool,
+                    config.cache.fetch_timeout,
+                    metrics.clone(),
+                )),
+                Backend::Db,
+            )
+        }
+        Mode::Proxy(url) => (
+            Arc::new(UpstreamSource::new(url, config.cache.fetch_timeout)),
+            Backend::Upstream,
+        ),
+    };
+    let clock = Clock::coarse();
+    clock.tick();
+    let engine = Arc::new(Engine::with_clock(
+        registry.clone(),
+        source,
+        backend,
+        config.cache.clone(),
+        metrics.clone(),
+        clock.clone(),
+    ));
+
+    let addrs = resolve_listen(&config.listen).map_err(|e| ServeError::Bind {
+        addr: config.listen.clone(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+    })?;
+    let listener = tokio::net::TcpListener::bind(addrs.as_slice())
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.listen.clone(),
+            source,
+        })?;
+
+    let (health, grpc_health) = tonic_health::server::health_reporter();
+    let readiness = Readiness::default();
+    let parts = AppParts {
+        evaluator: Evaluator::new(engine.clone(), config.max_bulk_flags),
+        readiness: readiness.clone(),
+        grpc_routes: tonic::service::Routes::new(grpc_health),
+        max_request_bytes: config.max_request_bytes,
+    };
+    let mut wc = WatcherConfig::new(&config.descriptors);
+    wc.poll_interval = config.descriptor_poll_interval;
+    let watcher = DescriptorWatcher::new(wc, registry, metrics);
+    Ok(Prepared {
+        listener,
+        parts,
+        engine,
+        readiness,
+        health,
+        watcher,
+        config,
+        clock,
+    })
+}
+
+const SERVICE: &str = "pbflags.v1.FlagEvaluatorService";
+
+async fn set_health(
+    reporter: &tonic_health::server::HealthReporter,
+    status: tonic_health::ServingStatus,
+) {
+    reporter.set_service_status("", status).await;
+    reporter.set_service_status(SERVICE, status).await;
+}
+
+/// Serves until `shutdown` is cancelled.
+pub async fn run(prepared: Prepared, shutdown: CancellationToken) {
+    let Prepared {
+        listener,
+        parts,
+        engine,
+        readiness,
+        health,
+        watcher,
+        config,
+        clock,
+    } = prepared;
+    let tasks = CancellationToken::new();
+
+    let ticker = {
+        let (clock, tasks) = (clock.clone(), tasks.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_millis(5));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tokio::select! {
+                    () = tasks.cancelled() => return,
+                    _ = every.tick() => clock.tick(),
+                }
+            }
+        })
+    };
+    let poller = crate::poller::spawn(engine.clone(), tasks.clone());
+    let watch = watcher.spawn(tasks.clone());
+
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let mode = match &config.mode {
+        Mode::Root => "root".to_owned(),
+        Mode::Proxy(url) => format!("proxy of {url}"),
+    };
+    readiness.set(true);
+    set_health(&health, tonic_health::ServingStatus::Serving).await;
+    tracing::info!(%addr, %mode, "serving gRPC, gRPC-Web and Connect");
+
+    let on_shutdown = {
+        let (shutdown, readiness, health) = (shutdown.clone(), readiness.clone(), health.clone());
+        async move {
+            shutdown.cancelled().await;
+            readiness.set(false);
+            set_health(&health, tonic_health::ServingStatus::NotServing).await;
+            tracing::info!("shutting down: not ready, draining in-flight requests");
+        }
+    };
+    let server_token = CancellationToken::new();
+    let drained = {
+        let server_token = server_token.clone();
+        let app = server::router(parts);
+        let serve = server::serve(listener, app, server_token.clone(), config.shutdown_timeout);
+        let signal = async move {
+            on_shutdown.await;
+            server_token.cancel();
+        };
+        let (drained, ()) = tokio::join!(serve, signal);
+        drained
+    };
+    tasks.cancel();
+    let _ = tokio::join!(ticker, poller, watch);
+    tracing::info!(drained, "stopped");
+}
