@@ -3,9 +3,11 @@
 //! Readers take one snapshot per evaluation ([`Registry::load`]); a reload builds a new [`Snapshot`]
 //! and swaps it in whole, so a reader never sees half of an update. Pure: no file access.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
@@ -41,6 +43,10 @@ impl fmt::Debug for ContentHash {
 pub struct Snapshot {
     flags: Vec<Arc<FlagDef>>,
     slots: Vec<Slot>,
+    /// Per-flag "killed" bits, synced from the engine's kill set (see `kill_generation`).
+    killed: Vec<AtomicBool>,
+    /// The kill-set generation `killed` reflects (0: never synced).
+    kill_generation: AtomicU64,
     index: HashMap<Box<str>, usize, foldhash::fast::RandomState>,
     hash: ContentHash,
     warnings: Vec<Warning>,
@@ -66,9 +72,12 @@ impl Snapshot {
             .map(|(i, f)| (f.flag_id.as_str().into(), i))
             .collect();
         let slots = flags.iter().map(|_| Slot::empty()).collect();
+        let killed = flags.iter().map(|_| AtomicBool::new(false)).collect();
         Self {
             flags,
             slots,
+            killed,
+            kill_generation: AtomicU64::new(0),
             index,
             hash,
             warnings,
@@ -96,6 +105,26 @@ impl Snapshot {
     /// Every slot.
     pub fn slots(&self) -> &[Slot] {
         &self.slots
+    }
+
+    /// Whether the flag at `index` was killed when the bits were last synced.
+    #[inline]
+    pub fn killed(&self, index: usize) -> bool {
+        self.killed[index].load(Ordering::Relaxed)
+    }
+
+    /// The kill-set generation the bits reflect.
+    #[inline]
+    pub fn kill_generation(&self) -> u64 {
+        self.kill_generation.load(Ordering::Acquire)
+    }
+
+    /// Sets every flag's kill bit with `is_killed` and records `generation`.
+    pub fn sync_kill_bits(&self, generation: u64, is_killed: impl Fn(&str) -> bool) {
+        for (f, bit) in self.flags.iter().zip(&self.killed) {
+            bit.store(is_killed(&f.flag_id), Ordering::Relaxed);
+        }
+        self.kill_generation.store(generation, Ordering::Release);
     }
 
     /// Carries cached state over from `old` for flags both declare, so a reload does not cold-start
@@ -168,14 +197,56 @@ pub struct Diff {
 #[derive(Debug)]
 pub struct Registry {
     current: ArcSwap<Snapshot>,
+    /// Bumped after every swap; readers' thread-local copies compare it.
+    generation: AtomicU64,
+    id: u64,
+}
+
+/// Registries a thread keeps a snapshot of; more are served by plain loads.
+const LOCAL_REGISTRIES: usize = 4;
+
+thread_local! {
+    /// (registry id, generation, snapshot) of the registries this thread read last.
+    static LOCAL: RefCell<Vec<(u64, u64, Arc<Snapshot>)>> = const { RefCell::new(Vec::new()) };
 }
 
 impl Registry {
     /// A registry serving `snapshot`.
     pub fn new(snapshot: Snapshot) -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Self {
             current: ArcSwap::from_pointee(snapshot),
+            generation: AtomicU64::new(0),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         }
+    }
+
+    /// Calls `f` with the current snapshot. The hot path: a thread keeps its own pointer to the
+    /// snapshot and re-reads the shared one only when the generation changed, so a read costs a
+    /// thread-local access and one atomic load. `f` must not call back into this method.
+    #[inline]
+    pub fn with_snapshot<R>(&self, f: impl FnOnce(&Snapshot) -> R) -> R {
+        let generation = self.generation.load(Ordering::Acquire);
+        LOCAL.with(|local| {
+            let Ok(mut local) = local.try_borrow_mut() else {
+                return f(&self.current.load());
+            };
+            let pos = match local.iter().position(|e| e.0 == self.id) {
+                Some(p) => p,
+                None => {
+                    if local.len() >= LOCAL_REGISTRIES {
+                        local.remove(0);
+                    }
+                    local.push((self.id, generation, self.current.load_full()));
+                    local.len() - 1
+                }
+            };
+            let entry = &mut local[pos];
+            if entry.1 != generation {
+                *entry = (self.id, generation, self.current.load_full());
+            }
+            f(&entry.2)
+        })
     }
 
     /// The current snapshot. Cheap; take it once per evaluation and use it throughout.
@@ -191,7 +262,10 @@ impl Registry {
 
     /// Replaces the snapshot and returns the previous one.
     pub fn swap(&self, next: Snapshot) -> Arc<Snapshot> {
-        self.current.swap(Arc::new(next))
+        let old = self.current.swap(Arc::new(next));
+        // After the store: a reader that sees the new generation loads the new snapshot.
+        self.generation.fetch_add(1, Ordering::Release);
+        old
     }
 }
 
@@ -264,6 +338,31 @@ mod tests {
         assert!(old.is_empty());
         assert!(held.is_empty(), "a reader keeps the snapshot it took");
         assert_eq!(reg.load().len(), 4);
+    }
+
+    #[test]
+    fn thread_local_readers_see_a_swap_at_once() {
+        let reg = Registry::new(example());
+        assert_eq!(reg.with_snapshot(Snapshot::len), 4);
+        reg.swap(Snapshot::default());
+        assert_eq!(reg.with_snapshot(Snapshot::len), 0);
+        let other = Registry::new(example());
+        assert_eq!(
+            (
+                reg.with_snapshot(Snapshot::len),
+                other.with_snapshot(Snapshot::len)
+            ),
+            (0, 4)
+        );
+    }
+
+    #[test]
+    fn kill_bits_record_their_generation() {
+        let s = example();
+        assert_eq!(s.kill_generation(), 0);
+        s.sync_kill_bits(3, |id| id == "notifications/2");
+        assert!(s.killed(1) && !s.killed(0));
+        assert_eq!(s.kill_generation(), 3);
     }
 
     #[test]

@@ -2,19 +2,36 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use arc_swap::ArcSwap;
 
 /// Killed flag ids, swappable atomically; initially empty.
-#[derive(Default)]
 pub struct KillSet {
     ids: ArcSwap<HashSet<Box<str>, foldhash::fast::RandomState>>,
     /// Size of `ids`, so the common case (nothing killed) costs one relaxed load.
     len: AtomicUsize,
+    /// Bumped after every replacement (starts at 1, so snapshots at 0 sync once).
+    generation: AtomicU64,
+}
+
+impl Default for KillSet {
+    fn default() -> Self {
+        Self {
+            ids: ArcSwap::default(),
+            len: AtomicUsize::new(0),
+            generation: AtomicU64::new(1),
+        }
+    }
 }
 
 impl KillSet {
+    /// The generation of the current set.
+    #[inline]
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     /// True when `flag_id` is killed.
     #[inline]
     pub fn contains(&self, flag_id: &str) -> bool {
@@ -28,6 +45,8 @@ impl KillSet {
         let n = set.len();
         self.ids.store(Arc::new(set));
         self.len.store(n, Ordering::Relaxed);
+        // After the store: whoever sees the new generation reads the new set.
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// Number of killed flags.

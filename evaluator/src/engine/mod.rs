@@ -225,7 +225,9 @@ impl Engine {
 
     /// Evaluates one flag for one entity (`""` for a global evaluation). Never fails.
     pub async fn evaluate(&self, flag_id: &str, entity_id: &str) -> Evaluation {
-        let fast = self.evaluate_cached(&self.registry.load(), flag_id, entity_id);
+        let fast = self
+            .registry
+            .with_snapshot(|s| self.evaluate_cached(s, flag_id, entity_id));
         let ev = match fast {
             Some(ev) => ev,
             None => self.evaluate_fetching(flag_id, entity_id).await,
@@ -245,7 +247,7 @@ impl Engine {
         let index = snapshot.index_of(flag_id);
         let def = index.map(|i| &snapshot.flags()[i]);
         let m = &self.shared.metrics;
-        if self.kills.contains(flag_id) {
+        if self.is_killed(snapshot, index, flag_id) {
             m.kill_set_hits.inc();
             return Some(Evaluation::default_of(def, EvaluationSource::Killed));
         }
@@ -270,12 +272,26 @@ impl Engine {
         Some(decide_global(Lookup::Fresh(entry), def))
     }
 
+    /// Whether `flag_id` is killed: a declared flag reads its bit on the snapshot (re-synced from the
+    /// kill set when its generation moved), an undeclared one asks the kill set.
+    #[inline]
+    fn is_killed(&self, snapshot: &Snapshot, index: Option<usize>, flag_id: &str) -> bool {
+        let Some(i) = index else {
+            return self.kills.contains(flag_id);
+        };
+        let generation = self.kills.generation();
+        if snapshot.kill_generation() != generation {
+            snapshot.sync_kill_bits(generation, |id| self.kills.contains(id));
+        }
+        snapshot.killed(i)
+    }
+
     async fn evaluate_fetching(&self, flag_id: &str, entity_id: &str) -> Evaluation {
         let snapshot = self.registry.load_full();
         let index = snapshot.index_of(flag_id);
         let def = index.map(|i| snapshot.flags()[i].clone());
         let def = def.as_ref();
-        if self.kills.contains(flag_id) {
+        if self.is_killed(&snapshot, index, flag_id) {
             self.shared.metrics.kill_set_hits.inc();
             return Evaluation::default_of(def, EvaluationSource::Killed);
         }
@@ -416,7 +432,7 @@ impl Engine {
         let indexes: Vec<Option<usize>> = ids.iter().map(|id| snapshot.index_of(id)).collect();
         let def = |i: usize| indexes[i].map(|x| &snapshot.flags()[x]);
         for (i, id) in ids.iter().enumerate() {
-            if results[i].is_none() && self.kills.contains(id) {
+            if results[i].is_none() && self.is_killed(snapshot, indexes[i], id) {
                 self.shared.metrics.kill_set_hits.inc();
                 results[i] = Some(Evaluation::default_of(def(i), EvaluationSource::Killed));
             }
@@ -618,22 +634,24 @@ fn decide_override(
         Lookup::Unavailable => return None,
     };
     let o = entry.value.as_ref()?;
-    match o.state {
-        State::Enabled if o.value.as_ref().is_some_and(|v| v.value.is_some()) => {
+    let has_value = o.value.as_ref().is_some_and(|v| v.value.is_some());
+    match (o.state, has_value) {
+        (State::Enabled, true) => {
             let source = if stale {
                 EvaluationSource::Cached
             } else {
                 EvaluationSource::Override
             };
+            // The entry moves into the result: no reference-count traffic on the hot path.
             Some(Evaluation {
                 source,
-                value: ValueRef::Override(entry.clone()),
+                value: ValueRef::Override(entry),
             })
         }
-        State::Enabled | State::Default | State::Killed => {
+        (State::Enabled | State::Default | State::Killed, _) => {
             Some(Evaluation::default_of(def, EvaluationSource::Default))
         }
-        State::Unspecified => None,
+        (State::Unspecified, _) => None,
     }
 }
 
@@ -660,6 +678,6 @@ fn decide_global(lookup: Lookup<FlagEntry>, def: Option<&Arc<FlagDef>>) -> Evalu
     };
     Evaluation {
         source,
-        value: ValueRef::State(entry.clone()),
+        value: ValueRef::State(entry),
     }
 }
