@@ -22,7 +22,8 @@ export PBFLAGS_TEST_PG_URL
 cleanup+=("scripts/pg.sh stop '$pg_dir'; rm -rf '$pg_dir'")
 
 step "unit, in-process and PostgreSQL tests"
-cargo test --workspace --locked --exclude pbflags-e2e
+cargo test --workspace --locked --exclude pbflags-e2e --exclude pbflags-operator
+cargo test --locked -p pbflags-operator --lib --bins --test crd --test build --test status
 
 [ "${1:-}" = "--quick" ] && exit 0
 
@@ -41,3 +42,5 @@ e2e/controlplane/build.sh
 e2e/controlplane/start.sh C
 e2e/controlplane/smoke.sh
 cargo test --locked -p pbflags-e2e
+step "the operator against the control plane"
+cargo test --locked -p pbflags-operator --test controlplane

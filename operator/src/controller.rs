@@ -1,0 +1,373 @@
+//! The reconcile loop: check references → `build` → apply (server-side apply, one field manager)
+//! → prune what is no longer wanted → status. Watches the FlagEvaluators, the objects they own
+//! (label-scoped), and the ConfigMaps and Secrets they reference.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt as _};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sha2::Digest as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::build::{
+    self, DEFAULT_DATABASE_KEY, DEFAULT_DESCRIPTORS_KEY, Defaults, Inputs, MANAGED_BY, Tier,
+};
+use crate::crd::FlagEvaluator;
+use crate::metrics::Metrics;
+use crate::status::{self, Observed, Problem, reason};
+
+/// The one field manager of every write.
+pub const FIELD_MANAGER: &str = "pbflags-operator";
+
+/// Shared state of the reconciler.
+pub struct Context {
+    /// API client.
+    pub client: Client,
+    /// Operator defaults.
+    pub defaults: Defaults,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+/// Why a reconcile failed; the category is a metric label.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An API call failed.
+    #[error("{what}: {source}")]
+    Api {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        #[source]
+        source: kube::Error,
+    },
+    /// The resource could not be turned into objects.
+    #[error(transparent)]
+    Build(#[from] build::BuildError),
+}
+
+impl Error {
+    /// A short, fixed category for metrics and events.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Api { .. } => "api",
+            Error::Build(_) => "build",
+        }
+    }
+}
+
+fn api_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Api { what, source }
+}
+
+/// Checks the descriptors ConfigMap and (root) the database Secret; returns the Secret's data hash.
+async fn check_references(
+    fe: &FlagEvaluator,
+    client: &Client,
+    ns: &str,
+) -> Result<Result<Option<String>, Problem>, Error> {
+    let cm_name = &fe.spec.descriptors.config_map_name;
+    let key = fe
+        .spec
+        .descriptors
+        .key
+        .as_deref()
+        .unwrap_or(DEFAULT_DESCRIPTORS_KEY);
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .get_opt(cm_name)
+        .await
+        .map_err(api_err("get ConfigMap"))?;
+    match cm {
+        None => {
+            return Ok(Err(Problem {
+                reason: reason::CONFIG_MAP_MISSING,
+                message: format!(
+                    "ConfigMap {ns}/{cm_name} (spec.descriptors.configMapName) does not exist"
+                ),
+            }));
+        }
+        Some(cm) => {
+            let has = cm.binary_data.as_ref().is_some_and(|d| d.contains_key(key))
+                || cm.data.as_ref().is_some_and(|d| d.contains_key(key));
+            if !has {
+                return Ok(Err(Problem {
+                    reason: reason::CONFIG_MAP_KEY_MISSING,
+                    message: format!(
+                        "ConfigMap {ns}/{cm_name} has no key {key:?} (spec.descriptors.key)"
+                    ),
+                }));
+            }
+        }
+    }
+    let Some(root) = &fe.spec.root else {
+        return Ok(Ok(None));
+    };
+    let secret_name = &root.database.secret_name;
+    let key = root.database.key.as_deref().unwrap_or(DEFAULT_DATABASE_KEY);
+    let secret = Api::<Secret>::namespaced(client.clone(), ns)
+        .get_opt(secret_name)
+        .await
+        .map_err(api_err("get Secret"))?;
+    let Some(secret) = secret else {
+        return Ok(Err(Problem {
+            reason: reason::SECRET_MISSING,
+            message: format!(
+                "Secret {ns}/{secret_name} (spec.root.database.secretName) does not exist"
+            ),
+        }));
+    };
+    let Some(value) = secret.data.as_ref().and_then(|d| d.get(key)) else {
+        return Ok(Err(Problem {
+            reason: reason::SECRET_KEY_MISSING,
+            message: format!(
+                "Secret {ns}/{secret_name} has no key {key:?} (spec.root.database.key)"
+            ),
+        }));
+    };
+    Ok(Ok(Some(hex::encode(&sha2::Sha256::digest(&value.0)[..8]))))
+}
+
+async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<K, Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    let api = Api::<K>::namespaced(client.clone(), ns);
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await
+    .map_err(api_err(format!(
+        "apply {} {ns}/{name}",
+        K::kind(&K::DynamicType::default())
+    )))
+}
+
+/// Deletes owned objects of kind `K` that are not in `keep`.
+async fn prune<K>(client: &Client, ns: &str, instance: &str, keep: &[String]) -> Result<(), Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let api = Api::<K>::namespaced(client.clone(), ns);
+    let selector = format!(
+        "{}={},app.kubernetes.io/instance={instance}",
+        MANAGED_BY.0, MANAGED_BY.1
+    );
+    let list = api
+        .list_metadata(&ListParams::default().labels(&selector))
+        .await
+        .map_err(api_err("list owned objects"))?;
+    for obj in list {
+        let name = obj.name_any();
+        if !keep.contains(&name) {
+            api.delete(&name, &DeleteParams::background())
+                .await
+                .map_err(api_err(format!("delete {name}")))?;
+        }
+    }
+    Ok(())
+}
+
+fn names<K: Resource>(objs: &[K]) -> Vec<String> {
+    objs.iter().filter_map(|o| o.meta().name.clone()).collect()
+}
+
+fn replicas(d: &Deployment) -> (i32, i32) {
+    let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let ready = d
+        .status
+        .as_ref()
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0);
+    // A rollout in progress is not ready until the new template's pods are.
+    let updated = d
+        .status
+        .as_ref()
+        .and_then(|s| s.updated_replicas)
+        .unwrap_or(0);
+    (desired, ready.min(updated))
+}
+
+/// One reconcile of one FlagEvaluator.
+pub async fn reconcile(fe: Arc<FlagEvaluator>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let ns = fe.namespace().unwrap_or_default();
+    let client = &ctx.client;
+    let mut observed = Observed::default();
+
+    match check_references(&fe, client, &ns).await? {
+        Err(problem) => observed.problem = Some(problem),
+        Ok(secret_hash) => {
+            let inputs = Inputs {
+                fe: &fe,
+                defaults: &ctx.defaults,
+                secret_hash,
+            };
+            let desired = build::build(&inputs)?;
+            // Order: identity and network first, then the migration, then workloads.
+            if let Some(sa) = &desired.service_account {
+                apply::<ServiceAccount>(client, &ns, sa).await?;
+            }
+            for s in &desired.services {
+                apply(client, &ns, s).await?;
+            }
+            for p in &desired.pdbs {
+                apply(client, &ns, p).await?;
+            }
+            if let Some(job) = &desired.migration {
+                let applied = apply::<Job>(client, &ns, job).await?;
+                let st = applied.status.unwrap_or_default();
+                if st.failed.unwrap_or(0) > 4 {
+                    observed.problem = Some(Problem {
+                        reason: reason::MIGRATION_FAILED,
+                        message: format!(
+                            "migrations Job {ns}/{} failed; see its pod logs",
+                            build::migration_name(&inputs)
+                        ),
+                    });
+                } else {
+                    observed.migrating = st.succeeded.unwrap_or(0) < 1;
+                }
+            }
+            for d in &desired.deployments {
+                let is_root =
+                    d.metadata.name.as_deref() == Some(build::tier_name(&fe, Tier::Root).as_str());
+                if is_root && (observed.migrating || observed.problem.is_some()) {
+                    // Roll the root out only after migrations; an existing root keeps serving.
+                    if let Some(existing) = Api::<Deployment>::namespaced(client.clone(), &ns)
+                        .get_opt(&build::tier_name(&fe, Tier::Root))
+                        .await
+                        .map_err(api_err("get Deployment"))?
+                    {
+                        observed.root = Some(replicas(&existing));
+                    }
+                    continue;
+                }
+                let applied = apply(client, &ns, d).await?;
+                let r = replicas(&applied);
+                if is_root {
+                    observed.root = Some(r);
+                } else {
+                    observed.proxy = Some(r);
+                }
+            }
+            let instance = fe.name_any();
+            prune::<Deployment>(client, &ns, &instance, &names(&desired.deployments)).await?;
+            prune::<Service>(client, &ns, &instance, &names(&desired.services)).await?;
+            prune::<PodDisruptionBudget>(client, &ns, &instance, &names(&desired.pdbs)).await?;
+        }
+    }
+
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let status = status::compute(&fe, &observed, now);
+    if fe.status.as_ref() != Some(&status) {
+        let patch = serde_json::json!({ "apiVersion": "pbflags.dev/v1alpha1", "kind": "FlagEvaluator", "status": status });
+        Api::<FlagEvaluator>::namespaced(client.clone(), &ns)
+            .patch_status(
+                &fe.name_any(),
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+            .map_err(api_err("update status"))?;
+        ctx.metrics.status_writes.inc();
+    }
+    ctx.metrics.reconciled(started.elapsed().as_secs_f64());
+    // Watches bring changes; the periodic requeue is a safety net.
+    Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+/// Requeues a failed reconcile with a short delay.
+pub fn error_policy(fe: Arc<FlagEvaluator>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.failed(error.category());
+    tracing::warn!(flag_evaluator = %fe.name_any(), namespace = ?fe.namespace(), category = error.category(), error = %error, "reconcile failed");
+    Action::requeue(Duration::from_secs(10))
+}
+
+fn referencing(
+    store: &Store<FlagEvaluator>,
+    ns: Option<String>,
+    matches: impl Fn(&FlagEvaluator) -> bool,
+) -> Vec<ObjectRef<FlagEvaluator>> {
+    store
+        .state()
+        .into_iter()
+        .filter(|fe| fe.namespace() == ns && matches(fe))
+        .map(|fe| ObjectRef::from_obj(&*fe))
+        .collect()
+}
+
+/// Runs the controller until `shutdown` is cancelled.
+pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
+    let client = ctx.client.clone();
+    let owned = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
+    let controller = Controller::new(
+        Api::<FlagEvaluator>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let store = controller.store();
+    let (cm_store, secret_store) = (store.clone(), store.clone());
+    controller
+        .owns(Api::<Deployment>::all(client.clone()), owned.clone())
+        .owns(Api::<Service>::all(client.clone()), owned.clone())
+        .owns(
+            Api::<PodDisruptionBudget>::all(client.clone()),
+            owned.clone(),
+        )
+        .owns(Api::<Job>::all(client.clone()), owned)
+        .watches(
+            Api::<ConfigMap>::all(client.clone()),
+            watcher::Config::default(),
+            move |cm| {
+                let name = cm.name_any();
+                referencing(&cm_store, cm.namespace(), |fe| {
+                    fe.spec.descriptors.config_map_name == name
+                })
+            },
+        )
+        .watches(
+            Api::<Secret>::all(client.clone()),
+            watcher::Config::default(),
+            move |s| {
+                let name = s.name_any();
+                referencing(&secret_store, s.namespace(), |fe| {
+                    fe.spec
+                        .root
+                        .as_ref()
+                        .is_some_and(|r| r.database.secret_name == name)
+                })
+            },
+        )
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .await;
+}

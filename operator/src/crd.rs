@@ -1,0 +1,242 @@
+//! The `FlagEvaluator` API (group `pbflags.dev`, version `v1alpha1`). The `///` comments on these
+//! types are what `kubectl explain` shows. Pure data: no client, no I/O.
+
+// Each `printcolumn(...)` repeats `type_ = ...`; clippy reads that as a duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// Runs pbflags evaluators: a root tier reading flag state from PostgreSQL and, optionally, a proxy
+/// tier in front of it (or a proxy-only tier in front of another evaluator). Descriptors come from a
+/// ConfigMap and are hot-reloaded by the evaluators when it changes.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "pbflags.dev",
+    version = "v1alpha1",
+    kind = "FlagEvaluator",
+    namespaced,
+    shortname = "fe",
+    status = "FlagEvaluatorStatus",
+    printcolumn(name = "Mode", type_ = "string", json_path = ".status.mode"),
+    printcolumn(name = "Root", type_ = "string", json_path = ".status.root.summary"),
+    printcolumn(name = "Proxy", type_ = "string", json_path = ".status.proxy.summary"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.root) || (has(self.proxy) && has(self.proxy.upstream))").message("a FlagEvaluator needs a root tier (spec.root, with a database Secret) or a proxy-only tier with an upstream URL (spec.proxy.upstream)"))]
+#[x_kube(validation = Rule::new("!(has(self.root) && has(self.proxy) && has(self.proxy.upstream))").message("spec.proxy.upstream must be empty when spec.root is set: the proxy then fronts this FlagEvaluator's root"))]
+pub struct FlagEvaluatorSpec {
+    /// The ConfigMap holding the descriptor set (`buf build -o descriptors.pb`). It is mounted into
+    /// every evaluator pod; updating it reloads the flags without restarting pods.
+    pub descriptors: DescriptorsRef,
+    /// The root tier: evaluators reading flag state from PostgreSQL. Omit for a proxy-only
+    /// FlagEvaluator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<RootSpec>,
+    /// The proxy tier: evaluators that cache and serve the root's state. Optional when a root is
+    /// set (applications then call the proxy); required, with an upstream, when not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxySpec>,
+    /// Evaluator container image. Defaults to the operator's configured evaluator image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Image pull policy of the evaluator containers (Always, IfNotPresent, Never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self in ['Always', 'IfNotPresent', 'Never']").message("imagePullPolicy must be Always, IfNotPresent or Never"))]
+    pub image_pull_policy: Option<String>,
+    /// Cache settings passed to every evaluator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheSpec>,
+    /// Logs and traces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telemetry: Option<TelemetrySpec>,
+    /// Where evaluator pods run, and extra pod metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<PlacementSpec>,
+}
+
+/// A key of a ConfigMap in the FlagEvaluator's namespace.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DescriptorsRef {
+    /// Name of the ConfigMap.
+    #[x_kube(validation = Rule::new("self != ''").message("descriptors.configMapName must name a ConfigMap"))]
+    pub config_map_name: String,
+    /// Key holding the descriptor set. Default: `descriptors.pb`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// A key of a Secret in the FlagEvaluator's namespace.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[x_kube(validation = Rule::new("self != ''").message("root.database.secretName must name the Secret holding the database URL"))]
+    pub secret_name: String,
+    /// Key holding the PostgreSQL URL. Default: `url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// The root tier.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RootSpec {
+    /// Number of root evaluator pods. Default 1. A PodDisruptionBudget keeps one available when
+    /// there are more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 100").message("root.replicas must be between 0 and 100"))]
+    pub replicas: Option<i32>,
+    /// The Secret key holding the PostgreSQL URL (never inline). A change to the Secret rolls the
+    /// root pods.
+    pub database: SecretKeyRef,
+    /// Run database migrations (a Job) before the root tier rolls out. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrate: Option<bool>,
+    /// Compute resources of each root pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// The proxy tier.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxySpec {
+    /// Number of proxy pods. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 100").message("proxy.replicas must be between 0 and 100"))]
+    pub replicas: Option<i32>,
+    /// Base URL of the evaluator this proxy fronts, for a proxy-only FlagEvaluator (another
+    /// namespace, another cluster). Leave empty when spec.root is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("proxy.upstream must be an http:// or https:// URL"))]
+    pub upstream: Option<String>,
+    /// Compute resources of each proxy pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// Evaluator cache settings (durations like `30s`, `5m`).
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheSpec {
+    /// Kill-set poll interval. Default 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kill_ttl: Option<String>,
+    /// Flag state cache TTL. Default 5m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flag_ttl: Option<String>,
+    /// Override cache TTL. Default 5m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub override_ttl: Option<String>,
+    /// Override cache capacity. Default 10000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub override_max_entries: Option<i64>,
+    /// ± jitter on TTLs, percent. Default 20.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 100").message("cache.jitterPercent must be between 0 and 100"))]
+    pub jitter_percent: Option<i32>,
+    /// Timeout of one state fetch. Default 500ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetch_timeout: Option<String>,
+}
+
+/// Logs and traces.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TelemetrySpec {
+    /// OTLP endpoint for traces (sets `OTEL_EXPORTER_OTLP_ENDPOINT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
+    /// Log level or filter, e.g. `info` or `pbflags_evaluator=debug`. Default info.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
+    /// Log format: `text` or `json`. Default json.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self in ['text', 'json']").message("telemetry.logFormat must be text or json"))]
+    pub log_format: Option<String>,
+}
+
+/// Pod placement and metadata.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PlacementSpec {
+    /// Node labels the pods require.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Tolerations of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    /// Affinity of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Extra annotations on the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_annotations: Option<BTreeMap<String, String>>,
+    /// PriorityClass of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+}
+
+/// Replicas of one tier.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TierStatus {
+    /// Pods asked for.
+    pub desired: i32,
+    /// Pods ready.
+    pub ready: i32,
+    /// `ready/desired`, for printing.
+    pub summary: String,
+}
+
+/// Observed state.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct FlagEvaluatorStatus {
+    /// The generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, Progressing and Degraded.
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// `root`, `root+proxy` or `proxy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// The root tier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<TierStatus>,
+    /// The proxy tier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<TierStatus>,
+    /// The URL applications should call (gRPC, gRPC-Web or Connect).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+}
+
+impl FlagEvaluatorSpec {
+    /// `root`, `root+proxy` or `proxy`.
+    pub fn mode(&self) -> &'static str {
+        match (&self.root, &self.proxy) {
+            (Some(_), Some(_)) => "root+proxy",
+            (Some(_), None) => "root",
+            (None, _) => "proxy",
+        }
+    }
+}

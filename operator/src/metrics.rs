@@ -1,0 +1,86 @@
+//! Operator metrics: reconciles, failures by category, duration, status writes.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+};
+
+/// The operator's metrics, on a registry of their own.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    reconciles: IntCounter,
+    failures: IntCounterVec,
+    duration: Histogram,
+    /// Status subresource writes (a no-op reconcile makes none).
+    pub status_writes: IntCounter,
+}
+
+impl Metrics {
+    /// Creates and registers the families.
+    #[allow(clippy::expect_used)] // fixed, valid names: registration cannot fail
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let reconciles = IntCounter::new(
+            "pbflags_operator_reconciles_total",
+            "Successful reconciles.",
+        )
+        .expect("valid");
+        let failures = IntCounterVec::new(
+            Opts::new(
+                "pbflags_operator_reconcile_failures_total",
+                "Failed reconciles by category.",
+            ),
+            &["category"],
+        )
+        .expect("valid");
+        let duration = Histogram::with_opts(HistogramOpts::new(
+            "pbflags_operator_reconcile_duration_seconds",
+            "Duration of successful reconciles.",
+        ))
+        .expect("valid");
+        let status_writes = IntCounter::new(
+            "pbflags_operator_status_writes_total",
+            "Writes of FlagEvaluator status.",
+        )
+        .expect("valid");
+        for c in [
+            Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(failures.clone()),
+            Box::new(duration.clone()),
+            Box::new(status_writes.clone()),
+        ] {
+            registry.register(c).expect("unique");
+        }
+        Self {
+            registry,
+            reconciles,
+            failures,
+            duration,
+            status_writes,
+        }
+    }
+
+    /// A reconcile succeeded after `seconds`.
+    pub fn reconciled(&self, seconds: f64) {
+        self.reconciles.inc();
+        self.duration.observe(seconds);
+    }
+
+    /// A reconcile failed.
+    pub fn failed(&self, category: &str) {
+        self.failures.with_label_values(&[category]).inc();
+    }
+
+    /// Prometheus text.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,187 @@
+//! Builders, snapshot-tested: each fixture in tests/fixtures is built and compared with
+//! tests/snapshots/<fixture>.yaml. Regenerate with `PBFLAGS_BLESS=1 cargo test -p pbflags-operator --test build`.
+
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+
+use std::path::Path;
+
+use pbflags_operator::build::{self, Defaults, Inputs, Tier};
+use pbflags_operator::crd::FlagEvaluator;
+
+fn fixture(name: &str) -> FlagEvaluator {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(format!("{name}.yaml"));
+    serde_yaml_ng::from_str(&std::fs::read_to_string(path).expect("fixture"))
+        .expect("fixture parses")
+}
+
+fn defaults() -> Defaults {
+    Defaults {
+        image: "pbflags-evaluator:default".into(),
+    }
+}
+
+fn render(fe: &FlagEvaluator, secret_hash: Option<&str>) -> String {
+    let defaults = defaults();
+    let inputs = Inputs {
+        fe,
+        defaults: &defaults,
+        secret_hash: secret_hash.map(str::to_owned),
+    };
+    let d = build::build(&inputs).expect("builds");
+    let mut docs: Vec<String> = Vec::new();
+    let mut push = |v: serde_json::Value| docs.push(serde_yaml_ng::to_string(&v).expect("yaml"));
+    push(serde_json::to_value(&d.service_account).expect("json"));
+    for o in &d.deployments {
+        push(serde_json::to_value(o).expect("json"));
+    }
+    for o in &d.services {
+        push(serde_json::to_value(o).expect("json"));
+    }
+    for o in &d.pdbs {
+        push(serde_json::to_value(o).expect("json"));
+    }
+    if let Some(j) = &d.migration {
+        push(serde_json::to_value(j).expect("json"));
+    }
+    docs.join("---\n")
+}
+
+fn check_snapshot(name: &str, secret_hash: Option<&str>) {
+    let got = render(&fixture(name), secret_hash);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/snapshots")
+        .join(format!("{name}.yaml"));
+    if std::env::var_os("PBFLAGS_BLESS").is_some() {
+        std::fs::write(&path, &got).expect("write snapshot");
+    }
+    let want = std::fs::read_to_string(&path)
+        .expect("snapshot exists (run with PBFLAGS_BLESS=1 to create it)");
+    assert!(
+        got == want,
+        "built objects differ from {}; inspect and re-bless if intended:\n{got}",
+        path.display()
+    );
+}
+
+#[test]
+fn root_and_proxy_fixture_matches_its_snapshot() {
+    check_snapshot("root-and-proxy", Some("0123456789abcdef"));
+}
+
+#[test]
+fn proxy_only_fixture_matches_its_snapshot() {
+    check_snapshot("proxy-only", None);
+}
+
+#[test]
+fn every_object_is_owned_and_labelled() {
+    let fe = fixture("root-and-proxy");
+    let defaults = defaults();
+    let d = build::build(&Inputs {
+        fe: &fe,
+        defaults: &defaults,
+        secret_hash: None,
+    })
+    .unwrap();
+    let metas = d
+        .deployments
+        .iter()
+        .map(|o| &o.metadata)
+        .chain(d.services.iter().map(|o| &o.metadata))
+        .chain(d.pdbs.iter().map(|o| &o.metadata))
+        .chain(d.migration.iter().map(|o| &o.metadata))
+        .chain(d.service_account.iter().map(|o| &o.metadata));
+    for m in metas {
+        let owner = &m.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+            ("FlagEvaluator", "flags", Some(true))
+        );
+        assert_eq!(
+            m.labels.as_ref().unwrap()["app.kubernetes.io/managed-by"],
+            "pbflags-operator"
+        );
+        assert_eq!(m.namespace.as_deref(), Some("team-a"));
+    }
+    assert_eq!(d.pdbs.len(), 2, "both tiers have more than one replica");
+}
+
+#[test]
+fn a_changed_secret_changes_the_root_pod_template_only() {
+    let fe = fixture("root-and-proxy");
+    let defaults = defaults();
+    let a = build::build(&Inputs {
+        fe: &fe,
+        defaults: &defaults,
+        secret_hash: Some("aaaa".into()),
+    })
+    .unwrap();
+    let b = build::build(&Inputs {
+        fe: &fe,
+        defaults: &defaults,
+        secret_hash: Some("bbbb".into()),
+    })
+    .unwrap();
+    assert_ne!(
+        a.deployments[0].spec.as_ref().unwrap().template,
+        b.deployments[0].spec.as_ref().unwrap().template
+    );
+    assert_eq!(
+        a.deployments[1].spec.as_ref().unwrap().template,
+        b.deployments[1].spec.as_ref().unwrap().template
+    );
+    assert_ne!(
+        a.migration.unwrap().metadata.name,
+        b.migration.unwrap().metadata.name,
+        "a new Secret gets a new migration Job"
+    );
+}
+
+#[test]
+fn the_descriptors_volume_is_a_directory_mount_so_updates_need_no_restart() {
+    let fe = fixture("proxy-only");
+    let defaults = defaults();
+    let d = build::build(&Inputs {
+        fe: &fe,
+        defaults: &defaults,
+        secret_hash: None,
+    })
+    .unwrap();
+    let pod = d.deployments[0]
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap();
+    let mount = &pod.containers[0].volume_mounts.as_ref().unwrap()[0];
+    assert_eq!(
+        (mount.mount_path.as_str(), mount.sub_path.as_deref()),
+        ("/etc/pbflags/descriptors", None)
+    );
+    assert!(
+        build::evaluator_args(&fe, Tier::Proxy)
+            .contains(&"--descriptors=/etc/pbflags/descriptors/flags.pb".to_owned())
+    );
+    assert!(
+        build::evaluator_args(&fe, Tier::Proxy)
+            .contains(&"--server=http://flags-root.team-a.svc:9201".to_owned())
+    );
+}
+
+#[test]
+fn a_resource_that_did_not_come_from_the_api_is_refused() {
+    let mut fe = fixture("proxy-only");
+    fe.metadata.uid = None;
+    let defaults = defaults();
+    let e = build::build(&Inputs {
+        fe: &fe,
+        defaults: &defaults,
+        secret_hash: None,
+    })
+    .unwrap_err();
+    assert!(e.to_string().contains("uid"));
+}

@@ -1,0 +1,556 @@
+//! The operator against a real API server, controller manager, scheduler and kwok (tier C of
+//! e2e/controlplane): objects, status, CEL validation, missing references, drift, pruning, garbage
+//! collection and quiet restarts.
+
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt as _};
+use pbflags_e2e::{ControlPlane, TestNamespace};
+use pbflags_operator::build::Defaults;
+use pbflags_operator::controller::{self, Context};
+use pbflags_operator::crd::FlagEvaluator;
+use pbflags_operator::metrics::Metrics;
+use tokio_util::sync::CancellationToken;
+
+/// One operator for the whole test binary, on a thread of its own (tests come and go with their
+/// runtimes). Installs the CRD first.
+fn operator() -> (ControlPlane, Metrics) {
+    static STARTED: OnceLock<(ControlPlane, Metrics)> = OnceLock::new();
+    STARTED
+        .get_or_init(|| {
+            let cp = ControlPlane::ensure().unwrap();
+            let crd = pbflags_e2e::repo_root().join("crds/flagevaluators.pbflags.dev.yaml");
+            let out = cp
+                .kubectl()
+                .args(["apply", "--server-side", "--force-conflicts", "-f"])
+                .arg(&crd)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let out = cp
+                .kubectl()
+                .args([
+                    "wait",
+                    "--for=condition=Established",
+                    "crd/flagevaluators.pbflags.dev",
+                    "--timeout=30s",
+                ])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let metrics = Metrics::new();
+            let (cp2, m2) = (cp.clone(), metrics.clone());
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let client = cp2.client().await.unwrap();
+                    let ctx = Arc::new(Context {
+                        client,
+                        defaults: Defaults {
+                            image: "pbflags-evaluator:test".into(),
+                        },
+                        metrics: m2,
+                    });
+                    controller::run(ctx, CancellationToken::new()).await;
+                });
+            });
+            (cp, metrics)
+        })
+        .clone()
+}
+
+async fn setup(prefix: &str) -> (ControlPlane, Client, TestNamespace, Metrics) {
+    let (cp, metrics) = operator();
+    let client = cp.client().await.unwrap();
+    let ns = TestNamespace::create(&cp, &client, prefix).await.unwrap();
+    (cp, client, ns, metrics)
+}
+
+async fn descriptors(client: &Client, ns: &str) {
+    let cm = ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some("flags".into()),
+            ..Default::default()
+        },
+        binary_data: Some(BTreeMap::from([(
+            "descriptors.pb".into(),
+            ByteString(pbflags_proto_bytes()),
+        )])),
+        ..Default::default()
+    };
+    Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &cm)
+        .await
+        .unwrap();
+}
+
+fn pbflags_proto_bytes() -> Vec<u8> {
+    std::fs::read(pbflags_e2e::repo_root().join("proto/example/descriptors.pb")).unwrap()
+}
+
+async fn database_secret(client: &Client, ns: &str, url: &str) {
+    let s = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("db".into()),
+            ..Default::default()
+        },
+        string_data: Some(BTreeMap::from([("url".into(), url.into())])),
+        ..Default::default()
+    };
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &s)
+        .await
+        .unwrap();
+}
+
+async fn create_fe(
+    client: &Client,
+    ns: &str,
+    spec: serde_json::Value,
+) -> Result<FlagEvaluator, kube::Error> {
+    let fe: FlagEvaluator = serde_json::from_value(serde_json::json!({
+        "apiVersion": "pbflags.dev/v1alpha1", "kind": "FlagEvaluator",
+        "metadata": { "name": "flags" }, "spec": spec
+    }))
+    .unwrap();
+    Api::<FlagEvaluator>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &fe)
+        .await
+}
+
+async fn wait_for<T>(what: &str, secs: u64, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs}s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn condition(fe: &FlagEvaluator, type_: &str) -> Option<(String, String)> {
+    let c = fe
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)?;
+    Some((c.status.clone(), c.reason.clone()))
+}
+
+async fn wait_condition(
+    client: &Client,
+    ns: &str,
+    type_: &str,
+    status: &str,
+    reason: Option<&str>,
+) -> FlagEvaluator {
+    let api = Api::<FlagEvaluator>::namespaced(client.clone(), ns);
+    wait_for(&format!("{type_}={status} {reason:?}"), 120, async || {
+        let fe = api.get("flags").await.ok()?;
+        let (s, r) = condition(&fe, type_)?;
+        (s == status && reason.is_none_or(|want| want == r)).then_some(fe)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn root_and_proxy_become_ready_with_hardened_pods() {
+    let (cp, client, ns, _) = setup("fe-ready").await;
+    descriptors(&client, &ns.name).await;
+    database_secret(&client, &ns.name, "postgres://u:p@db:5432/flags").await;
+    let started = Instant::now();
+    create_fe(
+        &client,
+        &ns.name,
+        serde_json::json!({
+            "descriptors": { "configMapName": "flags" },
+            "root": { "replicas": 2, "database": { "secretName": "db" } },
+            "proxy": { "replicas": 1 },
+            "cache": { "killTtl": "5s" }
+        }),
+    )
+    .await
+    .unwrap();
+    let fe = wait_condition(&client, &ns.name, "Ready", "True", Some("AllReplicasReady")).await;
+    eprintln!("apply -> Ready: {:?}", started.elapsed());
+    let status = fe.status.unwrap();
+    assert_eq!(status.mode.as_deref(), Some("root+proxy"));
+    assert_eq!(
+        status.endpoint.as_deref(),
+        Some(format!("http://flags-proxy.{}.svc:9201", ns.name).as_str())
+    );
+    assert_eq!(status.root.unwrap().summary, "2/2");
+    assert_eq!(status.observed_generation, fe.metadata.generation);
+
+    let out = cp
+        .kubectl()
+        .args([
+            "-n",
+            &ns.name,
+            "wait",
+            "--for=condition=Ready",
+            "fe/flags",
+            "--timeout=10s",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl wait: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns.name);
+    let root = deployments.get("flags-root").await.unwrap();
+    let pod = root.spec.unwrap().template.spec.unwrap();
+    let c = &pod.containers[0];
+    let sc = c.security_context.clone().unwrap();
+    assert_eq!(
+        (sc.read_only_root_filesystem, sc.allow_privilege_escalation),
+        (Some(true), Some(false))
+    );
+    assert_eq!(sc.capabilities.unwrap().drop.unwrap(), ["ALL"]);
+    assert_eq!(
+        pod.security_context.unwrap().seccomp_profile.unwrap().type_,
+        "RuntimeDefault"
+    );
+    assert!(
+        c.args
+            .as_ref()
+            .unwrap()
+            .contains(&"--kill-ttl=5s".to_owned())
+    );
+    assert_eq!(
+        c.env.as_ref().unwrap()[0]
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap()
+            .name,
+        "db"
+    );
+    let proxy = deployments.get("flags-proxy").await.unwrap();
+    let args = proxy.spec.unwrap().template.spec.unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap();
+    assert!(
+        args.contains(&format!("--server=http://flags-root.{}.svc:9201", ns.name)),
+        "{args:?}"
+    );
+    let services = Api::<Service>::namespaced(client.clone(), &ns.name);
+    assert!(services.get("flags-root").await.is_ok() && services.get("flags-proxy").await.is_ok());
+    let pdbs = Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns.name);
+    assert!(pdbs.get("flags-root").await.is_ok());
+    assert!(
+        pdbs.get_opt("flags-proxy").await.unwrap().is_none(),
+        "no PDB for a single replica"
+    );
+    ns.delete(&client).await.unwrap();
+}
+
+#[tokio::test]
+async fn invalid_resources_are_rejected_with_the_cel_message() {
+    let (_cp, client, ns, _) = setup("fe-invalid").await;
+    let e = create_fe(
+        &client,
+        &ns.name,
+        serde_json::json!({ "descriptors": { "configMapName": "flags" } }),
+    )
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("needs a root tier"), "{e}");
+    let e = create_fe(
+        &client,
+        &ns.name,
+        serde_json::json!({
+            "descriptors": { "configMapName": "flags" },
+            "proxy": { "upstream": "ftp://nope" }
+        }),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("proxy.upstream must be an http:// or https:// URL"),
+        "{e}"
+    );
+    let e = create_fe(
+        &client,
+        &ns.name,
+        serde_json::json!({
+            "descriptors": { "configMapName": "flags" },
+            "root": { "database": { "secretName": "db" } },
+            "proxy": { "upstream": "http://elsewhere:9201" }
+        }),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("must be empty when spec.root is set"),
+        "{e}"
+    );
+    ns.delete(&client).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_missing_secret_degrades_with_a_reason_and_heals_when_created() {
+    let (_cp, client, ns, _) = setup("fe-missing").await;
+    descriptors(&client, &ns.name).await;
+    create_fe(
+        &client,
+        &ns.name,
+        serde_json::json!({
+            "descriptors": { "configMapName": "flags" },
+            "root": { "database": { "secretName": "db" } }
+        }),
+    )
+    .await
+    .unwrap();
+    let fe = wait_condition(&client, &ns.name, "Degraded", "True", Some("SecretMissing")).await;
+    assert_eq!(condition(&fe, "Ready").unwrap().0, "False");
+    assert!(
+        Api::<Deployment>::namespaced(client.clone(), &ns.name)
+            .get_opt("flags-root")
+            .await
+            .unwrap()
+            .is_none(),
+        "no crash-looping pods"
+    );
+    database_secret(&client, &ns.name, "postgres://u:p@db/flags").await;
+    wait_condition(&client, &ns.name, "Ready", "True", None).await;
+    let fe = Api::<FlagEvaluator>::namespaced(client.clone(), &ns.name)
+        .get("flags")
+        .await
+        .unwrap();
+    assert_eq!(condition(&fe, "Degraded").unwrap().0, "False");
+    ns.delete(&client).await.unwrap();
+}
+
+#[tokio::test]
+async fn drift_is_repaired_proxy_is_switched_off_and_deletion_collects_everything() {
+    let (_cp, client, ns, _) = setup("fe-drift").await;
+    descriptors(&client, &ns.name).await;
+    create_fe(
+        &client,
+        &ns.name,
+        serde_json::json!({
+            "descriptors": { "configMapName": "flags" },
+            "proxy": { "upstream": "http://root.elsewhere.svc:9201", "replicas": 2 }
+        }),
+    )
+    .await
+    .unwrap();
+    wait_condition(&client, &ns.name, "Ready", "True", None).await;
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns.name);
+
+    // Someone scales the owned Deployment by hand: the operator puts it back.
+    let patch = serde_json::json!({ "spec": { "replicas": 5 } });
+    deployments
+        .patch(
+            "flags-proxy",
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    wait_for("drift repaired", 60, async || {
+        let d = deployments.get("flags-proxy").await.ok()?;
+        (d.spec?.replicas == Some(2)).then_some(())
+    })
+    .await;
+
+    // Someone deletes the Service: it comes back.
+    let services = Api::<Service>::namespaced(client.clone(), &ns.name);
+    services
+        .delete("flags-proxy", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for("Service recreated", 60, async || {
+        services
+            .get_opt("flags-proxy")
+            .await
+            .ok()
+            .flatten()
+            .map(|_| ())
+    })
+    .await;
+
+    // Scale down to one replica: the PDB goes away.
+    let fes = Api::<FlagEvaluator>::namespaced(client.clone(), &ns.name);
+    let patch = serde_json::json!({ "spec": { "proxy": { "upstream": "http://root.elsewhere.svc:9201", "replicas": 1 } } });
+    fes.patch("flags", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let pdbs = Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns.name);
+    wait_for("PDB pruned", 60, async || {
+        pdbs.get_opt("flags-proxy")
+            .await
+            .ok()
+            .and_then(|p| p.is_none().then_some(()))
+    })
+    .await;
+
+    // Delete the FlagEvaluator: the garbage collector removes what it owned.
+    fes.delete("flags", &DeleteParams::background())
+        .await
+        .unwrap();
+    wait_for("owned objects collected", 90, async || {
+        let d = deployments.get_opt("flags-proxy").await.ok()?;
+        let s = services.get_opt("flags-proxy").await.ok()?;
+        (d.is_none() && s.is_none()).then_some(())
+    })
+    .await;
+    ns.delete(&client).await.unwrap();
+}
+
+#[tokio::test]
+async fn switching_the_proxy_off_removes_it_and_points_the_endpoint_at_the_root() {
+    let (_cp, client, ns, _) = setup("fe-proxy").await;
+    descriptors(&client, &ns.name).await;
+    database_secret(&client, &ns.name, "postgres://u:p@db/flags").await;
+    create_fe(
+        &client,
+        &ns.name,
+        serde_json::json!({
+            "descriptors": { "configMapName": "flags" },
+            "root": { "database": { "secretName": "db" } },
+            "proxy": {}
+        }),
+    )
+    .await
+    .unwrap();
+    wait_condition(&client, &ns.name, "Ready", "True", None).await;
+    let fes = Api::<FlagEvaluator>::namespaced(client.clone(), &ns.name);
+    fes.patch(
+        "flags",
+        &PatchParams::default(),
+        &Patch::Json::<()>(
+            serde_json::from_value(serde_json::json!([{ "op": "remove", "path": "/spec/proxy" }]))
+                .unwrap(),
+        ),
+    )
+    .await
+    .unwrap();
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns.name);
+    wait_for("proxy removed", 60, async || {
+        deployments
+            .get_opt("flags-proxy")
+            .await
+            .ok()
+            .and_then(|d| d.is_none().then_some(()))
+    })
+    .await;
+    let fe = wait_for("endpoint on root", 60, async || {
+        let fe = fes.get("flags").await.ok()?;
+        (fe.status
+            .as_ref()?
+            .endpoint
+            .as_deref()?
+            .contains("flags-root"))
+        .then_some(fe)
+    })
+    .await;
+    assert_eq!(fe.status.unwrap().mode.as_deref(), Some("root"));
+    ns.delete(&client).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_restarted_operator_makes_no_writes_to_a_settled_resource() {
+    let (cp, client, ns, _) = setup("fe-quiet").await;
+    descriptors(&client, &ns.name).await;
+    database_secret(&client, &ns.name, "postgres://u:p@db/flags").await;
+    create_fe(
+        &client,
+        &ns.name,
+        serde_json::json!({
+            "descriptors": { "configMapName": "flags" },
+            "root": { "database": { "secretName": "db" } }
+        }),
+    )
+    .await
+    .unwrap();
+    wait_condition(&client, &ns.name, "Ready", "True", None).await;
+    // Let the settling reconciles (status after pods turned ready) finish.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let versions = async || {
+        let d = Api::<Deployment>::namespaced(client.clone(), &ns.name)
+            .get("flags-root")
+            .await
+            .unwrap();
+        let s = Api::<Service>::namespaced(client.clone(), &ns.name)
+            .get("flags-root")
+            .await
+            .unwrap();
+        let f = Api::<FlagEvaluator>::namespaced(client.clone(), &ns.name)
+            .get("flags")
+            .await
+            .unwrap();
+        (
+            d.resource_version(),
+            s.resource_version(),
+            f.resource_version(),
+        )
+    };
+    let before = versions().await;
+
+    // A second operator process: it lists everything and reconciles every FlagEvaluator once.
+    let metrics = Metrics::new();
+    let ctx = Arc::new(Context {
+        client: cp.client().await.unwrap(),
+        defaults: Defaults {
+            image: "pbflags-evaluator:test".into(),
+        },
+        metrics: metrics.clone(),
+    });
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(controller::run(ctx, stop.clone()));
+    wait_for("second operator reconciled", 60, async || {
+        (metrics
+            .render()
+            .contains("pbflags_operator_reconciles_total")
+            && !metrics
+                .render()
+                .contains("pbflags_operator_reconciles_total 0"))
+        .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.cancel();
+    let _ = task.await;
+    assert_eq!(
+        versions().await,
+        before,
+        "a settled FlagEvaluator is not written again"
+    );
+    ns.delete(&client).await.unwrap();
+}
