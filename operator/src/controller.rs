@@ -13,6 +13,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt as _};
@@ -39,6 +40,68 @@ pub struct Context {
     pub defaults: Defaults,
     /// Metrics.
     pub metrics: Metrics,
+    /// Publishes Kubernetes events about FlagEvaluators.
+    pub recorder: Recorder,
+}
+
+impl Context {
+    /// A context publishing events as `pbflags-operator`.
+    pub fn new(client: Client, defaults: Defaults, metrics: Metrics) -> Self {
+        let recorder = Recorder::new(client.clone(), Reporter::from(FIELD_MANAGER));
+        Self {
+            client,
+            defaults,
+            metrics,
+            recorder,
+        }
+    }
+}
+
+async fn publish(ctx: &Context, fe: &FlagEvaluator, type_: EventType, reason: &str, note: String) {
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: "Reconcile".to_owned(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &fe.object_ref(&())).await {
+        tracing::debug!(error = %e, "could not publish event");
+    }
+}
+
+/// Events for conditions that changed between `old` and `new`.
+async fn publish_transitions(
+    ctx: &Context,
+    fe: &FlagEvaluator,
+    new: &crate::crd::FlagEvaluatorStatus,
+) {
+    let old = fe.status.as_ref();
+    for c in &new.conditions {
+        let before = old
+            .and_then(|o| o.conditions.iter().find(|x| x.type_ == c.type_))
+            .map(|x| x.status.as_str());
+        if before == Some(c.status.as_str())
+            || (before.is_none() && c.status == "False" && c.type_ != "Ready")
+        {
+            continue;
+        }
+        let warning = (c.type_ == "Degraded" && c.status == "True")
+            || (c.type_ == "Ready" && c.status == "False" && before == Some("True"));
+        let type_ = if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        publish(
+            ctx,
+            fe,
+            type_,
+            &c.reason,
+            format!("{} is {}: {}", c.type_, c.status, c.message),
+        )
+        .await;
+    }
 }
 
 /// Why a reconcile failed; the category is a metric label.
@@ -285,6 +348,7 @@ pub async fn reconcile(fe: Arc<FlagEvaluator>, ctx: Arc<Context>) -> Result<Acti
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let status = status::compute(&fe, &observed, now);
     if fe.status.as_ref() != Some(&status) {
+        publish_transitions(&ctx, &fe, &status).await;
         let patch = serde_json::json!({ "apiVersion": "pbflags.dev/v1alpha1", "kind": "FlagEvaluator", "status": status });
         Api::<FlagEvaluator>::namespaced(client.clone(), &ns)
             .patch_status(
@@ -304,6 +368,10 @@ pub async fn reconcile(fe: Arc<FlagEvaluator>, ctx: Arc<Context>) -> Result<Acti
 /// Requeues a failed reconcile with a short delay.
 pub fn error_policy(fe: Arc<FlagEvaluator>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.failed(error.category());
+    let (ctx2, fe2, note) = (ctx.clone(), fe.clone(), error.to_string());
+    tokio::spawn(
+        async move { publish(&ctx2, &fe2, EventType::Warning, "ReconcileFailed", note).await },
+    );
     tracing::warn!(flag_evaluator = %fe.name_any(), namespace = ?fe.namespace(), category = error.category(), error = %error, "reconcile failed");
     Action::requeue(Duration::from_secs(10))
 }

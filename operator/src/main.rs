@@ -6,7 +6,9 @@ use std::sync::Arc;
 use clap::Parser;
 use pbflags_operator::build::Defaults;
 use pbflags_operator::controller::{self, Context};
+use pbflags_operator::lease::{self, LeaseConfig};
 use pbflags_operator::metrics::Metrics;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Runs pbflags evaluators for FlagEvaluator resources.
@@ -30,6 +32,15 @@ struct Args {
     /// Log filter.
     #[arg(long, env = "PBFLAGS_LOG_LEVEL", default_value = "info")]
     log_level: String,
+    /// Elect a leader through a Lease, so several replicas are safe (only the holder reconciles).
+    #[arg(long, env = "PBFLAGS_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Namespace of the Lease (the operator's own; set from the pod's metadata.namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// This replica's identity in the Lease (set from the pod's metadata.name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
 }
 
 #[tokio::main]
@@ -45,13 +56,13 @@ async fn main() -> anyhow::Result<()> {
     );
     let client = kube::Client::try_default().await?;
     let metrics = Metrics::new();
-    let ctx = Arc::new(Context {
-        client,
-        defaults: Defaults {
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Defaults {
             image: args.evaluator_image,
         },
-        metrics: metrics.clone(),
-    });
+        metrics.clone(),
+    ));
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {
@@ -80,6 +91,28 @@ async fn main() -> anyhow::Result<()> {
             .with_graceful_shutdown(server_shutdown.cancelled_owned())
             .await;
     });
+    if args.leader_election {
+        let identity = args
+            .identity
+            .unwrap_or_else(|| format!("pbflags-operator-{}", std::process::id()));
+        let cfg = LeaseConfig {
+            name: "pbflags-operator".to_owned(),
+            namespace: args.lease_namespace,
+            identity,
+            duration: Duration::from_secs(15),
+            renew: Duration::from_secs(5),
+        };
+        let Some(lost) = lease::acquire(client, cfg, shutdown.clone()).await else {
+            return Ok(());
+        };
+        // Losing the lease stops reconciling: the process exits and the pod restarts as a follower.
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            lost.cancelled().await;
+            stop.cancel();
+            std::process::exit(1);
+        });
+    }
     controller::run(ctx, shutdown).await;
     tracing::info!("stopped");
     Ok(())

@@ -65,13 +65,13 @@ fn operator() -> (ControlPlane, Metrics) {
                     .unwrap();
                 rt.block_on(async move {
                     let client = cp2.client().await.unwrap();
-                    let ctx = Arc::new(Context {
+                    let ctx = Arc::new(Context::new(
                         client,
-                        defaults: Defaults {
+                        Defaults {
                             image: "pbflags-evaluator:test".into(),
                         },
-                        metrics: m2,
-                    });
+                        m2,
+                    ));
                     controller::run(ctx, CancellationToken::new()).await;
                 });
             });
@@ -525,13 +525,13 @@ async fn a_restarted_operator_makes_no_writes_to_a_settled_resource() {
 
     // A second operator process: it lists everything and reconciles every FlagEvaluator once.
     let metrics = Metrics::new();
-    let ctx = Arc::new(Context {
-        client: cp.client().await.unwrap(),
-        defaults: Defaults {
+    let ctx = Arc::new(Context::new(
+        cp.client().await.unwrap(),
+        Defaults {
             image: "pbflags-evaluator:test".into(),
         },
-        metrics: metrics.clone(),
-    });
+        metrics.clone(),
+    ));
     let stop = CancellationToken::new();
     let task = tokio::spawn(controller::run(ctx, stop.clone()));
     wait_for("second operator reconciled", 60, async || {
@@ -552,5 +552,185 @@ async fn a_restarted_operator_makes_no_writes_to_a_settled_resource() {
         before,
         "a settled FlagEvaluator is not written again"
     );
+    ns.delete(&client).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_secret_change_rolls_the_root_but_a_descriptors_update_touches_no_deployment() {
+    let (_cp, client, ns, _) = setup("fe-roll").await;
+    descriptors(&client, &ns.name).await;
+    database_secret(&client, &ns.name, "postgres://u:p@db/flags").await;
+    create_fe(
+        &client,
+        &ns.name,
+        serde_json::json!({
+            "descriptors": { "configMapName": "flags" },
+            "root": { "database": { "secretName": "db" } },
+            "proxy": {}
+        }),
+    )
+    .await
+    .unwrap();
+    wait_condition(&client, &ns.name, "Ready", "True", None).await;
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns.name);
+    let hash = |d: &Deployment| {
+        d.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap()["pbflags.dev/database-secret-hash"]
+            .clone()
+    };
+    let root_before = deployments.get("flags-root").await.unwrap();
+    let proxy_before = deployments.get("flags-proxy").await.unwrap();
+
+    // New descriptors: the evaluators hot-reload the mounted file; no Deployment changes.
+    let cms = Api::<ConfigMap>::namespaced(client.clone(), &ns.name);
+    let patch = serde_json::json!({ "binaryData": { "descriptors.pb": k8s_openapi::ByteString(pbflags_proto_bytes()), "extra": k8s_openapi::ByteString(vec![1]) } });
+    cms.patch("flags", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        deployments
+            .get("flags-root")
+            .await
+            .unwrap()
+            .resource_version(),
+        root_before.resource_version()
+    );
+    assert_eq!(
+        deployments
+            .get("flags-proxy")
+            .await
+            .unwrap()
+            .resource_version(),
+        proxy_before.resource_version()
+    );
+
+    // A new database URL: the root's pod template changes (a rollout), the proxy's does not.
+    let secrets = Api::<Secret>::namespaced(client.clone(), &ns.name);
+    let patch = serde_json::json!({ "stringData": { "url": "postgres://u:p@db-2/flags" } });
+    secrets
+        .patch("db", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    wait_for("root template rolled", 60, async || {
+        let d = deployments.get("flags-root").await.ok()?;
+        (hash(&d) != hash(&root_before)).then_some(())
+    })
+    .await;
+    assert_eq!(
+        deployments
+            .get("flags-proxy")
+            .await
+            .unwrap()
+            .resource_version(),
+        proxy_before.resource_version()
+    );
+    ns.delete(&client).await.unwrap();
+}
+
+#[tokio::test]
+async fn migrations_run_as_a_job_before_the_root_rolls_out() {
+    let (_cp, client, ns, _) = setup("fe-migrate").await;
+    descriptors(&client, &ns.name).await;
+    database_secret(&client, &ns.name, "postgres://u:p@db/flags").await;
+    create_fe(
+        &client,
+        &ns.name,
+        serde_json::json!({
+            "descriptors": { "configMapName": "flags" },
+            "root": { "database": { "secretName": "db" }, "migrate": true }
+        }),
+    )
+    .await
+    .unwrap();
+    let jobs = Api::<k8s_openapi::api::batch::v1::Job>::namespaced(client.clone(), &ns.name);
+    let job = wait_for("migration Job", 60, async || {
+        jobs.list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|j| j.name_any().starts_with("flags-migrate-"))
+    })
+    .await;
+    let args = job.spec.unwrap().template.spec.unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap();
+    assert_eq!(args, ["migrate"]);
+    // kwok completes the Job's pod; then the root rolls out and becomes ready.
+    wait_condition(&client, &ns.name, "Ready", "True", None).await;
+    let j = jobs.get(&job.metadata.name.unwrap()).await.unwrap();
+    assert_eq!(j.status.unwrap().succeeded, Some(1));
+    ns.delete(&client).await.unwrap();
+}
+
+#[tokio::test]
+async fn transitions_are_recorded_as_events() {
+    let (_cp, client, ns, _) = setup("fe-events").await;
+    descriptors(&client, &ns.name).await;
+    create_fe(
+        &client,
+        &ns.name,
+        serde_json::json!({
+            "descriptors": { "configMapName": "flags" },
+            "root": { "database": { "secretName": "db" } }
+        }),
+    )
+    .await
+    .unwrap();
+    wait_condition(&client, &ns.name, "Degraded", "True", Some("SecretMissing")).await;
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), &ns.name);
+    wait_for("a SecretMissing warning event", 30, async || {
+        let list = events.list(&Default::default()).await.ok()?;
+        list.items
+            .into_iter()
+            .find(|e| {
+                e.reason.as_deref() == Some("SecretMissing")
+                    && e.type_.as_deref() == Some("Warning")
+            })
+            .map(|_| ())
+    })
+    .await;
+    ns.delete(&client).await.unwrap();
+}
+
+#[tokio::test]
+async fn only_one_replica_holds_the_lease() {
+    use pbflags_operator::lease::{LeaseConfig, release, try_acquire};
+    let (_cp, client, ns, _) = setup("fe-lease").await;
+    let cfg = |identity: &str| LeaseConfig {
+        name: "pbflags-operator".into(),
+        namespace: ns.name.clone(),
+        identity: identity.into(),
+        duration: Duration::from_secs(2),
+        renew: Duration::from_millis(500),
+    };
+    assert!(try_acquire(&client, &cfg("a")).await.unwrap());
+    assert!(
+        !try_acquire(&client, &cfg("b")).await.unwrap(),
+        "b must wait while a holds the lease"
+    );
+    assert!(try_acquire(&client, &cfg("a")).await.unwrap(), "a renews");
+    release(&client, &cfg("a")).await.unwrap();
+    assert!(
+        try_acquire(&client, &cfg("b")).await.unwrap(),
+        "b takes over a released lease"
+    );
+    // An expired lease can be taken over without a release.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        try_acquire(&client, &cfg("c")).await.unwrap(),
+        "c takes over an expired lease"
+    );
+    assert!(!try_acquire(&client, &cfg("b")).await.unwrap());
     ns.delete(&client).await.unwrap();
 }
