@@ -44,3 +44,5 @@ e2e/controlplane/smoke.sh
 cargo test --locked -p pbflags-e2e
 step "the operator against the control plane"
 cargo test --locked -p pbflags-operator --test controlplane
+step "the Helm chart: lint, templates, dry run, install with least privilege, uninstall"
+cargo test --locked -p pbflags-operator --test chart

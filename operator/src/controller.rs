@@ -389,26 +389,51 @@ fn referencing(
         .collect()
 }
 
-/// Runs the controller until `shutdown` is cancelled.
+/// Runs the controller over the whole cluster until `shutdown` is cancelled.
 pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
+    run_in(ctx, None, shutdown).await;
+}
+
+/// Runs one controller per namespace in `namespaces` (the whole cluster when empty); the operator
+/// then needs rights in those namespaces only.
+pub async fn run_namespaces(ctx: Arc<Context>, namespaces: &[String], shutdown: CancellationToken) {
+    if namespaces.is_empty() {
+        return run_in(ctx, None, shutdown).await;
+    }
+    let runs = namespaces
+        .iter()
+        .map(|ns| run_in(ctx.clone(), Some(ns.clone()), shutdown.clone()));
+    futures_util::future::join_all(runs).await;
+}
+
+fn scoped<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+async fn run_in(ctx: Arc<Context>, ns: Option<String>, shutdown: CancellationToken) {
+    let ns = ns.as_deref();
     let client = ctx.client.clone();
     let owned = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
     let controller = Controller::new(
-        Api::<FlagEvaluator>::all(client.clone()),
+        scoped::<FlagEvaluator>(&client, ns),
         watcher::Config::default(),
     );
     let store = controller.store();
     let (cm_store, secret_store) = (store.clone(), store.clone());
     controller
-        .owns(Api::<Deployment>::all(client.clone()), owned.clone())
-        .owns(Api::<Service>::all(client.clone()), owned.clone())
-        .owns(
-            Api::<PodDisruptionBudget>::all(client.clone()),
-            owned.clone(),
-        )
-        .owns(Api::<Job>::all(client.clone()), owned)
+        .owns(scoped::<Deployment>(&client, ns), owned.clone())
+        .owns(scoped::<Service>(&client, ns), owned.clone())
+        .owns(scoped::<PodDisruptionBudget>(&client, ns), owned.clone())
+        .owns(scoped::<Job>(&client, ns), owned)
         .watches(
-            Api::<ConfigMap>::all(client.clone()),
+            scoped::<ConfigMap>(&client, ns),
             watcher::Config::default(),
             move |cm| {
                 let name = cm.name_any();
@@ -418,7 +443,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
             },
         )
         .watches(
-            Api::<Secret>::all(client.clone()),
+            scoped::<Secret>(&client, ns),
             watcher::Config::default(),
             move |s| {
                 let name = s.name_any();

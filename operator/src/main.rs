@@ -38,6 +38,9 @@ struct Args {
     /// Namespace of the Lease (the operator's own; set from the pod's metadata.namespace).
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     lease_namespace: String,
+    /// Watch only these namespaces (comma-separated); empty means the whole cluster.
+    #[arg(long, env = "PBFLAGS_WATCH_NAMESPACES", value_delimiter = ',')]
+    watch_namespaces: Vec<String>,
     /// This replica's identity in the Lease (set from the pod's metadata.name).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -113,7 +116,12 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(1);
         });
     }
-    controller::run(ctx, shutdown).await;
+    let namespaces: Vec<String> = args
+        .watch_namespaces
+        .into_iter()
+        .filter(|n| !n.is_empty())
+        .collect();
+    controller::run_namespaces(ctx, &namespaces, shutdown).await;
     tracing::info!("stopped");
     Ok(())
 }
