@@ -33,6 +33,12 @@ pub struct ControlPlane {
     pub bin: PathBuf,
 }
 
+/// True when the cluster runs the operator itself (installed by the chart, as on kind), so tests
+/// must not start one in-process: `PBFLAGS_E2E_EXTERNAL_OPERATOR=1`.
+pub fn external_operator() -> bool {
+    std::env::var_os("PBFLAGS_E2E_EXTERNAL_OPERATOR").is_some()
+}
+
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -41,8 +47,19 @@ pub fn repo_root() -> PathBuf {
 static STARTED: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
 
 impl ControlPlane {
-    /// Starts tier C (or reuses a running control plane) once per test process.
+    /// Starts tier C (or reuses a running control plane) once per test process. With
+    /// `PBFLAGS_E2E_KUBECONFIG` set, uses that cluster instead (e.g. kind) and `helm` from `PATH`.
     pub fn ensure() -> anyhow::Result<ControlPlane> {
+        if let Some(kubeconfig) = std::env::var_os("PBFLAGS_E2E_KUBECONFIG") {
+            let helm_dir = std::env::var_os("PATH")
+                .map(|p| std::env::split_paths(&p).find(|d| d.join("helm").is_file()))
+                .unwrap_or_default()
+                .context("PBFLAGS_E2E_KUBECONFIG is set but helm is not on PATH")?;
+            return Ok(ControlPlane {
+                kubeconfig: PathBuf::from(kubeconfig),
+                bin: helm_dir,
+            });
+        }
         STARTED
             .get_or_init(|| Self::start(Tier::C).map_err(|e| format!("{e:#}")))
             .clone()

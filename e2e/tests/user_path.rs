@@ -165,10 +165,12 @@ async fn from_zero_to_evaluating_flags() {
         Metrics::new(),
     ));
     let namespaces = vec![ns.name.clone()];
-    tokio::spawn({
-        let stop = stop_operator.clone();
-        async move { controller::run_namespaces(ctx, &namespaces, stop).await }
-    });
+    if !pbflags_e2e::external_operator() {
+        tokio::spawn({
+            let stop = stop_operator.clone();
+            async move { controller::run_namespaces(ctx, &namespaces, stop).await }
+        });
+    }
 
     // 2. The descriptors ConfigMap, from a descriptors.pb.
     let pb = repo_root().join("proto/example/descriptors.pb");

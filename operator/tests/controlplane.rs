@@ -56,6 +56,9 @@ fn operator() -> (ControlPlane, Metrics) {
                 String::from_utf8_lossy(&out.stderr)
             );
             let metrics = Metrics::new();
+            if pbflags_e2e::external_operator() {
+                return (cp, metrics);
+            }
             let (cp2, m2) = (cp.clone(), metrics.clone());
             std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_multi_thread()
