@@ -153,6 +153,14 @@ pub async fn serve(
     shutdown: CancellationToken,
     drain: Duration,
 ) -> bool {
+    use axum::serve::ListenerExt as _;
+    // Small responses must not wait for the client's delayed ACK (Nagle's algorithm): that costs
+    // tens of milliseconds on multi-frame gRPC responses.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+    });
     let server =
         axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let deadline = async {

@@ -1,0 +1,229 @@
+//! `pbflags-load`: a closed-loop load generator for an evaluator on loopback. Runs `--concurrency`
+//! callers for `--duration` over gRPC (HTTP/2, several connections) or Connect (binary proto over
+//! HTTP/1.1 keep-alive connections), and prints throughput and latency percentiles.
+//!
+//! `pbflags-load --url http://127.0.0.1:9201 --protocol grpc --rpc evaluate --duration 10s`
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::{Parser, ValueEnum};
+use http_body_util::{BodyExt as _, Full};
+use pbflags_proto::v1::flag_evaluator_service_client::FlagEvaluatorServiceClient;
+use pbflags_proto::v1::{BulkEvaluateRequest, EvaluateRequest};
+use prost::Message as _;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Protocol {
+    Grpc,
+    Connect,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Rpc {
+    /// Evaluate of one flag.
+    Evaluate,
+    /// BulkEvaluate of `--bulk` flags.
+    Bulk,
+}
+
+/// Load generator for pbflags evaluators.
+#[derive(Parser, Debug)]
+struct Args {
+    /// Base URL of the evaluator.
+    #[arg(long, default_value = "http://127.0.0.1:9201")]
+    url: String,
+    #[arg(long, value_enum, default_value = "grpc")]
+    protocol: Protocol,
+    #[arg(long, value_enum, default_value = "evaluate")]
+    rpc: Rpc,
+    /// Flag ids to cycle through (Evaluate) or to send together (BulkEvaluate, repeated up to --bulk).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "notifications/1,notifications/2,notifications/3,notifications/4"
+    )]
+    flags: Vec<String>,
+    /// Ids per BulkEvaluate.
+    #[arg(long, default_value_t = 100)]
+    bulk: usize,
+    /// Entity id sent with every request.
+    #[arg(long, default_value = "")]
+    entity: String,
+    /// Concurrent callers.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Connections (gRPC channels or HTTP/1.1 clients) shared by the callers.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// How long to measure (after a 1 s warm-up).
+    #[arg(long, default_value = "10s", value_parser = humantime_like)]
+    duration: Duration,
+}
+
+fn humantime_like(s: &str) -> Result<Duration, String> {
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 10s"))?;
+    match unit {
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "ms" => Ok(Duration::from_millis(n)),
+        _ => Err(format!("{s:?}: use s or ms")),
+    }
+}
+
+enum Caller {
+    Grpc(FlagEvaluatorServiceClient<tonic::transport::Channel>),
+    Connect(
+        hyper_util::client::legacy::Client<
+            hyper_util::client::legacy::connect::HttpConnector,
+            Full<Bytes>,
+        >,
+    ),
+}
+
+async fn call(caller: &mut Caller, args: &Args, i: usize) -> anyhow::Result<()> {
+    let flag = &args.flags[i % args.flags.len()];
+    let ids: Vec<String> = args.flags.iter().cycle().take(args.bulk).cloned().collect();
+    match (caller, args.rpc) {
+        (Caller::Grpc(c), Rpc::Evaluate) => {
+            c.evaluate(EvaluateRequest {
+                flag_id: flag.clone(),
+                entity_id: args.entity.clone(),
+            })
+            .await?;
+        }
+        (Caller::Grpc(c), Rpc::Bulk) => {
+            c.bulk_evaluate(BulkEvaluateRequest {
+                flag_ids: ids,
+                entity_id: args.entity.clone(),
+            })
+            .await?;
+        }
+        (Caller::Connect(c), rpc) => {
+            let (method, body) = match rpc {
+                Rpc::Evaluate => (
+                    "Evaluate",
+                    EvaluateRequest {
+                        flag_id: flag.clone(),
+                        entity_id: args.entity.clone(),
+                    }
+                    .encode_to_vec(),
+                ),
+                Rpc::Bulk => (
+                    "BulkEvaluate",
+                    BulkEvaluateRequest {
+                        flag_ids: ids,
+                        entity_id: args.entity.clone(),
+                    }
+                    .encode_to_vec(),
+                ),
+            };
+            let req = http::Request::post(format!(
+                "{}/pbflags.v1.FlagEvaluatorService/{method}",
+                args.url
+            ))
+            .header("content-type", "application/proto")
+            .body(Full::new(Bytes::from(body)))?;
+            let resp = c.request(req).await?;
+            anyhow::ensure!(resp.status().is_success(), "HTTP {}", resp.status());
+            resp.into_body().collect().await?;
+        }
+    }
+    Ok(())
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Arc::new(Args::parse());
+    let mut callers: Vec<Caller> = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        callers.push(match args.protocol {
+            Protocol::Grpc => {
+                let ch = tonic::transport::Endpoint::from_shared(args.url.clone())?
+                    .tcp_nodelay(true)
+                    .connect()
+                    .await?;
+                Caller::Grpc(FlagEvaluatorServiceClient::new(ch))
+            }
+            Protocol::Connect => Caller::Connect(
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .pool_max_idle_per_host(args.concurrency)
+                    .build_http(),
+            ),
+        });
+    }
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for t in 0..args.concurrency {
+        let mut caller = match &callers[t % callers.len()] {
+            Caller::Grpc(c) => Caller::Grpc(c.clone()),
+            Caller::Connect(c) => Caller::Connect(c.clone()),
+        };
+        let (args, measuring, stop) = (args.clone(), measuring.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies: Vec<u64> = Vec::with_capacity(1 << 16);
+            let mut errors = 0u64;
+            let mut i = t;
+            while !stop.load(Ordering::Relaxed) {
+                let start = Instant::now();
+                let ok = call(&mut caller, &args, i).await.is_ok();
+                if measuring.load(Ordering::Relaxed) {
+                    if ok {
+                        latencies
+                            .push(u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX));
+                    } else {
+                        errors += 1;
+                    }
+                }
+                i += 1;
+            }
+            (latencies, errors)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(args.duration).await;
+    measuring.store(false, Ordering::Relaxed);
+    let elapsed = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await?;
+        all.extend(l);
+        errors += e;
+    }
+    all.sort_unstable();
+    println!(
+        "{:?} {:?}{}: {:.0} req/s over {:.1}s, concurrency {}, p50 {:.3} ms, p99 {:.3} ms, p999 {:.3} ms, errors {}",
+        args.protocol,
+        args.rpc,
+        if matches!(args.rpc, Rpc::Bulk) {
+            format!("({})", args.bulk)
+        } else {
+            String::new()
+        },
+        all.len() as f64 / elapsed,
+        elapsed,
+        args.concurrency,
+        percentile(&all, 0.50),
+        percentile(&all, 0.99),
+        percentile(&all, 0.999),
+        errors
+    );
+    Ok(())
+}

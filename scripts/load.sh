@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Load test on loopback: a root evaluator on its own PostgreSQL, pinned to CPU 0, driven by
+# pbflags-load pinned to CPU 1. Prints throughput and latency percentiles per protocol and RPC, and
+# the server's RSS idle and under load.
+#   scripts/load.sh [duration, default 10s]
+set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$repo"
+duration=${1:-10s}
+dir=$(mktemp -d /tmp/pbflags-load.XXXXXX)
+port=${PBFLAGS_LOAD_PORT:-19301}
+
+cargo build --release --locked -p pbflags-evaluator -p pbflags-e2e --bin pbflags-evaluator --bin pbflags-load
+bin=$CARGO_TARGET_DIR/release
+url=$(scripts/pg.sh start "$dir/pg")
+server=""
+cleanup() { [ -n "$server" ] && kill -TERM "$server" 2>/dev/null; wait 2>/dev/null; scripts/pg.sh stop "$dir/pg"; rm -rf "$dir"; }
+trap cleanup EXIT
+PBFLAGS_DATABASE=$url "$bin/pbflags-evaluator" migrate >/dev/null
+PBFLAGS_DATABASE=$url "$bin/pbflags-evaluator" sync --descriptors proto/example/descriptors.pb >/dev/null
+PBFLAGS_DATABASE=$url "$bin/pbflags-evaluator" flags set notifications/2 --value weekly --actor load >/dev/null
+
+PBFLAGS_DATABASE=$url taskset -c 0 "$bin/pbflags-evaluator" serve --descriptors proto/example/descriptors.pb \
+  --listen "127.0.0.1:$port" --log-level warn >"$dir/server.log" 2>&1 &
+server=$!
+for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+rss() { awk '/VmRSS/ {printf "%.1f MiB", $2/1024}' "/proc/$server/status"; }
+echo "server RSS idle: $(rss)"
+ticks() { awk '{print $14 + $15}' "/proc/$server/stat"; }
+# Server CPU use during a run tells a server-bound run (about 100% of its one core) from a
+# client-bound one.
+load() {
+  local t0 s0; t0=$(ticks); s0=$(date +%s.%N)
+  taskset -c 1 "$bin/pbflags-load" --url "http://127.0.0.1:$port" --duration "$duration" "$@"
+  awk -v t="$(( $(ticks) - t0 ))" -v s="$(echo "$(date +%s.%N) - $s0" | bc)" -v hz="$(getconf CLK_TCK)" \
+    'BEGIN { printf "  server CPU: %.0f%% of one core\n", 100 * t / hz / s }'
+}
+load --protocol grpc --rpc evaluate
+echo "server RSS after gRPC Evaluate load: $(rss)"
+load --protocol connect --rpc evaluate --concurrency 32 --connections 32
+load --protocol grpc --rpc bulk --concurrency 16
+load --protocol connect --rpc bulk --concurrency 16 --connections 16
+echo "server RSS under load (after all runs): $(rss)"
