@@ -73,6 +73,12 @@ pub struct ServeArgs {
     /// Log level or filter, e.g. info or pbflags_evaluator=debug [default: info].
     #[arg(long, env = "PBFLAGS_LOG_LEVEL")]
     pub log_level: Option<String>,
+    /// OTLP/gRPC endpoint for traces (the standard variable); unset: no trace export.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// Fraction of traces sampled, 0 to 1 (parent-based) [default: 1].
+    #[arg(long, env = "PBFLAGS_TRACE_SAMPLE_RATIO")]
+    pub trace_sample_ratio: Option<f64>,
     /// The database (root mode).
     #[command(flatten)]
     pub db: DatabaseArgs,
@@ -150,6 +156,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Log filter.
     pub log_level: String,
+    /// Trace export.
+    pub tracing: crate::logging::Tracing,
 }
 
 /// A setting that is missing or invalid; the message names it. Exit code 64.
@@ -319,7 +327,20 @@ impl ServeArgs {
                 "must be at least 1",
             ));
         }
+        let sample_ratio = self.trace_sample_ratio.unwrap_or(1.0);
+        if !(0.0..=1.0).contains(&sample_ratio) {
+            return Err(bad("trace_sample_ratio", "must be between 0 and 1"));
+        }
+        let otlp_endpoint = self.otlp_endpoint.clone().filter(|e| !e.trim().is_empty());
+        if let Some(e) = &otlp_endpoint {
+            e.parse::<http::Uri>()
+                .map_err(|err| bad("otlp_endpoint", format!("{e:?} is not a URL: {err}")))?;
+        }
         Ok(Config {
+            tracing: crate::logging::Tracing {
+                otlp_endpoint,
+                sample_ratio,
+            },
             descriptors,
             mode,
             listen,

@@ -1,22 +1,94 @@
-//! Logging: tracing to stderr, text or JSON, filtered by level; one build-info line at start.
+//! Logs and traces: tracing to stderr (text or JSON, filtered by level), one build-info line at
+//! start, and OpenTelemetry trace export over OTLP/gRPC when an endpoint is configured
+//! (`--otlp-endpoint` or the standard `OTEL_EXPORTER_OTLP_ENDPOINT`); a no-op otherwise.
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber. `filter` was validated with the configuration.
-pub fn init(format: LogFormat, filter: &str) {
+/// Trace export settings.
+#[derive(Clone, Debug, Default)]
+pub struct Tracing {
+    /// OTLP/gRPC endpoint, e.g. `http://otel-collector:4317`; `None` disables export.
+    pub otlp_endpoint: Option<String>,
+    /// Fraction of root traces sampled (parent-based: a sampled caller's trace is always kept).
+    pub sample_ratio: f64,
+}
+
+/// Flushes and stops trace export when dropped at shutdown.
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Flushes pending spans and stops the exporter.
+    pub fn shutdown(self) {
+        if let Some(p) = self.provider
+            && let Err(e) = p.shutdown()
+        {
+            tracing::warn!(error = %e, "trace export did not flush cleanly");
+        }
+    }
+}
+
+/// Installs the global subscriber. Must run inside a Tokio runtime when tracing is enabled (the
+/// exporter's connection lives on it). A second call (tests) keeps the first subscriber.
+pub fn init(format: LogFormat, filter: &str, tracing_cfg: &Tracing) -> Telemetry {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // A second init (tests) keeps the first subscriber.
+    let provider = tracing_cfg
+        .otlp_endpoint
+        .as_deref()
+        .filter(|e| !e.is_empty())
+        .and_then(|endpoint| {
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .build();
+            match exporter {
+                Ok(exporter) => Some(
+                    SdkTracerProvider::builder()
+                        .with_batch_exporter(exporter)
+                        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+                            tracing_cfg.sample_ratio,
+                        ))))
+                        .with_resource(
+                            opentelemetry_sdk::Resource::builder()
+                                .with_service_name("pbflags-evaluator")
+                                .with_attribute(opentelemetry::KeyValue::new(
+                                    "service.version",
+                                    env!("CARGO_PKG_VERSION"),
+                                ))
+                                .build(),
+                        )
+                        .build(),
+                ),
+                Err(e) => {
+                    eprintln!("warning: OTLP trace export disabled: {e}");
+                    None
+                }
+            }
+        });
+    let otel = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("pbflags-evaluator")));
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter).with(otel);
     let _ = match format {
-        LogFormat::Json => builder.json().with_current_span(false).try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => registry
+            .with(fmt.json().with_current_span(false))
+            .try_init(),
+        LogFormat::Text => registry.with(fmt).try_init(),
     };
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         git_sha = option_env!("PBFLAGS_GIT_SHA").unwrap_or("unknown"),
+        traces = provider.is_some(),
         "pbflags-evaluator starting"
     );
+    Telemetry { provider }
 }

@@ -51,7 +51,6 @@ fn run_serve(args: &pbflags_evaluator::config::ServeArgs) -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    logging::init(config.log_format, &config.log_level);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -62,7 +61,9 @@ fn run_serve(args: &pbflags_evaluator::config::ServeArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    rt.block_on(async {
+    let telemetry =
+        rt.block_on(async { logging::init(config.log_format, &config.log_level, &config.tracing) });
+    let code = rt.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(signals(shutdown.clone()));
         match serve::prepare(config).await {
@@ -76,7 +77,14 @@ fn run_serve(args: &pbflags_evaluator::config::ServeArgs) -> ExitCode {
                 ExitCode::from(1)
             }
         }
-    })
+    });
+    // Flush traces; the exporter's connection needs the runtime.
+    rt.block_on(async {
+        tokio::task::spawn_blocking(move || telemetry.shutdown())
+            .await
+            .ok()
+    });
+    code
 }
 
 /// First SIGTERM or SIGINT starts a graceful shutdown; a second one exits at once.

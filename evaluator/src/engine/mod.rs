@@ -25,6 +25,7 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use pbflags_proto::v1::{EvaluationSource, FlagValue, State};
+use tracing::Instrument as _;
 
 use crate::descriptor::FlagDef;
 use crate::metrics::{Backend, Metrics, Operation};
@@ -334,7 +335,8 @@ impl Engine {
                 move || -> BoxFuture<'static, SourceResult<Arc<FlagEntry>>> {
                     Box::pin(async move {
                         let started = std::time::Instant::now();
-                        let r = shared.source.flag_state(&key).await;
+                        let span = tracing::info_span!("source.flag_state", flag_id = %key);
+                        let r = shared.source.flag_state(&key).instrument(span).await;
                         shared.observe(Operation::FlagState, &r, started);
                         r.map(|state| match flight_home {
                             Home::Slot(s, i) => shared.caches.put_slot(s.slot(i), state),
@@ -372,7 +374,12 @@ impl Engine {
                         let (flag, entity) = key;
                         let ids = [flag.to_string()];
                         let started = std::time::Instant::now();
-                        let r = shared.source.overrides(&entity, &ids).await;
+                        let span = tracing::info_span!("source.overrides", entity_id = %entity);
+                        let r = shared
+                            .source
+                            .overrides(&entity, &ids)
+                            .instrument(span)
+                            .await;
                         shared.observe(Operation::Overrides, &r, started);
                         r.map(|rows| store_overrides(&shared.caches, &entity, &ids, rows).remove(0))
                     })
@@ -495,7 +502,13 @@ impl Engine {
             return batch;
         }
         let started = std::time::Instant::now();
-        let r = self.shared.source.overrides(entity_id, &missing).await;
+        let span = tracing::info_span!("source.overrides", entity_id, flags = missing.len());
+        let r = self
+            .shared
+            .source
+            .overrides(entity_id, &missing)
+            .instrument(span)
+            .await;
         self.shared.observe(Operation::Overrides, &r, started);
         match r {
             Ok(rows) => {
@@ -530,7 +543,8 @@ impl Engine {
         }
         let ids: Vec<String> = missing.iter().map(|(id, _)| id.clone()).collect();
         let started = std::time::Instant::now();
-        let r = self.shared.source.flag_states(&ids).await;
+        let span = tracing::info_span!("source.flag_states", flags = ids.len());
+        let r = self.shared.source.flag_states(&ids).instrument(span).await;
         self.shared.observe(Operation::FlagState, &r, started);
         match r {
             Ok(mut rows) => {
@@ -552,7 +566,12 @@ impl Engine {
     /// Counts towards health either way.
     pub async fn poll_kill_set(&self) -> SourceResult<usize> {
         let started = std::time::Instant::now();
-        let r = self.shared.source.killed_flags().await;
+        let r = self
+            .shared
+            .source
+            .killed_flags()
+            .instrument(tracing::info_span!("source.killed_flags"))
+            .await;
         self.shared.observe(Operation::KilledFlags, &r, started);
         let ids = r?;
         let n = ids.len();

@@ -75,7 +75,10 @@ pub struct TestDb {
 impl TestDb {
     /// Creates a database on the shared server, or starts a private server.
     pub async fn create() -> Self {
-        let Ok(admin_url) = std::env::var("PBFLAGS_TEST_PG_URL") else {
+        let Some(admin_url) = std::env::var("PBFLAGS_TEST_PG_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+        else {
             let server = PgServer::start();
             return Self {
                 url: server.url.clone(),
