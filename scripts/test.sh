@@ -32,6 +32,9 @@ stack_dir=$(mktemp -d /tmp/pbflags-test-stack.XXXXXX)
 cleanup+=("rm -rf '$stack_dir'")
 PBFLAGS_STACK_DIR=$stack_dir PBFLAGS_ROOT_PORT=19201 PBFLAGS_PROXY_PORT=19202 scripts/stack.sh --once
 
+step "interop: connect-go over Connect, gRPC and gRPC-Web against a root and a proxy; curl"
+e2e/interop/run.sh
+
 step "local Kubernetes control plane (built from Go modules; cached after the first build)"
 cp_run=${E2E_CP_RUN:-/tmp/pbflags-e2e-cp}
 # A control plane the developer already runs is reused and left running; one started here is stopped.
