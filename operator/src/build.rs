@@ -172,12 +172,7 @@ fn meta(
 
 /// The arguments an evaluator of `tier` runs with. The README's local commands use the same ones.
 pub fn evaluator_args(fe: &FlagEvaluator, tier: Tier) -> Vec<String> {
-    let key = fe
-        .spec
-        .descriptors
-        .key
-        .as_deref()
-        .unwrap_or(DEFAULT_DESCRIPTORS_KEY);
+    let key = fe.spec.descriptors.key();
     let mut args = vec![
         "serve".to_owned(),
         format!("--descriptors={DESCRIPTORS_DIR}/{key}"),
@@ -232,11 +227,7 @@ fn database_env(fe: &FlagEvaluator) -> Vec<EnvVar> {
         value_from: Some(EnvVarSource {
             secret_key_ref: Some(SecretKeySelector {
                 name: root.database.secret_name.clone(),
-                key: root
-                    .database
-                    .key
-                    .clone()
-                    .unwrap_or_else(|| DEFAULT_DATABASE_KEY.to_owned()),
+                key: root.database.key().to_owned(),
                 optional: Some(false),
             }),
             ..EnvVarSource::default()
@@ -329,12 +320,7 @@ fn pod_spec(
 ) -> PodSpec {
     let fe = inputs.fe;
     let placement = fe.spec.placement.clone().unwrap_or_default();
-    let key = fe
-        .spec
-        .descriptors
-        .key
-        .clone()
-        .unwrap_or_else(|| DEFAULT_DESCRIPTORS_KEY.to_owned());
+    let key = fe.spec.descriptors.key().to_owned();
     PodSpec {
         service_account_name: Some(fe.name_any()),
         automount_service_account_token: Some(false),

@@ -22,9 +22,7 @@ use serde::de::DeserializeOwned;
 use sha2::Digest as _;
 use tokio_util::sync::CancellationToken;
 
-use crate::build::{
-    self, DEFAULT_DATABASE_KEY, DEFAULT_DESCRIPTORS_KEY, Defaults, Inputs, MANAGED_BY, Tier,
-};
+use crate::build::{self, Defaults, Inputs, MANAGED_BY, Tier};
 use crate::crd::FlagEvaluator;
 use crate::metrics::Metrics;
 use crate::status::{self, Observed, Problem, reason};
@@ -143,12 +141,7 @@ async fn check_references(
     ns: &str,
 ) -> Result<Result<Option<String>, Problem>, Error> {
     let cm_name = &fe.spec.descriptors.config_map_name;
-    let key = fe
-        .spec
-        .descriptors
-        .key
-        .as_deref()
-        .unwrap_or(DEFAULT_DESCRIPTORS_KEY);
+    let key = fe.spec.descriptors.key();
     let cm = Api::<ConfigMap>::namespaced(client.clone(), ns)
         .get_opt(cm_name)
         .await
@@ -179,7 +172,7 @@ async fn check_references(
         return Ok(Ok(None));
     };
     let secret_name = &root.database.secret_name;
-    let key = root.database.key.as_deref().unwrap_or(DEFAULT_DATABASE_KEY);
+    let key = root.database.key();
     let secret = Api::<Secret>::namespaced(client.clone(), ns)
         .get_opt(secret_name)
         .await

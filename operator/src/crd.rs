@@ -230,6 +230,24 @@ pub struct FlagEvaluatorStatus {
     pub endpoint: Option<String>,
 }
 
+impl DescriptorsRef {
+    /// The ConfigMap key, defaulted.
+    pub fn key(&self) -> &str {
+        self.key
+            .as_deref()
+            .unwrap_or(crate::build::DEFAULT_DESCRIPTORS_KEY)
+    }
+}
+
+impl SecretKeyRef {
+    /// The Secret key, defaulted.
+    pub fn key(&self) -> &str {
+        self.key
+            .as_deref()
+            .unwrap_or(crate::build::DEFAULT_DATABASE_KEY)
+    }
+}
+
 impl FlagEvaluatorSpec {
     /// `root`, `root+proxy` or `proxy`.
     pub fn mode(&self) -> &'static str {
