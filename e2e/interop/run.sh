@@ -45,13 +45,14 @@ root=127.0.0.1:${PBFLAGS_INTEROP_ROOT_PORT:-19401}
 proxy=127.0.0.1:${PBFLAGS_INTEROP_PROXY_PORT:-19402}
 "$bin" serve --descriptors "$repo/proto/example/descriptors.pb" --listen "$root" --log-level warn >"$dir/root.log" 2>&1 &
 pids+=($!)
+for _ in $(seq 1 100); do curl -fsS "http://$root/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
 env -u PBFLAGS_DATABASE "$bin" serve --descriptors "$repo/proto/example/descriptors.pb" --listen "$proxy" \
   --server "http://$root" --log-level warn >"$dir/proxy.log" 2>&1 &
 pids+=($!)
 for addr in "$root" "$proxy"; do
   for _ in $(seq 1 100); do curl -fsS "http://$addr/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
 done
-sleep 1 # one kill-set poll (at start) on each
+sleep 1.5 # a kill-set poll on each after start
 
 failed=0
 for addr in "$root" "$proxy"; do

@@ -42,13 +42,25 @@ pub fn next_interval(kill_ttl: Duration, multiplier: u32) -> Duration {
     (kill_ttl * multiplier).max(Duration::from_millis(10))
 }
 
+/// Until the first successful poll the kill set is unknown, so a failed start-up poll (the source
+/// not up yet) is retried every second rather than after the backed-off interval; never slower
+/// than the regular interval.
+pub fn startup_interval(kill_ttl: Duration) -> Duration {
+    kill_ttl.min(Duration::from_secs(1))
+}
+
 /// Starts the poller; it stops when `shutdown` is cancelled.
 pub fn spawn(engine: Arc<Engine>, shutdown: CancellationToken) -> JoinHandle<()> {
     tokio::spawn(async move {
         let config = engine.caches().config().clone();
+        let mut known = false;
         loop {
-            poll_once(&engine, config.fetch_timeout).await;
-            let wait = next_interval(config.kill_ttl, engine.health().backoff_multiplier());
+            known |= poll_once(&engine, config.fetch_timeout).await;
+            let wait = if known {
+                next_interval(config.kill_ttl, engine.health().backoff_multiplier())
+            } else {
+                startup_interval(config.kill_ttl)
+            };
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(wait) => {}
@@ -67,5 +79,17 @@ mod tests {
         assert_eq!(next_interval(ttl, 1), Duration::from_secs(30));
         assert_eq!(next_interval(ttl, 8), Duration::from_secs(240));
         assert_eq!(next_interval(Duration::ZERO, 1), Duration::from_millis(10));
+    }
+
+    #[test]
+    fn before_the_first_success_retries_are_quick_but_never_slower_than_the_interval() {
+        assert_eq!(
+            startup_interval(Duration::from_secs(30)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            startup_interval(Duration::from_millis(200)),
+            Duration::from_millis(200)
+        );
     }
 }

@@ -202,13 +202,19 @@ fn the_schema_rejects_wrong_types_naming_the_value() {
 async fn installed_chart_rbac_runs_the_operator_and_uninstall_leaves_nothing() {
     let cp = ControlPlane::ensure().unwrap();
     let admin = cp.client().await.unwrap();
-    // The CRD is cluster-wide and shared with other tests here: make sure it exists, install the
-    // rest of the chart (crds.enabled=false), and check the CRD part with the dry run above.
+    // The chart installs the CRD itself here (crds.keep=false), so start without one; the shared
+    // CRD is re-applied at the end for whatever runs next.
     let crd = pbflags_e2e::repo_root().join("crds/flagevaluators.pbflags.dev.yaml");
     run({
         let mut c = cp.kubectl();
-        c.args(["apply", "--server-side", "--force-conflicts", "-f"])
-            .arg(&crd);
+        c.args([
+            "delete",
+            "crd",
+            "flagevaluators.pbflags.dev",
+            "--ignore-not-found",
+            "--wait",
+            "--timeout=60s",
+        ]);
         c
     });
     let ops = TestNamespace::create(&cp, &admin, "chart-ops")
@@ -241,7 +247,7 @@ async fn installed_chart_rbac_runs_the_operator_and_uninstall_leaves_nothing() {
             "--namespace",
             &ops.name,
             "--set",
-            "crds.enabled=false",
+            "crds.keep=false",
             "--set",
             &format!("rbac.watchNamespaces={{{}}}", apps.name),
             "--wait",
@@ -387,6 +393,47 @@ async fn installed_chart_rbac_runs_the_operator_and_uninstall_leaves_nothing() {
         c
     });
     assert!(left.trim().is_empty(), "left behind: {left}");
+    let crd_gone = || {
+        let out = cp
+            .kubectl()
+            .args(["get", "crd", "flagevaluators.pbflags.dev"])
+            .output()
+            .unwrap();
+        !out.status.success()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !crd_gone() {
+        assert!(
+            Instant::now() < deadline,
+            "crds.keep=false: the CRD must go with the release"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // crds.keep=true (the default): the CRD, and so every FlagEvaluator, survives an uninstall.
+    let kept = format!("{release}-k");
+    run({
+        let mut c = helm(&cp);
+        c.args(["install", &kept]).arg(chart()).args([
+            "--namespace",
+            &ops.name,
+            "--set",
+            &format!("rbac.watchNamespaces={{{}}}", apps.name),
+        ]);
+        c
+    });
+    run({
+        let mut c = helm(&cp);
+        c.args(["uninstall", &kept, "--namespace", &ops.name, "--wait"]);
+        c
+    });
+    assert!(!crd_gone(), "crds.keep=true: the CRD stays");
+    run({
+        let mut c = cp.kubectl();
+        c.args(["apply", "--server-side", "--force-conflicts", "-f"])
+            .arg(&crd);
+        c
+    });
     ops.delete(&admin).await.unwrap();
     apps.delete(&admin).await.unwrap();
 }
