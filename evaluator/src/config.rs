@@ -28,6 +28,10 @@ pub struct ServeArgs {
     /// Upstream evaluator base URL (proxy mode), e.g. `http://pbflags-root:9201`.
     #[arg(long, visible_alias = "upstream", env = "PBFLAGS_SERVER")]
     pub server: Option<String>,
+    /// Protocol of the upstream calls in proxy mode: connect (binary proto over HTTP/1.1, as v0.6
+    /// proxies) or grpc (HTTP/2) [default: connect].
+    #[arg(long, env = "PBFLAGS_UPSTREAM_PROTOCOL")]
+    pub upstream_protocol: Option<String>,
     /// Listen address for gRPC, gRPC-Web, Connect, /metrics and health [default: localhost:9201].
     #[arg(long, env = "PBFLAGS_LISTEN")]
     pub listen: Option<String>,
@@ -158,6 +162,8 @@ pub struct Config {
     pub log_level: String,
     /// Trace export.
     pub tracing: crate::logging::Tracing,
+    /// Protocol of upstream calls (proxy mode).
+    pub upstream_protocol: crate::upstream::UpstreamProtocol,
 }
 
 /// A setting that is missing or invalid; the message names it. Exit code 64.
@@ -336,7 +342,18 @@ impl ServeArgs {
             e.parse::<http::Uri>()
                 .map_err(|err| bad("otlp_endpoint", format!("{e:?} is not a URL: {err}")))?;
         }
+        let upstream_protocol = match self.upstream_protocol.as_deref().unwrap_or("connect") {
+            "connect" => crate::upstream::UpstreamProtocol::Connect,
+            "grpc" => crate::upstream::UpstreamProtocol::Grpc,
+            other => {
+                return Err(bad(
+                    "upstream_protocol",
+                    format!("{other:?} is not connect or grpc"),
+                ));
+            }
+        };
         Ok(Config {
+            upstream_protocol,
             tracing: crate::logging::Tracing {
                 otlp_endpoint,
                 sample_ratio,

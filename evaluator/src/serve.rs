@@ -90,7 +90,11 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
             )
         }
         Mode::Proxy(url) => (
-            Arc::new(UpstreamSource::new(url, config.cache.fetch_timeout)),
+            Arc::new(UpstreamSource::with_protocol(
+                url,
+                config.cache.fetch_timeout,
+                config.upstream_protocol,
+            )),
             Backend::Upstream,
         ),
     };

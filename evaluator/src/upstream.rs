@@ -13,6 +13,7 @@ use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use pbflags_proto::v1::flag_evaluator_service_client::FlagEvaluatorServiceClient;
 use pbflags_proto::v1::{
     GetFlagStateRequest, GetFlagStateResponse, GetKilledFlagsRequest, GetKilledFlagsResponse,
     GetOverridesRequest, GetOverridesResponse, State,
@@ -29,9 +30,24 @@ const BATCH_CONCURRENCY: usize = 16;
 /// Largest upstream response accepted.
 const MAX_RESPONSE_BYTES: usize = 16 << 20;
 
+/// How a proxy talks to its upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum UpstreamProtocol {
+    /// Connect, binary protobuf over HTTP/1.1 (as pbflags v0.6 proxies call).
+    #[default]
+    Connect,
+    /// gRPC over HTTP/2 cleartext.
+    Grpc,
+}
+
+enum Transport {
+    Connect(Client<HttpConnector, Full<Bytes>>),
+    Grpc(FlagEvaluatorServiceClient<tonic::transport::Channel>),
+}
+
 /// An upstream evaluator.
 pub struct UpstreamSource {
-    client: Client<HttpConnector, Full<Bytes>>,
+    transport: Transport,
     base: String,
     timeout: Duration,
 }
@@ -40,15 +56,36 @@ impl UpstreamSource {
     /// A client for the evaluator at `base` (e.g. `http://pbflags-root:9201`); each call gives up
     /// after `timeout`.
     pub fn new(base: &str, timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
+        Self::with_protocol(base, timeout, UpstreamProtocol::Connect)
+    }
+
+    /// A client speaking `protocol`. The gRPC channel connects lazily, so a proxy starts while its
+    /// upstream is down.
+    pub fn with_protocol(base: &str, timeout: Duration, protocol: UpstreamProtocol) -> Self {
+        let base = base.trim_end_matches('/').to_owned();
+        let connect = || {
+            let mut connector = HttpConnector::new();
+            connector.set_nodelay(true);
+            connector.set_connect_timeout(Some(timeout));
+            Transport::Connect(
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(60))
+                    .build(connector),
+            )
+        };
+        let transport = match protocol {
+            UpstreamProtocol::Connect => connect(),
+            UpstreamProtocol::Grpc => match tonic::transport::Endpoint::from_shared(base.clone()) {
+                Ok(e) => Transport::Grpc(FlagEvaluatorServiceClient::new(
+                    e.connect_timeout(timeout).tcp_nodelay(true).connect_lazy(),
+                )),
+                // The URL was validated with the configuration; fall back rather than fail.
+                Err(_) => connect(),
+            },
+        };
         Self {
-            client,
-            base: base.trim_end_matches('/').to_owned(),
+            transport,
+            base,
             timeout,
         }
     }
@@ -73,6 +110,12 @@ impl UpstreamSource {
         method: &str,
         req: &Req,
     ) -> SourceResult<Resp> {
+        let Transport::Connect(client) = &self.transport else {
+            return Err(SourceError::new(
+                ErrorKind::Internal,
+                "Connect call on a gRPC transport",
+            ));
+        };
         let uri = format!("{}/pbflags.v1.FlagEvaluatorService/{method}", self.base);
         let request = http::Request::post(&uri)
             .header(http::header::CONTENT_TYPE, "application/proto")
@@ -80,8 +123,7 @@ impl UpstreamSource {
             .header("connect-timeout-ms", self.timeout.as_millis().to_string())
             .body(Full::new(Bytes::from(req.encode_to_vec())))
             .map_err(|e| SourceError::new(ErrorKind::Internal, format!("build request: {e}")))?;
-        let resp = self
-            .client
+        let resp = client
             .request(request)
             .await
             .map_err(|e| SourceError::unavailable(format!("upstream {method}: {e}")))?;
@@ -119,6 +161,63 @@ impl UpstreamSource {
     }
 }
 
+fn grpc_error(method: &str, s: &tonic::Status) -> SourceError {
+    SourceError::new(
+        kind_of(s.code()),
+        format!("upstream {method}: {} {}", s.code(), s.message()),
+    )
+}
+
+impl UpstreamSource {
+    async fn get_flag_state(&self, req: GetFlagStateRequest) -> SourceResult<GetFlagStateResponse> {
+        match &self.transport {
+            Transport::Connect(_) => self.call("GetFlagState", &req).await,
+            Transport::Grpc(c) => {
+                self.timed("GetFlagState", c.clone().get_flag_state(req))
+                    .await
+            }
+        }
+    }
+
+    async fn get_overrides(&self, req: GetOverridesRequest) -> SourceResult<GetOverridesResponse> {
+        match &self.transport {
+            Transport::Connect(_) => self.call("GetOverrides", &req).await,
+            Transport::Grpc(c) => {
+                self.timed("GetOverrides", c.clone().get_overrides(req))
+                    .await
+            }
+        }
+    }
+
+    async fn get_killed_flags(&self) -> SourceResult<GetKilledFlagsResponse> {
+        match &self.transport {
+            Transport::Connect(_) => self.call("GetKilledFlags", &GetKilledFlagsRequest {}).await,
+            Transport::Grpc(c) => {
+                self.timed(
+                    "GetKilledFlags",
+                    c.clone().get_killed_flags(GetKilledFlagsRequest {}),
+                )
+                .await
+            }
+        }
+    }
+
+    async fn timed<T>(
+        &self,
+        method: &str,
+        call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> SourceResult<T> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(s)) => Err(grpc_error(method, &s)),
+            Err(_) => Err(SourceError::new(
+                ErrorKind::Timeout,
+                format!("upstream {method} exceeded {:?}", self.timeout),
+            )),
+        }
+    }
+}
+
 fn state_of(raw: i32) -> State {
     State::try_from(raw).unwrap_or(State::Unspecified)
 }
@@ -129,10 +228,7 @@ impl StateSource for UpstreamSource {
             flag_id: flag_id.to_owned(),
         };
         Box::pin(async move {
-            match self
-                .call::<_, GetFlagStateResponse>("GetFlagState", &req)
-                .await
-            {
+            match self.get_flag_state(req).await {
                 Ok(resp) => Ok(resp.flag.map(|f| FlagState {
                     state: state_of(f.state),
                     value: f.value.filter(|v| v.value.is_some()),
@@ -178,7 +274,7 @@ impl StateSource for UpstreamSource {
             flag_ids: flag_ids.to_vec(),
         };
         Box::pin(async move {
-            let resp: GetOverridesResponse = self.call("GetOverrides", &req).await?;
+            let resp = self.get_overrides(req).await?;
             Ok(resp
                 .overrides
                 .into_iter()
@@ -194,9 +290,7 @@ impl StateSource for UpstreamSource {
 
     fn killed_flags(&self) -> BoxFuture<'_, SourceResult<Vec<String>>> {
         Box::pin(async move {
-            let resp: GetKilledFlagsResponse = self
-                .call("GetKilledFlags", &GetKilledFlagsRequest {})
-                .await?;
+            let resp = self.get_killed_flags().await?;
             Ok(resp.flag_ids)
         })
     }

@@ -619,3 +619,78 @@ async fn a_proxy_follows_the_root_and_survives_its_outage() {
     task.await.unwrap();
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_can_call_its_upstream_over_grpc() {
+    let db = root_db().await;
+    let root = Running::start(&["--database", &db.url]).await;
+    let proxy = Running::start(&["--server", &root.url(), "--upstream-protocol", "grpc"]).await;
+    let mut client = FlagEvaluatorServiceClient::new(
+        tonic::transport::Endpoint::from_shared(proxy.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let r = client
+        .evaluate(EvaluateRequest {
+            flag_id: "notifications/1".into(),
+            entity_id: "user-100".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.into_inner().source, EvaluationSource::Override as i32);
+    let r = client
+        .evaluate(EvaluateRequest {
+            flag_id: "notifications/2".into(),
+            entity_id: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.into_inner().value, Some(FlagValue::string("weekly")));
+    let nf = client
+        .get_flag_state(GetFlagStateRequest {
+            flag_id: "nope/1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        nf.code(),
+        tonic::Code::NotFound,
+        "upstream codes survive the gRPC hop"
+    );
+    client
+        .evaluate(EvaluateRequest {
+            flag_id: "unsynced/1".into(),
+            entity_id: String::new(),
+        })
+        .await
+        .unwrap();
+    let h = client.health(HealthRequest {}).await.unwrap().into_inner();
+    assert_eq!(
+        (h.status, h.consecutive_failures),
+        (EvaluatorStatus::Serving as i32, 0)
+    );
+    wait_until("the kill set over gRPC", async || {
+        client
+            .get_killed_flags(GetKilledFlagsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .flag_ids
+            == ["notifications/3"]
+            && client
+                .evaluate(EvaluateRequest {
+                    flag_id: "notifications/3".into(),
+                    entity_id: String::new(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .source
+                == EvaluationSource::Killed as i32
+    })
+    .await;
+    proxy.stop().await;
+    root.stop().await;
+}
