@@ -90,7 +90,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
             )
         }
         Mode::Proxy(url) => (
-            Arc::new(UpstreamSource::with_protocol(
+            Arc::new(UpstreamSource::new(
                 url,
                 config.cache.fetch_timeout,
                 config.upstream_protocol,

@@ -55,13 +55,9 @@ pub struct UpstreamSource {
 impl UpstreamSource {
     /// A client for the evaluator at `base` (e.g. `http://pbflags-root:9201`); each call gives up
     /// after `timeout`.
-    pub fn new(base: &str, timeout: Duration) -> Self {
-        Self::with_protocol(base, timeout, UpstreamProtocol::Connect)
-    }
-
     /// A client speaking `protocol`. The gRPC channel connects lazily, so a proxy starts while its
     /// upstream is down.
-    pub fn with_protocol(base: &str, timeout: Duration, protocol: UpstreamProtocol) -> Self {
+    pub fn new(base: &str, timeout: Duration, protocol: UpstreamProtocol) -> Self {
         let base = base.trim_end_matches('/').to_owned();
         let connect = || {
             let mut connector = HttpConnector::new();
@@ -90,13 +86,13 @@ impl UpstreamSource {
         }
     }
 
-    async fn call<Req: Message, Resp: Message + Default>(
+    /// Runs one upstream call under `fetch_timeout`.
+    async fn within_timeout<T>(
         &self,
         method: &str,
-        req: &Req,
-    ) -> SourceResult<Resp> {
-        let fut = self.call_inner(method, req);
-        match tokio::time::timeout(self.timeout, fut).await {
+        call: impl Future<Output = SourceResult<T>>,
+    ) -> SourceResult<T> {
+        match tokio::time::timeout(self.timeout, call).await {
             Ok(r) => r,
             Err(_) => Err(SourceError::new(
                 ErrorKind::Timeout,
@@ -105,17 +101,13 @@ impl UpstreamSource {
         }
     }
 
-    async fn call_inner<Req: Message, Resp: Message + Default>(
+    /// One Connect unary call (binary protobuf, HTTP/1.1).
+    async fn connect_call<Req: Message, Resp: Message + Default>(
         &self,
+        client: &Client<HttpConnector, Full<Bytes>>,
         method: &str,
         req: &Req,
     ) -> SourceResult<Resp> {
-        let Transport::Connect(client) = &self.transport else {
-            return Err(SourceError::new(
-                ErrorKind::Internal,
-                "Connect call on a gRPC transport",
-            ));
-        };
         let uri = format!("{}/pbflags.v1.FlagEvaluatorService/{method}", self.base);
         let request = http::Request::post(&uri)
             .header(http::header::CONTENT_TYPE, "application/proto")
@@ -161,60 +153,47 @@ impl UpstreamSource {
     }
 }
 
-fn grpc_error(method: &str, s: &tonic::Status) -> SourceError {
-    SourceError::new(
-        kind_of(s.code()),
-        format!("upstream {method}: {} {}", s.code(), s.message()),
-    )
+fn grpc_result<T>(method: &str, r: Result<tonic::Response<T>, tonic::Status>) -> SourceResult<T> {
+    r.map(tonic::Response::into_inner).map_err(|s| {
+        SourceError::new(
+            kind_of(s.code()),
+            format!("upstream {method}: {} {}", s.code(), s.message()),
+        )
+    })
 }
 
 impl UpstreamSource {
     async fn get_flag_state(&self, req: GetFlagStateRequest) -> SourceResult<GetFlagStateResponse> {
-        match &self.transport {
-            Transport::Connect(_) => self.call("GetFlagState", &req).await,
-            Transport::Grpc(c) => {
-                self.timed("GetFlagState", c.clone().get_flag_state(req))
-                    .await
+        let m = "GetFlagState";
+        self.within_timeout(m, async {
+            match &self.transport {
+                Transport::Connect(c) => self.connect_call(c, m, &req).await,
+                Transport::Grpc(c) => grpc_result(m, c.clone().get_flag_state(req).await),
             }
-        }
+        })
+        .await
     }
 
     async fn get_overrides(&self, req: GetOverridesRequest) -> SourceResult<GetOverridesResponse> {
-        match &self.transport {
-            Transport::Connect(_) => self.call("GetOverrides", &req).await,
-            Transport::Grpc(c) => {
-                self.timed("GetOverrides", c.clone().get_overrides(req))
-                    .await
+        let m = "GetOverrides";
+        self.within_timeout(m, async {
+            match &self.transport {
+                Transport::Connect(c) => self.connect_call(c, m, &req).await,
+                Transport::Grpc(c) => grpc_result(m, c.clone().get_overrides(req).await),
             }
-        }
+        })
+        .await
     }
 
     async fn get_killed_flags(&self) -> SourceResult<GetKilledFlagsResponse> {
-        match &self.transport {
-            Transport::Connect(_) => self.call("GetKilledFlags", &GetKilledFlagsRequest {}).await,
-            Transport::Grpc(c) => {
-                self.timed(
-                    "GetKilledFlags",
-                    c.clone().get_killed_flags(GetKilledFlagsRequest {}),
-                )
-                .await
+        let (m, req) = ("GetKilledFlags", GetKilledFlagsRequest {});
+        self.within_timeout(m, async {
+            match &self.transport {
+                Transport::Connect(c) => self.connect_call(c, m, &req).await,
+                Transport::Grpc(c) => grpc_result(m, c.clone().get_killed_flags(req).await),
             }
-        }
-    }
-
-    async fn timed<T>(
-        &self,
-        method: &str,
-        call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-    ) -> SourceResult<T> {
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(r)) => Ok(r.into_inner()),
-            Ok(Err(s)) => Err(grpc_error(method, &s)),
-            Err(_) => Err(SourceError::new(
-                ErrorKind::Timeout,
-                format!("upstream {method} exceeded {:?}", self.timeout),
-            )),
-        }
+        })
+        .await
     }
 }
 

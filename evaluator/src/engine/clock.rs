@@ -48,11 +48,6 @@ impl Clock {
             t.store(millis(self.start.elapsed()), Ordering::Relaxed);
         }
     }
-
-    /// True for a coarse clock (someone must tick it).
-    pub fn is_coarse(&self) -> bool {
-        self.coarse.is_some()
-    }
 }
 
 fn millis(d: Duration) -> u64 {
