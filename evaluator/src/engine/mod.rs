@@ -481,23 +481,12 @@ impl Engine {
         ids: impl Iterator<Item = &'a str>,
     ) -> Batch<OverrideEntry> {
         let caches = &self.shared.caches;
-        let mut batch = Batch::default();
-        let mut missing: Vec<String> = Vec::new();
-        for id in ids {
-            if batch.found.contains_key(id) || missing.iter().any(|m| m == id) {
-                continue;
-            }
-            match caches.override_entry(id, entity_id) {
-                Some(e) => {
-                    self.shared.metrics.overrides.hits.inc();
-                    batch.found.insert(id.to_owned(), e);
-                }
-                None => {
-                    self.shared.metrics.overrides.misses.inc();
-                    missing.push(id.to_owned());
-                }
-            }
-        }
+        let (mut batch, missing) = Batch::partition(
+            ids.map(|id| (id, ())),
+            &self.shared.metrics.overrides,
+            |id, ()| caches.override_entry(id, entity_id),
+        );
+        let missing: Vec<String> = missing.into_iter().map(|(id, ())| id).collect();
         if missing.is_empty() {
             return batch;
         }
@@ -521,23 +510,11 @@ impl Engine {
     }
 
     async fn bulk_flags(&self, wanted: &[(&str, Home)]) -> Batch<FlagEntry> {
-        let mut batch = Batch::default();
-        let mut missing: Vec<(String, Home)> = Vec::new();
-        for (id, home) in wanted {
-            if batch.found.contains_key(*id) || missing.iter().any(|(m, _)| m == id) {
-                continue;
-            }
-            match self.cached_flag(id, home) {
-                Some(e) => {
-                    self.shared.metrics.flags.hits.inc();
-                    batch.found.insert((*id).to_owned(), e);
-                }
-                None => {
-                    self.shared.metrics.flags.misses.inc();
-                    missing.push(((*id).to_owned(), home.clone()));
-                }
-            }
-        }
+        let (mut batch, missing) = Batch::partition(
+            wanted.iter().map(|(id, home)| (*id, home.clone())),
+            &self.shared.metrics.flags,
+            |id, home| self.cached_flag(id, home),
+        );
         if missing.is_empty() {
             return batch;
         }
@@ -607,6 +584,35 @@ impl<T> Default for Batch<T> {
 }
 
 impl<T> Batch<T> {
+    /// Splits `items` into cached entries (kept in `found`) and the distinct ids that missed,
+    /// counting one hit or miss per distinct id on `tier`.
+    fn partition<'a, H>(
+        items: impl Iterator<Item = (&'a str, H)>,
+        tier: &crate::metrics::TierCounters,
+        cached: impl Fn(&str, &H) -> Option<Arc<T>>,
+    ) -> (Self, Vec<(String, H)>) {
+        let mut batch = Self::default();
+        let mut missed = std::collections::HashSet::new();
+        let mut missing = Vec::new();
+        for (id, home) in items {
+            if batch.found.contains_key(id) || missed.contains(id) {
+                continue;
+            }
+            match cached(id, &home) {
+                Some(e) => {
+                    tier.hits.inc();
+                    batch.found.insert(id.to_owned(), e);
+                }
+                None => {
+                    tier.misses.inc();
+                    missed.insert(id);
+                    missing.push((id.to_owned(), home));
+                }
+            }
+        }
+        (batch, missing)
+    }
+
     fn lookup(&self, id: &str, last_known: impl FnOnce(&str) -> Option<Arc<T>>) -> Lookup<T> {
         match self.found.get(id) {
             Some(e) => Lookup::Fresh(e.clone()),
