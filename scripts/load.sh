@@ -32,8 +32,8 @@ ticks() { awk '{print $14 + $15}' "/proc/$server/stat"; }
 load() {
   local t0 s0; t0=$(ticks); s0=$(date +%s.%N)
   taskset -c 1 "$bin/pbflags-load" --url "http://127.0.0.1:$port" --duration "$duration" "$@"
-  awk -v t="$(( $(ticks) - t0 ))" -v s="$(echo "$(date +%s.%N) - $s0" | bc)" -v hz="$(getconf CLK_TCK)" \
-    'BEGIN { printf "  server CPU: %.0f%% of one core\n", 100 * t / hz / s }'
+  awk -v t="$(( $(ticks) - t0 ))" -v s0="$s0" -v s1="$(date +%s.%N)" -v hz="$(getconf CLK_TCK)" \
+    'BEGIN { printf "  server CPU: %.0f%% of one core\n", 100 * t / hz / (s1 - s0) }'
 }
 load --protocol grpc --rpc evaluate
 echo "server RSS after gRPC Evaluate load: $(rss)"
