@@ -71,6 +71,15 @@ pub struct ServeArgs {
     /// How often the descriptor file's hash is compared [default: 30s].
     #[arg(long, env = "PBFLAGS_DESCRIPTOR_POLL_INTERVAL", value_parser = duration)]
     pub descriptor_poll_interval: Option<Duration>,
+    /// PEM certificate chain to serve TLS with (needs --tls-key); unset: cleartext.
+    #[arg(long, env = "PBFLAGS_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "PBFLAGS_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// How often the TLS files are checked for a renewed certificate [default: 10s].
+    #[arg(long, env = "PBFLAGS_TLS_POLL_INTERVAL", value_parser = duration)]
+    pub tls_poll_interval: Option<Duration>,
     /// Log format: text or json [default: text].
     #[arg(long, env = "PBFLAGS_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -98,6 +107,8 @@ struct FileConfig {
     database: Option<String>,
     #[serde(default)]
     cache: FileCache,
+    #[serde(default)]
+    tls: FileTls,
     admin: Option<serde_yaml_ng::Value>,
     env_name: Option<serde_yaml_ng::Value>,
     env_color: Option<serde_yaml_ng::Value>,
@@ -113,6 +124,14 @@ struct FileCache {
     jitter_percent: Option<u32>,
     fetch_timeout: Option<String>,
     last_known_max_entries: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTls {
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    poll_interval: Option<String>,
 }
 
 /// Where state comes from.
@@ -164,6 +183,10 @@ pub struct Config {
     pub tracing: crate::logging::Tracing,
     /// Protocol of upstream calls (proxy mode).
     pub upstream_protocol: crate::upstream::UpstreamProtocol,
+    /// TLS certificate files; `None` serves cleartext.
+    pub tls: Option<crate::server::tls::TlsFiles>,
+    /// TLS file check interval.
+    pub tls_poll_interval: Duration,
 }
 
 /// A setting that is missing or invalid; the message names it. Exit code 64.
@@ -352,7 +375,36 @@ impl ServeArgs {
                 ));
             }
         };
+        let tls = match (
+            self.tls_cert.clone().or(file.tls.cert_file),
+            self.tls_key.clone().or(file.tls.key_file),
+        ) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => {
+                let files = crate::server::tls::TlsFiles { cert, key };
+                crate::server::tls::load(&files).map_err(|e| bad("tls", e))?;
+                Some(files)
+            }
+            (Some(_), None) => return Err(bad("tls_key", "required with tls_cert")),
+            (None, Some(_)) => return Err(bad("tls_cert", "required with tls_key")),
+        };
+        let tls_poll_interval = match self.tls_poll_interval {
+            Some(d) => d,
+            None => file
+                .tls
+                .poll_interval
+                .as_deref()
+                .map(duration)
+                .transpose()
+                .map_err(|e| bad("tls.poll_interval (config file)", e))?
+                .unwrap_or(Duration::from_secs(10)),
+        };
+        if tls_poll_interval < Duration::from_millis(100) {
+            return Err(bad("tls_poll_interval", "must be at least 100ms"));
+        }
         Ok(Config {
+            tls,
+            tls_poll_interval,
             upstream_protocol,
             tracing: crate::logging::Tracing {
                 otlp_endpoint,

@@ -74,6 +74,7 @@ pub struct Metrics {
     /// `pbflags_source_invalid_values_total`: values from the source that could not be decoded.
     pub invalid_values: IntCounter,
     reloads: IntCounterVec,
+    tls_reloads: IntCounterVec,
     rpc_requests: IntCounterVec,
     rpc_duration: HistogramVec,
     /// `pbflags_descriptor_flags`: flags in the serving snapshot.
@@ -163,6 +164,15 @@ impl Metrics {
         )
         .expect("valid");
         reg(Box::new(reloads.clone()));
+        let tls_reloads = IntCounterVec::new(
+            Opts::new(
+                "pbflags_tls_reloads_total",
+                "TLS certificate reloads after the files changed, by result (success, failure).",
+            ),
+            &["result"],
+        )
+        .expect("valid");
+        reg(Box::new(tls_reloads.clone()));
         let descriptor_info = IntGaugeVec::new(
             Opts::new(
                 "pbflags_descriptor_info",
@@ -230,6 +240,7 @@ impl Metrics {
                 "Values or states from the source that could not be decoded (treated as absent).",
             ),
             reloads,
+            tls_reloads,
             descriptor_flags: int_gauge(
                 "pbflags_descriptor_flags",
                 "Flags in the serving descriptor set.",
@@ -264,9 +275,17 @@ impl Metrics {
 
     /// Records a descriptor reload.
     pub fn reload(&self, success: bool) {
-        self.reloads
-            .with_label_values(&[if success { "success" } else { "failure" }])
-            .inc();
+        self.reloads.with_label_values(&[result(success)]).inc();
+    }
+
+    /// Records a TLS certificate reload.
+    pub fn tls_reload(&self, success: bool) {
+        self.tls_reloads.with_label_values(&[result(success)]).inc();
+    }
+
+    /// TLS reloads with the given result so far.
+    pub fn tls_reloads(&self, success: bool) -> u64 {
+        self.tls_reloads.with_label_values(&[result(success)]).get()
     }
 
     /// Records the serving descriptor set.
@@ -287,9 +306,7 @@ impl Metrics {
 
     /// Reload attempts with the given result so far.
     pub fn reloads(&self, success: bool) -> u64 {
-        self.reloads
-            .with_label_values(&[if success { "success" } else { "failure" }])
-            .get()
+        self.reloads.with_label_values(&[result(success)]).get()
     }
 
     /// The Prometheus text exposition of every family.
@@ -323,6 +340,10 @@ pub fn source_label(s: EvaluationSource) -> &'static str {
         EvaluationSource::Archived => "archived",
         EvaluationSource::Unspecified => "unknown",
     }
+}
+
+fn result(success: bool) -> &'static str {
+    if success { "success" } else { "failure" }
 }
 
 #[cfg(test)]

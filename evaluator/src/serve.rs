@@ -29,6 +29,9 @@ pub enum ServeError {
     /// Migrations were asked for and failed.
     #[error("{0}")]
     Db(#[from] db::DbError),
+    /// The TLS certificate files did not load.
+    #[error("{0}")]
+    Tls(#[from] server::tls::TlsError),
     /// The listen address could not be bound.
     #[error("listen on {addr}: {source}")]
     Bind {
@@ -50,6 +53,14 @@ pub struct Prepared {
     watcher: DescriptorWatcher,
     config: Config,
     clock: Clock,
+    tls: Option<Tls>,
+    metrics: Metrics,
+}
+
+/// The certificate store and the rustls configuration serving from it.
+struct Tls {
+    store: Arc<server::tls::CertStore>,
+    config: Arc<tokio_rustls::rustls::ServerConfig>,
 }
 
 impl Prepared {
@@ -109,6 +120,14 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
         clock.clone(),
     ));
 
+    let tls = match config.tls.clone() {
+        None => None,
+        Some(files) => {
+            let store = server::tls::CertStore::open(files)?;
+            let config = store.server_config()?;
+            Some(Tls { store, config })
+        }
+    };
     let addrs = resolve_listen(&config.listen).map_err(|e| ServeError::Bind {
         addr: config.listen.clone(),
         source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
@@ -130,8 +149,10 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
     };
     let mut wc = WatcherConfig::new(&config.descriptors);
     wc.poll_interval = config.descriptor_poll_interval;
-    let watcher = DescriptorWatcher::new(wc, registry, metrics);
+    let watcher = DescriptorWatcher::new(wc, registry, metrics.clone());
     Ok(Prepared {
+        tls,
+        metrics,
         listener,
         parts,
         engine,
@@ -164,6 +185,8 @@ pub async fn run(prepared: Prepared, shutdown: CancellationToken) {
         watcher,
         config,
         clock,
+        tls,
+        metrics,
     } = prepared;
     let tasks = CancellationToken::new();
 
@@ -182,6 +205,10 @@ pub async fn run(prepared: Prepared, shutdown: CancellationToken) {
     };
     let poller = crate::poller::spawn(engine.clone(), tasks.clone());
     let watch = watcher.spawn(tasks.clone());
+    let tls_watch = tls.as_ref().map(|t| {
+        t.store
+            .spawn_watch(config.tls_poll_interval, metrics, tasks.clone())
+    });
 
     let addr = listener
         .local_addr()
@@ -193,7 +220,8 @@ pub async fn run(prepared: Prepared, shutdown: CancellationToken) {
     };
     readiness.set(true);
     set_health(&health, tonic_health::ServingStatus::Serving).await;
-    tracing::info!(%addr, %mode, "serving gRPC, gRPC-Web and Connect");
+    let transport = if tls.is_some() { "TLS" } else { "cleartext" };
+    tracing::info!(%addr, %mode, transport, "serving gRPC, gRPC-Web and Connect");
 
     let on_shutdown = {
         let (shutdown, readiness, health) = (shutdown.clone(), readiness.clone(), health.clone());
@@ -208,7 +236,13 @@ pub async fn run(prepared: Prepared, shutdown: CancellationToken) {
     let drained = {
         let server_token = server_token.clone();
         let app = server::router(parts);
-        let serve = server::serve(listener, app, server_token.clone(), config.shutdown_timeout);
+        let serve = server::serve(
+            listener,
+            app,
+            tls.map(|t| t.config),
+            server_token.clone(),
+            config.shutdown_timeout,
+        );
         let signal = async move {
             on_shutdown.await;
             server_token.cancel();
@@ -218,5 +252,8 @@ pub async fn run(prepared: Prepared, shutdown: CancellationToken) {
     };
     tasks.cancel();
     let _ = tokio::join!(ticker, poller, watch);
+    if let Some(t) = tls_watch {
+        let _ = t.await;
+    }
     tracing::info!(drained, "stopped");
 }

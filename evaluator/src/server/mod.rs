@@ -7,6 +7,7 @@
 pub mod connect;
 pub mod service;
 pub mod status;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use axum::routing::{get, post};
 use http::{Request, StatusCode, header};
 use pbflags_proto::v1::EvaluatorStatus;
 use pbflags_proto::v1::flag_evaluator_service_server::FlagEvaluatorServiceServer;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
@@ -145,38 +147,80 @@ pub fn router(parts: AppParts) -> Router {
     }))
 }
 
-/// Serves `app` on `listener` until `shutdown` is cancelled, then lets in-flight requests finish for
-/// at most `drain`. Returns whether draining finished in time.
+/// Serves `app` on `listener` (over TLS when `tls` is given) until `shutdown` is cancelled, then
+/// lets in-flight requests finish for at most `drain`: HTTP/2 connections get GOAWAY, HTTP/1.1
+/// connections close after their current response. Returns whether draining finished in time.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     shutdown: CancellationToken,
     drain: Duration,
 ) -> bool {
-    use axum::serve::ListenerExt as _;
-    // Small responses must not wait for the client's delayed ACK (Nagle's algorithm): that costs
-    // tens of milliseconds on multi-frame gRPC responses.
-    let listener = listener.tap_io(|tcp| {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let builder = Arc::new(connection_builder());
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(v) => v,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Small responses must not wait for the client's delayed ACK (Nagle's algorithm): that
+        // costs tens of milliseconds on multi-frame gRPC responses.
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
-    });
-    let server =
-        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let deadline = async {
-        shutdown.cancelled().await;
-        tokio::time::sleep(drain).await;
-    };
-    tokio::select! {
-        r = server => {
-            if let Err(e) = r {
-                tracing::error!(error = %e, "server error");
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let watcher = graceful.watcher();
+        let (builder, acceptor) = (builder.clone(), acceptor.clone());
+        tokio::spawn(async move {
+            let io = match acceptor {
+                None => Either::Left(tcp),
+                Some(acceptor) => {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => Either::Right(tls),
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(io), service);
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
-            true
-        }
-        () = deadline => {
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => true,
+        () = tokio::time::sleep(drain) => {
             tracing::warn!(drain_seconds = drain.as_secs_f64(), "drain deadline reached; closing remaining connections");
             false
         }
     }
+}
+
+/// Longest a client may take to finish its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// HTTP/1.1 and HTTP/2 (prior knowledge or ALPN), chosen per connection from its first bytes.
+fn connection_builder() -> hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor> {
+    let mut b = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    b.http1().timer(hyper_util::rt::TokioTimer::new());
+    b.http2().timer(hyper_util::rt::TokioTimer::new());
+    b
 }

@@ -1,0 +1,363 @@
+//! TLS on the one listener: gRPC (ALPN h2) and Connect (HTTP/1.1) over TLS, certificate reload when
+//! the files change (atomic rename, as the kubelet does), the previous pair kept when a new one does
+//! not load, and clear configuration errors for bad pairs.
+
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser as _;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use pbflags_evaluator::config::ServeArgs;
+use pbflags_evaluator::serve;
+use pbflags_proto::v1::flag_evaluator_service_client::FlagEvaluatorServiceClient;
+use pbflags_proto::v1::{EvaluateRequest, EvaluationSource};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+use tokio_util::sync::CancellationToken;
+
+#[derive(clap::Parser)]
+struct Args {
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+/// A test CA that issues `localhost` certificates.
+struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    der: CertificateDer<'static>,
+}
+
+impl Ca {
+    fn new() -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Ca {
+            der: cert.der().clone(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A fresh leaf: (certificate PEM, key PEM, certificate DER).
+    fn leaf(&self) -> (String, String, CertificateDer<'static>) {
+        let params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem(), cert.der().clone())
+    }
+
+    fn connector(&self, alpn: &[&[u8]]) -> TlsConnector {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.der.clone()).unwrap();
+        let mut config =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        TlsConnector::from(Arc::new(config))
+    }
+}
+
+/// Writes `contents` to `path` the way the kubelet updates a mounted Secret: a new file renamed
+/// over the old one, so readers never see half a file.
+fn replace(path: &Path, contents: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+struct Server {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    metrics: pbflags_evaluator::metrics::Metrics,
+}
+
+fn args(cert: &Path, key: &Path) -> Vec<String> {
+    let descriptors = format!(
+        "{}/../proto/example/descriptors.pb",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    [
+        "t",
+        "--descriptors",
+        &descriptors,
+        "--listen",
+        "127.0.0.1:0",
+        // An upstream nobody listens on: evaluations fall back to compiled defaults.
+        "--server",
+        "http://127.0.0.1:9",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--tls-poll-interval",
+        "100ms",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
+}
+
+impl Server {
+    async fn start(cert: &Path, key: &Path) -> Server {
+        let config = Args::try_parse_from(args(cert, key))
+            .unwrap()
+            .serve
+            .resolve()
+            .expect("config");
+        let prepared = serve::prepare(config).await.expect("prepare");
+        let addr = prepared.local_addr().unwrap();
+        let metrics = prepared.engine().metrics().clone();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(serve::run(prepared, stop.clone()));
+        Server {
+            addr,
+            stop,
+            task,
+            metrics,
+        }
+    }
+
+    async fn tls(
+        &self,
+        connector: &TlsConnector,
+    ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        connector
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .expect("TLS handshake")
+    }
+
+    /// The leaf certificate a new handshake is served.
+    async fn served_leaf(&self, connector: &TlsConnector) -> CertificateDer<'static> {
+        let s = self.tls(connector).await;
+        s.get_ref().1.peer_certificates().unwrap()[0].clone()
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(15), self.task)
+            .await
+            .expect("stops in time")
+            .unwrap();
+    }
+}
+
+/// Waits (bounded) until `cond` holds; the bound is a hang guard, not a performance claim.
+async fn eventually<F: AsyncFnMut() -> bool>(what: &str, mut cond: F) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+struct Files {
+    _dir: tempfile::TempDir,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+fn files(cert: &str, key: &str) -> Files {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, k) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&c, cert).unwrap();
+    std::fs::write(&k, key).unwrap();
+    Files {
+        _dir: dir,
+        cert: c,
+        key: k,
+    }
+}
+
+async fn connect_json_health(
+    stream: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+) -> (u16, String) {
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::post("/pbflags.v1.FlagEvaluatorService/Health")
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn grpc_and_connect_are_served_over_tls_on_the_one_port() {
+    let ca = Ca::new();
+    let (cert, key, der) = ca.leaf();
+    let f = files(&cert, &key);
+    let server = Server::start(&f.cert, &f.key).await;
+
+    // Connect JSON over HTTP/1.1 (ALPN http/1.1).
+    let stream = server.tls(&ca.connector(&[b"http/1.1"])).await;
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    assert_eq!(stream.get_ref().1.peer_certificates().unwrap()[0], der);
+    let (status, body) = connect_json_health(stream).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("status"), "{body}");
+
+    // gRPC over HTTP/2 (ALPN h2), through a stock tonic client on a TLS stream.
+    let connector = ca.connector(&[b"h2"]);
+    let addr = server.addr;
+    let channel = tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
+            let connector = connector.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                let tls = connector
+                    .connect(ServerName::try_from("localhost").unwrap(), tcp)
+                    .await?;
+                assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+                Ok::<_, std::io::Error>(TokioIo::new(tls))
+            }
+        }))
+        .await
+        .unwrap();
+    let ev = FlagEvaluatorServiceClient::new(channel)
+        .evaluate(EvaluateRequest {
+            flag_id: "notifications/1".into(),
+            entity_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ev.flag_id, "notifications/1");
+    assert_eq!(ev.source, EvaluationSource::Default as i32);
+
+    // Cleartext to a TLS port is not served.
+    let plain = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>()
+        .get(format!("http://{}/healthz", server.addr).parse().unwrap())
+        .await;
+    assert!(
+        plain.is_err(),
+        "cleartext request answered on a TLS port: {plain:?}"
+    );
+
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_renewed_certificate_is_served_without_a_restart_and_a_broken_one_is_not() {
+    let ca = Ca::new();
+    let connector = ca.connector(&[b"h2", b"http/1.1"]);
+    let (cert_a, key_a, der_a) = ca.leaf();
+    let f = files(&cert_a, &key_a);
+    let server = Server::start(&f.cert, &f.key).await;
+    assert_eq!(server.served_leaf(&connector).await, der_a);
+    // A connection opened before the renewal keeps working after it.
+    let before = server.tls(&ca.connector(&[b"http/1.1"])).await;
+
+    let (cert_b, key_b, der_b) = ca.leaf();
+    replace(&f.key, &key_b);
+    replace(&f.cert, &cert_b);
+    eventually("the renewed certificate", async || {
+        server.served_leaf(&connector).await == der_b
+    })
+    .await;
+    eventually("the reload to be counted", async || {
+        server.metrics.tls_reloads(true) >= 1
+    })
+    .await;
+    let (status, _) = connect_json_health(before).await;
+    assert_eq!(status, 200);
+
+    // A key that does not fit the certificate: counted as a failure, B keeps serving.
+    let (_, key_c, _) = ca.leaf();
+    replace(&f.key, &key_c);
+    eventually("the failed reload to be counted", async || {
+        server.metrics.tls_reloads(false) == 1
+    })
+    .await;
+    assert_eq!(server.served_leaf(&connector).await, der_b);
+    // Garbage is refused the same way, and reported once, not on every check.
+    replace(&f.cert, "not a certificate");
+    eventually("the second failed reload", async || {
+        server.metrics.tls_reloads(false) == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(server.metrics.tls_reloads(false), 2);
+    assert_eq!(server.served_leaf(&connector).await, der_b);
+
+    // Fixing the files brings the new pair in.
+    let (cert_d, key_d, der_d) = ca.leaf();
+    replace(&f.key, &key_d);
+    replace(&f.cert, &cert_d);
+    eventually("the fixed certificate", async || {
+        server.served_leaf(&connector).await == der_d
+    })
+    .await;
+    assert!(
+        server
+            .metrics
+            .render()
+            .contains("pbflags_tls_reloads_total{result=\"failure\"} 2")
+    );
+    server.stop().await;
+}
+
+fn config_error(cert: &Path, key: &Path) -> String {
+    Args::try_parse_from(args(cert, key))
+        .unwrap()
+        .serve
+        .resolve()
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn bad_certificate_files_are_configuration_errors_naming_the_file() {
+    let ca = Ca::new();
+    let (cert, key, _) = ca.leaf();
+    let (_, other_key, _) = ca.leaf();
+
+    let f = files(&cert, &other_key);
+    let e = config_error(&f.cert, &f.key);
+    assert!(e.contains("tls") && e.contains("does not fit"), "{e}");
+
+    let f = files("-----BEGIN NOTHING-----\n", &key);
+    let e = config_error(&f.cert, &f.key);
+    assert!(e.contains("tls.crt"), "{e}");
+
+    let f = files(&cert, "garbage");
+    let e = config_error(&f.cert, &f.key);
+    assert!(e.contains("tls.key") && e.contains("private key"), "{e}");
+
+    let e = config_error(Path::new("/nonexistent/tls.crt"), &f.key);
+    assert!(e.contains("/nonexistent/tls.crt"), "{e}");
+
+    let argv: Vec<String> = ["t", "--descriptors", "/x.pb", "--server", "http://h:1"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .chain(["--tls-cert".to_owned(), f.cert.display().to_string()])
+        .collect();
+    let e = Args::try_parse_from(argv)
+        .unwrap()
+        .serve
+        .resolve()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("tls_key"), "{e}");
+}
