@@ -32,6 +32,10 @@ pub struct ServeArgs {
     /// proxies) or grpc (HTTP/2) [default: connect].
     #[arg(long, env = "PBFLAGS_UPSTREAM_PROTOCOL")]
     pub upstream_protocol: Option<String>,
+    /// PEM bundle of the CAs an https:// upstream is checked against [default: the system trust
+    /// store].
+    #[arg(long, env = "PBFLAGS_UPSTREAM_CA")]
+    pub upstream_ca: Option<PathBuf>,
     /// Listen address for gRPC, gRPC-Web, Connect, /metrics and health [default: localhost:9201].
     #[arg(long, env = "PBFLAGS_LISTEN")]
     pub listen: Option<String>,
@@ -183,6 +187,8 @@ pub struct Config {
     pub tracing: crate::logging::Tracing,
     /// Protocol of upstream calls (proxy mode).
     pub upstream_protocol: crate::upstream::UpstreamProtocol,
+    /// CAs for an https:// upstream (proxy mode).
+    pub upstream_ca: crate::upstream::UpstreamCa,
     /// TLS certificate files; `None` serves cleartext.
     pub tls: Option<crate::server::tls::TlsFiles>,
     /// TLS file check interval.
@@ -314,10 +320,11 @@ impl ServeArgs {
                 let parsed: http::Uri = url
                     .parse()
                     .map_err(|e| bad("server", format!("{url:?} is not a URL: {e}")))?;
-                if !matches!(parsed.scheme_str(), Some("http")) || parsed.host().is_none() {
+                if !matches!(parsed.scheme_str(), Some("http" | "https")) || parsed.host().is_none()
+                {
                     return Err(bad(
                         "server",
-                        format!("{url:?} must be an http:// URL with a host"),
+                        format!("{url:?} must be an http:// or https:// URL with a host"),
                     ));
                 }
                 Mode::Proxy(url.trim_end_matches('/').to_owned())
@@ -375,6 +382,17 @@ impl ServeArgs {
                 ));
             }
         };
+        let upstream_ca = match (&self.upstream_ca, &mode) {
+            (None, _) => crate::upstream::UpstreamCa::System,
+            (Some(path), Mode::Proxy(url)) if url.starts_with("https://") => {
+                let ca = crate::upstream::UpstreamCa::File(path.clone());
+                crate::upstream::roots(&ca).map_err(|e| bad("upstream_ca", e))?;
+                ca
+            }
+            (Some(_), _) => {
+                return Err(bad("upstream_ca", "only used with an https:// server"));
+            }
+        };
         let tls = match (
             self.tls_cert.clone().or(file.tls.cert_file),
             self.tls_key.clone().or(file.tls.key_file),
@@ -403,6 +421,7 @@ impl ServeArgs {
             return Err(bad("tls_poll_interval", "must be at least 100ms"));
         }
         Ok(Config {
+            upstream_ca,
             tls,
             tls_poll_interval,
             upstream_protocol,

@@ -14,5 +14,6 @@ pub mod poller;
 pub mod registry;
 pub mod serve;
 pub mod server;
+pub mod trace_context;
 pub mod upstream;
 pub mod watcher;

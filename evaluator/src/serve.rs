@@ -29,6 +29,9 @@ pub enum ServeError {
     /// Migrations were asked for and failed.
     #[error("{0}")]
     Db(#[from] db::DbError),
+    /// The upstream client could not be set up (proxy mode).
+    #[error("upstream: {0}")]
+    Upstream(String),
     /// The TLS certificate files did not load.
     #[error("{0}")]
     Tls(#[from] server::tls::TlsError),
@@ -101,11 +104,15 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
             )
         }
         Mode::Proxy(url) => (
-            Arc::new(UpstreamSource::new(
-                url,
-                config.cache.fetch_timeout,
-                config.upstream_protocol,
-            )),
+            Arc::new(
+                UpstreamSource::new(
+                    url,
+                    config.cache.fetch_timeout,
+                    config.upstream_protocol,
+                    &config.upstream_ca,
+                )
+                .map_err(ServeError::Upstream)?,
+            ),
             Backend::Upstream,
         ),
     };

@@ -41,8 +41,90 @@ pub enum UpstreamProtocol {
 }
 
 enum Transport {
-    Connect(Client<HttpConnector, Full<Bytes>>),
+    Connect(Client<Connector, Full<Bytes>>),
     Grpc(FlagEvaluatorServiceClient<tonic::transport::Channel>),
+}
+
+/// The connector of both transports: TCP, plus TLS for `https://` upstreams.
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// Certificate authorities an `https://` upstream's certificate is checked against.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum UpstreamCa {
+    /// The system's trust store (honours `SSL_CERT_FILE` / `SSL_CERT_DIR`).
+    #[default]
+    System,
+    /// A PEM bundle, e.g. the CA that issued the root evaluator's certificate.
+    File(std::path::PathBuf),
+}
+
+/// The trust roots for `ca`; the error names the setting and the file.
+pub fn roots(ca: &UpstreamCa) -> Result<tokio_rustls::rustls::RootCertStore, String> {
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    match ca {
+        UpstreamCa::File(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+                .map_err(|e| format!("upstream_ca {}: {e}", path.display()))?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(format!(
+                    "upstream_ca {}: no usable CA certificate",
+                    path.display()
+                ));
+            }
+        }
+        UpstreamCa::System => {
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                return Err(format!(
+                    "upstream_ca: the system trust store has no certificates ({:?}); set --upstream-ca",
+                    found.errors
+                ));
+            }
+        }
+    }
+    Ok(roots)
+}
+
+fn client_tls(
+    roots: tokio_rustls::rustls::RootCertStore,
+) -> Result<tokio_rustls::rustls::ClientConfig, String> {
+    tokio_rustls::rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+    .map_err(|e| format!("upstream TLS: {e}"))
+}
+
+fn connector(timeout: Duration, tls: tokio_rustls::rustls::ClientConfig, http2: bool) -> Connector {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(timeout));
+    let b = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http();
+    if http2 {
+        b.enable_http2().wrap_connector(http)
+    } else {
+        b.enable_http1().wrap_connector(http)
+    }
+}
+
+/// A tonic request carrying the current trace context.
+fn traced<T>(message: T) -> tonic::Request<T> {
+    let mut headers = http::HeaderMap::new();
+    crate::trace_context::inject_current(&mut headers);
+    tonic::Request::from_parts(
+        tonic::metadata::MetadataMap::from_headers(headers),
+        tonic::Extensions::default(),
+        message,
+    )
 }
 
 /// An upstream evaluator.
@@ -53,37 +135,44 @@ pub struct UpstreamSource {
 }
 
 impl UpstreamSource {
-    /// A client for the evaluator at `base` (e.g. `http://pbflags-root:9201`); each call gives up
-    /// after `timeout`.
-    /// A client speaking `protocol`. The gRPC channel connects lazily, so a proxy starts while its
-    /// upstream is down.
-    pub fn new(base: &str, timeout: Duration, protocol: UpstreamProtocol) -> Self {
+    /// A client for the evaluator at `base` (e.g. `http://pbflags-root:9201`, or `https://…` with
+    /// `ca`) speaking `protocol`; each call gives up after `timeout`. The gRPC channel connects
+    /// lazily, so a proxy starts while its upstream is down.
+    pub fn new(
+        base: &str,
+        timeout: Duration,
+        protocol: UpstreamProtocol,
+        ca: &UpstreamCa,
+    ) -> Result<Self, String> {
         let base = base.trim_end_matches('/').to_owned();
-        let connect = || {
-            let mut connector = HttpConnector::new();
-            connector.set_nodelay(true);
-            connector.set_connect_timeout(Some(timeout));
-            Transport::Connect(
+        // Trust roots are only read for an https:// upstream.
+        let roots = if base.starts_with("https://") {
+            roots(ca)?
+        } else {
+            tokio_rustls::rustls::RootCertStore::empty()
+        };
+        let tls = client_tls(roots)?;
+        let transport = match protocol {
+            UpstreamProtocol::Connect => Transport::Connect(
                 Client::builder(TokioExecutor::new())
                     .pool_idle_timeout(Duration::from_secs(60))
-                    .build(connector),
-            )
+                    .build(connector(timeout, tls, false)),
+            ),
+            UpstreamProtocol::Grpc => {
+                let endpoint = tonic::transport::Endpoint::from_shared(base.clone())
+                    .map_err(|e| format!("server {base:?}: {e}"))?;
+                Transport::Grpc(FlagEvaluatorServiceClient::new(
+                    endpoint
+                        .connect_timeout(timeout)
+                        .connect_with_connector_lazy(connector(timeout, tls, true)),
+                ))
+            }
         };
-        let transport = match protocol {
-            UpstreamProtocol::Connect => connect(),
-            UpstreamProtocol::Grpc => match tonic::transport::Endpoint::from_shared(base.clone()) {
-                Ok(e) => Transport::Grpc(FlagEvaluatorServiceClient::new(
-                    e.connect_timeout(timeout).tcp_nodelay(true).connect_lazy(),
-                )),
-                // The URL was validated with the configuration; fall back rather than fail.
-                Err(_) => connect(),
-            },
-        };
-        Self {
+        Ok(Self {
             transport,
             base,
             timeout,
-        }
+        })
     }
 
     /// Runs one upstream call under `fetch_timeout`.
@@ -104,17 +193,18 @@ impl UpstreamSource {
     /// One Connect unary call (binary protobuf, HTTP/1.1).
     async fn connect_call<Req: Message, Resp: Message + Default>(
         &self,
-        client: &Client<HttpConnector, Full<Bytes>>,
+        client: &Client<Connector, Full<Bytes>>,
         method: &str,
         req: &Req,
     ) -> SourceResult<Resp> {
         let uri = format!("{}/pbflags.v1.FlagEvaluatorService/{method}", self.base);
-        let request = http::Request::post(&uri)
+        let mut request = http::Request::post(&uri)
             .header(http::header::CONTENT_TYPE, "application/proto")
             .header("connect-protocol-version", "1")
             .header("connect-timeout-ms", self.timeout.as_millis().to_string())
             .body(Full::new(Bytes::from(req.encode_to_vec())))
             .map_err(|e| SourceError::new(ErrorKind::Internal, format!("build request: {e}")))?;
+        crate::trace_context::inject_current(request.headers_mut());
         let resp = client
             .request(request)
             .await
@@ -168,7 +258,7 @@ impl UpstreamSource {
         self.within_timeout(m, async {
             match &self.transport {
                 Transport::Connect(c) => self.connect_call(c, m, &req).await,
-                Transport::Grpc(c) => grpc_result(m, c.clone().get_flag_state(req).await),
+                Transport::Grpc(c) => grpc_result(m, c.clone().get_flag_state(traced(req)).await),
             }
         })
         .await
@@ -179,7 +269,7 @@ impl UpstreamSource {
         self.within_timeout(m, async {
             match &self.transport {
                 Transport::Connect(c) => self.connect_call(c, m, &req).await,
-                Transport::Grpc(c) => grpc_result(m, c.clone().get_overrides(req).await),
+                Transport::Grpc(c) => grpc_result(m, c.clone().get_overrides(traced(req)).await),
             }
         })
         .await
@@ -190,7 +280,7 @@ impl UpstreamSource {
         self.within_timeout(m, async {
             match &self.transport {
                 Transport::Connect(c) => self.connect_call(c, m, &req).await,
-                Transport::Grpc(c) => grpc_result(m, c.clone().get_killed_flags(req).await),
+                Transport::Grpc(c) => grpc_result(m, c.clone().get_killed_flags(traced(req)).await),
             }
         })
         .await

@@ -5,6 +5,8 @@
 
 #[path = "support/pg.rs"]
 mod pg;
+#[path = "support/tls.rs"]
+mod tls;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -693,4 +695,117 @@ async fn a_proxy_can_call_its_upstream_over_grpc() {
     .await;
     proxy.stop().await;
     root.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_reaches_a_tls_root_over_https_and_refuses_an_untrusted_one() {
+    let db = root_db().await;
+    let ca = tls::Ca::new();
+    let (cert, key, _) = ca.leaf();
+    let pair = tls::files(&cert, &key);
+    let ca_file = pair.cert.with_file_name("ca.crt");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let root = Running::start(&[
+        "--database",
+        &db.url,
+        "--tls-cert",
+        pair.cert.to_str().unwrap(),
+        "--tls-key",
+        pair.key.to_str().unwrap(),
+    ])
+    .await;
+    let upstream = format!("https://localhost:{}", root.addr.port());
+
+    for protocol in ["connect", "grpc"] {
+        let proxy = Running::start(&[
+            "--server",
+            &upstream,
+            "--upstream-ca",
+            ca_file.to_str().unwrap(),
+            "--upstream-protocol",
+            protocol,
+        ])
+        .await;
+        let mut client = FlagEvaluatorServiceClient::new(
+            tonic::transport::Endpoint::from_shared(proxy.url())
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
+        );
+        let r = client
+            .evaluate(EvaluateRequest {
+                flag_id: "notifications/1".into(),
+                entity_id: "user-100".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.source, EvaluationSource::Override as i32, "{protocol}");
+        let h = client.health(HealthRequest {}).await.unwrap().into_inner();
+        assert_eq!(
+            (h.status, h.consecutive_failures),
+            (EvaluatorStatus::Serving as i32, 0),
+            "{protocol}"
+        );
+        proxy.stop().await;
+    }
+
+    // A CA that did not issue the root's certificate: the handshake fails, so the proxy serves
+    // compiled defaults and reports the failures.
+    let stranger = tls::Ca::new();
+    let stranger_file = pair.cert.with_file_name("stranger.crt");
+    std::fs::write(&stranger_file, stranger.pem()).unwrap();
+    let proxy = Running::start(&[
+        "--server",
+        &upstream,
+        "--upstream-ca",
+        stranger_file.to_str().unwrap(),
+    ])
+    .await;
+    let mut client = FlagEvaluatorServiceClient::new(
+        tonic::transport::Endpoint::from_shared(proxy.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let r = client
+        .evaluate(EvaluateRequest {
+            flag_id: "notifications/1".into(),
+            entity_id: "user-100".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.source, EvaluationSource::Default as i32);
+    let h = client.health(HealthRequest {}).await.unwrap().into_inner();
+    assert!(h.consecutive_failures > 0, "{h:?}");
+    assert_ne!(h.status, EvaluatorStatus::Serving as i32);
+    proxy.stop().await;
+    root.stop().await;
+}
+
+#[test]
+fn an_upstream_ca_needs_an_https_server_and_a_readable_bundle() {
+    let resolve = |extra: &[&str]| {
+        let mut argv = vec!["t", "--descriptors", "/x.pb"];
+        argv.extend_from_slice(extra);
+        Args::try_parse_from(argv).unwrap().serve.resolve()
+    };
+    let e = resolve(&["--server", "http://h:1", "--upstream-ca", "/etc/hostname"])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("upstream_ca") && e.contains("https://"), "{e}");
+    let e = resolve(&[
+        "--server",
+        "https://h:1",
+        "--upstream-ca",
+        "/nonexistent.pem",
+    ])
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("upstream_ca /nonexistent.pem"), "{e}");
+    let e = resolve(&["--server", "ftp://h:1"]).unwrap_err().to_string();
+    assert!(e.contains("http:// or https://"), "{e}");
 }

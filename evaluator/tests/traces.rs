@@ -1,5 +1,7 @@
 //! Traces leave over OTLP/gRPC when an endpoint is configured: a collector (the OTLP trace service,
-//! served here) receives one span per RPC and one per source fetch.
+//! served here) receives one span per RPC and one per source fetch. A caller's `traceparent` makes
+//! the RPC span its child (gRPC and Connect), and a proxy's upstream calls carry the trace on, so
+//! the upstream's spans join it.
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
@@ -19,8 +21,17 @@ use pbflags_proto::v1::EvaluateRequest;
 use pbflags_proto::v1::flag_evaluator_service_client::FlagEvaluatorServiceClient;
 use tokio_util::sync::CancellationToken;
 
+/// What the test needs of an exported span.
+#[derive(Clone, Debug)]
+struct Span {
+    name: String,
+    trace_id: String,
+    span_id: String,
+    parent_span_id: String,
+}
+
 #[derive(Clone, Default)]
-struct Collector(Arc<Mutex<Vec<String>>>);
+struct Collector(Arc<Mutex<Vec<Span>>>);
 
 #[tonic::async_trait]
 impl TraceService for Collector {
@@ -28,16 +39,25 @@ impl TraceService for Collector {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut names = self.0.lock().unwrap();
+        let mut spans = self.0.lock().unwrap();
         for rs in request.into_inner().resource_spans {
             for ss in rs.scope_spans {
-                names.extend(ss.spans.into_iter().map(|s| s.name));
+                spans.extend(ss.spans.into_iter().map(|s| Span {
+                    name: s.name,
+                    trace_id: hex(&s.trace_id),
+                    span_id: hex(&s.span_id),
+                    parent_span_id: hex(&s.parent_span_id),
+                }));
             }
         }
         Ok(tonic::Response::new(ExportTraceServiceResponse {
             partial_success: None,
         }))
     }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 #[derive(clap::Parser)]
@@ -63,27 +83,12 @@ async fn rpc_and_fetch_spans_reach_an_otlp_collector() {
             sample_ratio: 1.0,
         },
     );
-    let descriptors = format!(
-        "{}/../proto/example/descriptors.pb",
-        env!("CARGO_MANIFEST_DIR")
-    );
     // A proxy whose upstream refuses connections: evaluations still answer, and fetches are traced.
-    let argv = [
-        "t",
-        "--descriptors",
-        &descriptors,
-        "--listen",
-        "127.0.0.1:0",
-        "--server",
-        "http://127.0.0.1:9",
-    ];
-    let config = Args::try_parse_from(argv).unwrap().serve.resolve().unwrap();
-    let prepared = pbflags_evaluator::serve::prepare(config).await.unwrap();
-    let url = format!("http://{}", prepared.local_addr().unwrap());
-    let stop = CancellationToken::new();
-    let server = tokio::spawn(pbflags_evaluator::serve::run(prepared, stop.clone()));
+    let (edge_url, edge_stop, edge) = start(&["--server", "http://127.0.0.1:9"]).await;
+    // A second proxy in front of it, calling it over Connect: its fetches become RPCs there.
+    let (front_url, front_stop, front) = start(&["--server", &edge_url]).await;
 
-    let channel = tonic::transport::Endpoint::from_shared(url)
+    let channel = tonic::transport::Endpoint::from_shared(edge_url.clone())
         .unwrap()
         .connect()
         .await
@@ -99,27 +104,114 @@ async fn rpc_and_fetch_spans_reach_an_otlp_collector() {
             .unwrap();
         assert_eq!(r.into_inner().flag_id, "notifications/2");
     }
-    stop.cancel();
-    server.await.unwrap();
+
+    // A traced caller over gRPC.
+    let (grpc_trace, grpc_parent) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let mut req = tonic::Request::new(EvaluateRequest {
+        flag_id: "notifications/1".into(),
+        entity_id: String::new(),
+    });
+    req.metadata_mut().insert(
+        "traceparent",
+        format!("00-{grpc_trace}-{grpc_parent}-01").parse().unwrap(),
+    );
+    client.evaluate(req).await.unwrap();
+
+    // A traced caller over Connect JSON, to the front proxy (whose fetch goes to the edge).
+    let (connect_trace, connect_parent) = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");
+    let resp = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<hyper::body::Bytes>>()
+        .request(
+            http::Request::post(format!(
+                "{front_url}/pbflags.v1.FlagEvaluatorService/GetFlagState"
+            ))
+            .header("content-type", "application/json")
+            .header(
+                "traceparent",
+                format!("00-{connect_trace}-{connect_parent}-01"),
+            )
+            .body(r#"{"flagId":"notifications/2"}"#.into())
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    // The edge has no source, so the answer is an error; the trace is what matters here.
+    assert!(!resp.status().is_success());
+
+    for (stop, task) in [(front_stop, front), (edge_stop, edge)] {
+        stop.cancel();
+        task.await.unwrap();
+    }
     tokio::task::spawn_blocking(move || telemetry.shutdown())
         .await
         .unwrap();
 
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let names = collector.0.lock().unwrap().clone();
-        let rpc = names
+        let spans = collector.0.lock().unwrap().clone();
+        let named = |n: &str| {
+            spans
+                .iter()
+                .filter(|s| s.name == n)
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        let evaluates = named("pbflags.v1.FlagEvaluatorService/Evaluate");
+        let fetch = !named("source.flag_state").is_empty();
+        let grpc_child = evaluates
             .iter()
-            .filter(|n| *n == "pbflags.v1.FlagEvaluatorService/Evaluate")
-            .count();
-        let fetch = names.iter().any(|n| n == "source.flag_state");
-        if rpc == 3 && fetch {
+            .any(|s| s.trace_id == grpc_trace && s.parent_span_id == grpc_parent);
+        let states = named("pbflags.v1.FlagEvaluatorService/GetFlagState");
+        // The front's RPC span is the caller's child; the edge's RPC span, reached through the
+        // front's upstream call, is in the same trace with a parent inside the front.
+        let front_rpc = states
+            .iter()
+            .find(|s| s.trace_id == connect_trace && s.parent_span_id == connect_parent);
+        let edge_rpc = states
+            .iter()
+            .find(|s| s.trace_id == connect_trace && s.parent_span_id != connect_parent);
+        if evaluates.len() == 4
+            && fetch
+            && grpc_child
+            && let (Some(front_rpc), Some(edge_rpc)) = (front_rpc, edge_rpc)
+        {
+            let front_ids: Vec<&str> = spans
+                .iter()
+                .filter(|s| s.trace_id == connect_trace)
+                .map(|s| s.span_id.as_str())
+                .collect();
+            assert!(
+                front_ids.contains(&edge_rpc.parent_span_id.as_str()),
+                "edge span's parent is not in the trace: {spans:#?}"
+            );
+            assert_ne!(front_rpc.span_id, edge_rpc.span_id);
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "spans received: {names:?}"
+            "spans received: {spans:#?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+async fn start(extra: &[&str]) -> (String, CancellationToken, tokio::task::JoinHandle<()>) {
+    let descriptors = format!(
+        "{}/../proto/example/descriptors.pb",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut argv = vec![
+        "t",
+        "--descriptors",
+        &descriptors,
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    argv.extend_from_slice(extra);
+    let config = Args::try_parse_from(argv).unwrap().serve.resolve().unwrap();
+    let prepared = pbflags_evaluator::serve::prepare(config).await.unwrap();
+    let url = format!("http://{}", prepared.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(pbflags_evaluator::serve::run(prepared, stop.clone()));
+    (url, stop, server)
 }

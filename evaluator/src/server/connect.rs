@@ -133,11 +133,15 @@ fn timeout_of(headers: &HeaderMap) -> Result<Option<Duration>, Status> {
 }
 
 macro_rules! unary {
-    ($state:expr, $codec:expr, $body:expr, $method:ident, $req:literal, $resp:literal) => {{
+    ($state:expr, $codec:expr, $body:expr, $trace:expr, $method:ident, $req:literal, $resp:literal) => {{
         let req = decode($codec, &$body, $req)?;
         let resp = $state
             .evaluator
-            .$method(tonic::Request::new(req))
+            .$method(tonic::Request::from_parts(
+                tonic::metadata::MetadataMap::from_headers($trace),
+                tonic::Extensions::default(),
+                req,
+            ))
             .await?
             .into_inner();
         encode($codec, &resp, $resp)
@@ -149,12 +153,14 @@ async fn dispatch(
     method: &str,
     codec: Codec,
     body: Bytes,
+    trace: HeaderMap,
 ) -> Result<Vec<u8>, Status> {
     match method {
         "Evaluate" => unary!(
             state,
             codec,
             body,
+            trace,
             evaluate,
             "EvaluateRequest",
             "EvaluateResponse"
@@ -163,6 +169,7 @@ async fn dispatch(
             state,
             codec,
             body,
+            trace,
             bulk_evaluate,
             "BulkEvaluateRequest",
             "BulkEvaluateResponse"
@@ -171,6 +178,7 @@ async fn dispatch(
             state,
             codec,
             body,
+            trace,
             health,
             "HealthRequest",
             "HealthResponse"
@@ -179,6 +187,7 @@ async fn dispatch(
             state,
             codec,
             body,
+            trace,
             get_flag_state,
             "GetFlagStateRequest",
             "GetFlagStateResponse"
@@ -187,6 +196,7 @@ async fn dispatch(
             state,
             codec,
             body,
+            trace,
             get_killed_flags,
             "GetKilledFlagsRequest",
             "GetKilledFlagsResponse"
@@ -195,6 +205,7 @@ async fn dispatch(
             state,
             codec,
             body,
+            trace,
             get_overrides,
             "GetOverridesRequest",
             "GetOverridesResponse"
@@ -247,7 +258,8 @@ pub async fn handle(
             )));
         }
     };
-    let call = dispatch(&state, &method, codec, body);
+    let trace = crate::trace_context::carried(&headers);
+    let call = dispatch(&state, &method, codec, body, trace);
     let result = match timeout {
         Some(t) => tokio::time::timeout(t, call).await.unwrap_or_else(|_| {
             Err(Status::new(

@@ -37,10 +37,12 @@ impl Evaluator {
         &self.engine
     }
 
-    /// Runs one RPC inside its span, and records its method, status code and duration.
+    /// Runs one RPC inside its span (a child of the caller's trace when `metadata` carries
+    /// `traceparent`), and records its method, status code and duration.
     async fn rpc<T>(
         &self,
         method: &'static str,
+        metadata: &tonic::metadata::MetadataMap,
         call: impl Future<Output = Result<T, Status>>,
     ) -> Result<Response<T>, Status> {
         let span = tracing::info_span!(
@@ -48,6 +50,7 @@ impl Evaluator {
             otel.name = %format_args!("pbflags.v1.FlagEvaluatorService/{method}"),
             rpc.method = method
         );
+        crate::trace_context::adopt_parent(&span, metadata.as_ref());
         let started = Instant::now();
         let r = call.instrument(span).await;
         let code = match &r {
@@ -75,8 +78,8 @@ impl FlagEvaluatorService for Evaluator {
         &self,
         request: Request<EvaluateRequest>,
     ) -> Result<Response<EvaluateResponse>, Status> {
-        let req = request.into_inner();
-        self.rpc("Evaluate", async {
+        let (metadata, _, req) = request.into_parts();
+        self.rpc("Evaluate", &metadata, async {
             let ev = self.engine.evaluate(&req.flag_id, &req.entity_id).await;
             Ok(response(req.flag_id.clone(), &ev))
         })
@@ -87,8 +90,8 @@ impl FlagEvaluatorService for Evaluator {
         &self,
         request: Request<BulkEvaluateRequest>,
     ) -> Result<Response<BulkEvaluateResponse>, Status> {
-        let req = request.into_inner();
-        self.rpc("BulkEvaluate", async {
+        let (metadata, _, req) = request.into_parts();
+        self.rpc("BulkEvaluate", &metadata, async {
             if req.flag_ids.len() > self.max_bulk_flags {
                 return Err(Status::invalid_argument(format!(
                     "flag_ids: {} ids requested; at most {} per BulkEvaluate",
@@ -107,8 +110,11 @@ impl FlagEvaluatorService for Evaluator {
         .await
     }
 
-    async fn health(&self, _: Request<HealthRequest>) -> Result<Response<HealthResponse>, Status> {
-        self.rpc("Health", async {
+    async fn health(
+        &self,
+        request: Request<HealthRequest>,
+    ) -> Result<Response<HealthResponse>, Status> {
+        self.rpc("Health", request.metadata(), async {
             let h = self.engine.health_report();
             Ok(HealthResponse {
                 status: h.status as i32,
@@ -125,8 +131,8 @@ impl FlagEvaluatorService for Evaluator {
         &self,
         request: Request<GetFlagStateRequest>,
     ) -> Result<Response<GetFlagStateResponse>, Status> {
-        let req = request.into_inner();
-        self.rpc("GetFlagState", async {
+        let (metadata, _, req) = request.into_parts();
+        self.rpc("GetFlagState", &metadata, async {
             if req.flag_id.is_empty() {
                 return Err(Status::invalid_argument("flag_id is required"));
             }
@@ -148,9 +154,9 @@ impl FlagEvaluatorService for Evaluator {
 
     async fn get_killed_flags(
         &self,
-        _: Request<GetKilledFlagsRequest>,
+        request: Request<GetKilledFlagsRequest>,
     ) -> Result<Response<GetKilledFlagsResponse>, Status> {
-        self.rpc("GetKilledFlags", async {
+        self.rpc("GetKilledFlags", request.metadata(), async {
             let flag_ids = self
                 .engine
                 .source()
@@ -169,8 +175,8 @@ impl FlagEvaluatorService for Evaluator {
         &self,
         request: Request<GetOverridesRequest>,
     ) -> Result<Response<GetOverridesResponse>, Status> {
-        let req = request.into_inner();
-        self.rpc("GetOverrides", async {
+        let (metadata, _, req) = request.into_parts();
+        self.rpc("GetOverrides", &metadata, async {
             if req.entity_id.is_empty() {
                 return Err(Status::invalid_argument("entity_id is required"));
             }
