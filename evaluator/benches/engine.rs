@@ -54,6 +54,21 @@ fn bench(c: &mut Criterion) {
     h.eval("bench/1", "user-1");
     h.bulk(&ids.iter().map(String::as_str).collect::<Vec<_>>(), "");
 
+    // The borrowing path the server's hot path is built on: the value is read in place.
+    for (name, flag, entity) in [
+        ("cached_with_global", "bench/1", ""),
+        ("cached_with_killed", "bench/killed", ""),
+        ("cached_with_override", "bench/1", "user-1"),
+    ] {
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                h.engine
+                    .evaluate_cached_with(black_box(flag), black_box(entity), |(s, v)| {
+                        (s, v.is_some())
+                    })
+            })
+        });
+    }
     c.bench_function("evaluate_cached_global", |b| {
         b.iter(|| {
             h.engine

@@ -1,8 +1,11 @@
 //! Prometheus metrics. Names and labels of the families pbflags v0.6 has are kept, so existing
 //! dashboards work; new families follow `pbflags_<subsystem>_<name>_<unit>`.
 //!
-//! Hot-path counters are resolved to their label values once, at construction: an evaluation does an
-//! atomic add, never a label lookup.
+//! Hot-path counters (evaluations, cache hits and misses) are per-thread cells moved into their
+//! Prometheus families at each scrape (see [`local`]): an evaluation does a plain store, never a
+//! label lookup or an atomic read-modify-write.
+
+pub mod local;
 
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -36,26 +39,57 @@ pub enum Operation {
     KilledFlags,
 }
 
-/// Counters for one cache tier.
-#[derive(Clone)]
-pub struct TierCounters {
-    /// Hits.
-    pub hits: IntCounter,
-    /// Misses.
-    pub misses: IntCounter,
+/// One hot-path counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event(usize);
+
+impl Event {
+    /// `pbflags_cache_hits_total{tier="kill_set"}`.
+    pub const KILL_SET_HIT: Event = Event(7);
+    /// `pbflags_cache_hits_total{tier="flags"}`.
+    pub const FLAG_HIT: Event = Event(8);
+    /// `pbflags_cache_misses_total{tier="flags"}`.
+    pub const FLAG_MISS: Event = Event(9);
+    /// `pbflags_cache_hits_total{tier="overrides"}`.
+    pub const OVERRIDE_HIT: Event = Event(10);
+    /// `pbflags_cache_misses_total{tier="overrides"}`.
+    pub const OVERRIDE_MISS: Event = Event(11);
+    const COUNT: usize = 12;
+
+    /// `pbflags_evaluations_total{source=…, status="ok"}`.
+    #[inline]
+    pub fn evaluation(source: EvaluationSource) -> Event {
+        Event((source as usize).min(6))
+    }
+}
+
+/// The hit and miss events of one cache tier.
+#[derive(Clone, Copy, Debug)]
+pub struct Tier {
+    /// Counted on a hit.
+    pub hit: Event,
+    /// Counted on a miss.
+    pub miss: Event,
+}
+
+impl Tier {
+    /// The flag-state tier.
+    pub const FLAGS: Tier = Tier {
+        hit: Event::FLAG_HIT,
+        miss: Event::FLAG_MISS,
+    };
+    /// The override tier.
+    pub const OVERRIDES: Tier = Tier {
+        hit: Event::OVERRIDE_HIT,
+        miss: Event::OVERRIDE_MISS,
+    };
 }
 
 /// Every metric the evaluator exports, on a registry of its own.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
-    evaluations: [IntCounter; 7],
-    /// `pbflags_cache_hits_total{tier="kill_set"}`.
-    pub kill_set_hits: IntCounter,
-    /// Flag-state cache counters (`tier="flags"`).
-    pub flags: TierCounters,
-    /// Override cache counters (`tier="overrides"`).
-    pub overrides: TierCounters,
+    hot: local::LocalCounters,
     fetch_duration: HistogramVec,
     /// `pbflags_kill_set_size`.
     pub kill_set_size: IntGauge,
@@ -100,15 +134,6 @@ impl Metrics {
         .expect("valid");
         reg(Box::new(evaluations.clone()));
         let eval = |s: EvaluationSource| evaluations.with_label_values(&[source_label(s), "ok"]);
-        let evaluations = [
-            eval(EvaluationSource::Unspecified),
-            eval(EvaluationSource::Default),
-            eval(EvaluationSource::Global),
-            eval(EvaluationSource::Override),
-            eval(EvaluationSource::Killed),
-            eval(EvaluationSource::Cached),
-            eval(EvaluationSource::Archived),
-        ];
 
         let hits = IntCounterVec::new(
             Opts::new("pbflags_cache_hits_total", "Cache hits by tier."),
@@ -122,10 +147,22 @@ impl Metrics {
         .expect("valid");
         reg(Box::new(hits.clone()));
         reg(Box::new(misses.clone()));
-        let tier = |t: &str| TierCounters {
-            hits: hits.with_label_values(&[t]),
-            misses: misses.with_label_values(&[t]),
-        };
+        // Cell i of the hot counters feeds hot[i]; the order is that of `Event`.
+        let hot = vec![
+            eval(EvaluationSource::Unspecified),
+            eval(EvaluationSource::Default),
+            eval(EvaluationSource::Global),
+            eval(EvaluationSource::Override),
+            eval(EvaluationSource::Killed),
+            eval(EvaluationSource::Cached),
+            eval(EvaluationSource::Archived),
+            hits.with_label_values(&["kill_set"]),
+            hits.with_label_values(&["flags"]),
+            misses.with_label_values(&["flags"]),
+            hits.with_label_values(&["overrides"]),
+            misses.with_label_values(&["overrides"]),
+        ];
+        debug_assert_eq!(hot.len(), Event::COUNT);
 
         let fetch_duration = HistogramVec::new(
             HistogramOpts::new(
@@ -208,10 +245,7 @@ impl Metrics {
         Self {
             rpc_requests,
             rpc_duration,
-            evaluations,
-            kill_set_hits: hits.with_label_values(&["kill_set"]),
-            flags: tier("flags"),
-            overrides: tier("overrides"),
+            hot: local::LocalCounters::new(hot),
             fetch_duration,
             kill_set_size: int_gauge("pbflags_kill_set_size", "Number of currently killed flags."),
             consecutive_failures: int_gauge(
@@ -250,12 +284,21 @@ impl Metrics {
         }
     }
 
-    /// Counts one evaluation with its source.
+    /// Counts one hot-path event.
     #[inline]
-    pub fn evaluation(&self, source: EvaluationSource) {
-        if let Some(c) = self.evaluations.get(source as usize) {
-            c.inc();
-        }
+    pub fn count(&self, e: Event) {
+        self.hot.add(&[e.0]);
+    }
+
+    /// Counts two hot-path events (one thread-local lookup for both).
+    #[inline]
+    pub fn count2(&self, a: Event, b: Event) {
+        self.hot.add(&[a.0, b.0]);
+    }
+
+    /// The total of a hot-path counter so far.
+    pub fn total(&self, e: Event) -> u64 {
+        self.hot.get(e.0)
     }
 
     /// Observes the duration of one fetch.
@@ -311,15 +354,11 @@ impl Metrics {
 
     /// The Prometheus text exposition of every family.
     pub fn render(&self) -> String {
+        self.hot.flush();
         let mut buf = Vec::new();
         // Encoding into a Vec cannot fail for well-formed families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
-    }
-
-    /// The underlying registry (to add process metrics or gather directly).
-    pub fn registry(&self) -> &Registry {
-        &self.registry
     }
 }
 
@@ -353,9 +392,8 @@ mod tests {
     #[test]
     fn v0_6_families_keep_their_names_and_labels() {
         let m = Metrics::new();
-        m.evaluation(EvaluationSource::Global);
-        m.kill_set_hits.inc();
-        m.flags.misses.inc();
+        m.count(Event::evaluation(EvaluationSource::Global));
+        m.count2(Event::KILL_SET_HIT, Event::FLAG_MISS);
         m.fetch(Backend::Db, Operation::FlagState).observe(0.002);
         let text = m.render();
         for line in [
@@ -376,7 +414,7 @@ mod tests {
     fn unspecified_source_is_labelled_unknown() {
         assert_eq!(source_label(EvaluationSource::Unspecified), "unknown");
         let m = Metrics::new();
-        m.evaluation(EvaluationSource::Unspecified);
+        m.count(Event::evaluation(EvaluationSource::Unspecified));
         assert!(m.render().contains("source=\"unknown\""));
     }
 

@@ -207,10 +207,17 @@ impl Caches {
     /// The slot's entry if it is fresh.
     #[inline]
     pub fn slot_fresh(&self, slot: &Slot) -> Option<Arc<FlagEntry>> {
+        self.with_slot_fresh(slot, |_| ())
+            .and_then(|()| slot.load_full())
+    }
+
+    /// Hands the slot's entry to `f` if it is fresh, without taking a reference count.
+    #[inline]
+    pub fn with_slot_fresh<R>(&self, slot: &Slot, f: impl FnOnce(&FlagEntry) -> R) -> Option<R> {
         let guard = slot.load();
         let e = guard.as_ref()?;
         (self.clock.now_ms() < e.expires_at && e.epoch == self.epoch.load(Ordering::Relaxed))
-            .then(|| e.clone())
+            .then(|| f(e))
     }
 
     /// The slot's entry, fresh or not: the flag's last-known value.

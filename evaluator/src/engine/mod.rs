@@ -28,7 +28,7 @@ use pbflags_proto::v1::{EvaluationSource, FlagValue, State};
 use tracing::Instrument as _;
 
 use crate::descriptor::FlagDef;
-use crate::metrics::{Backend, Metrics, Operation};
+use crate::metrics::{Backend, Event, Metrics, Operation, Tier};
 use crate::registry::{Registry, Snapshot};
 use cache::{CacheConfig, Caches, FlagEntry, OverrideEntry};
 use clock::Clock;
@@ -37,39 +37,50 @@ use health::Health;
 use killset::KillSet;
 use source::{SourceError, SourceResult, StateSource};
 
-/// Where an evaluated value lives; cloning it never allocates.
-#[derive(Debug, Clone, Default)]
-enum ValueRef {
-    #[default]
-    None,
-    Default(Arc<FlagDef>),
-    State(Arc<FlagEntry>),
-    Override(Arc<OverrideEntry>),
-}
-
 /// The result of one evaluation.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Evaluation {
     /// Where the value came from.
     pub source: EvaluationSource,
-    value: ValueRef,
+    value: Option<FlagValue>,
 }
 
 impl Evaluation {
     /// The value; `None` when the flag has no compiled default and nothing else applied.
     pub fn value(&self) -> Option<&FlagValue> {
-        match &self.value {
-            ValueRef::None => None,
-            ValueRef::Default(d) => d.default.as_ref(),
-            ValueRef::State(e) => e.state.as_ref().and_then(|s| s.value.as_ref()),
-            ValueRef::Override(e) => e.value.as_ref().and_then(|o| o.value.as_ref()),
-        }
+        self.value.as_ref()
     }
 
-    fn default_of(def: Option<&Arc<FlagDef>>, source: EvaluationSource) -> Self {
-        let value = def.map_or(ValueRef::None, |d| ValueRef::Default(d.clone()));
-        Self { source, value }
+    /// The value, moved out.
+    pub fn into_value(self) -> Option<FlagValue> {
+        self.value
     }
+}
+
+/// The compiled-default-less answer: source DEFAULT, no value.
+impl Default for Evaluation {
+    fn default() -> Self {
+        Self {
+            source: EvaluationSource::Default,
+            value: None,
+        }
+    }
+}
+
+impl From<Decided<'_>> for Evaluation {
+    fn from((source, value): Decided<'_>) -> Self {
+        Self {
+            source,
+            value: value.cloned(),
+        }
+    }
+}
+
+/// A decided evaluation borrowing its value from the snapshot or a cache entry.
+pub type Decided<'a> = (EvaluationSource, Option<&'a FlagValue>);
+
+fn default_of(def: Option<&Arc<FlagDef>>, source: EvaluationSource) -> Decided<'_> {
+    (source, def.and_then(|d| d.default.as_ref()))
 }
 
 /// Outcome of looking something up: fresh (cache or source), last-known after a failed fetch, or
@@ -78,6 +89,17 @@ enum Lookup<T> {
     Fresh(Arc<T>),
     Stale(Arc<T>),
     Unavailable,
+}
+
+impl<T> Lookup<T> {
+    /// The entry and whether it is stale.
+    fn parts(&self) -> Option<(&T, bool)> {
+        match self {
+            Lookup::Fresh(e) => Some((e, false)),
+            Lookup::Stale(e) => Some((e, true)),
+            Lookup::Unavailable => None,
+        }
+    }
 }
 
 /// Health as reported by the Health RPC.
@@ -224,53 +246,73 @@ impl Engine {
         }
     }
 
-    /// Evaluates one flag for one entity (`""` for a global evaluation). Never fails.
+    /// Evaluates one flag for one entity (`""` for a global evaluation). Never fails. The value
+    /// is cloned out of the caches; [`evaluate_cached_with`](Self::evaluate_cached_with) borrows it.
     pub async fn evaluate(&self, flag_id: &str, entity_id: &str) -> Evaluation {
-        let fast = self
-            .registry
-            .with_snapshot(|s| self.evaluate_cached(s, flag_id, entity_id));
-        let ev = match fast {
+        match self.evaluate_cached_with(flag_id, entity_id, |d| Evaluation::from(d)) {
             Some(ev) => ev,
-            None => self.evaluate_fetching(flag_id, entity_id).await,
-        };
-        self.shared.metrics.evaluation(ev.source);
-        ev
+            None => {
+                let ev = self.evaluate_fetching(flag_id, entity_id).await;
+                self.shared.metrics.count(Event::evaluation(ev.source));
+                ev
+            }
+        }
     }
 
-    /// The answer from caches alone, or `None` when something must be fetched. No await, no
-    /// allocation; counts cache hits only when it answers.
-    fn evaluate_cached(
+    /// The answer from caches alone, handed to `f` with the value borrowed: no await, no
+    /// allocation, no reference-count traffic. `None` (and `f` not called) when something must be
+    /// fetched; [`evaluate`](Self::evaluate) does that.
+    #[inline]
+    pub fn evaluate_cached_with<R>(
+        &self,
+        flag_id: &str,
+        entity_id: &str,
+        f: impl FnOnce(Decided<'_>) -> R,
+    ) -> Option<R> {
+        self.registry
+            .with_snapshot(|s| self.decide_cached(s, flag_id, entity_id, f))
+    }
+
+    /// The cached path over one snapshot; counts its hits and the evaluation when it answers.
+    fn decide_cached<R>(
         &self,
         snapshot: &Snapshot,
         flag_id: &str,
         entity_id: &str,
-    ) -> Option<Evaluation> {
+        f: impl FnOnce(Decided<'_>) -> R,
+    ) -> Option<R> {
         let index = snapshot.index_of(flag_id);
         let def = index.map(|i| &snapshot.flags()[i]);
         let m = &self.shared.metrics;
         if self.is_killed(snapshot, index, flag_id) {
-            m.kill_set_hits.inc();
-            return Some(Evaluation::default_of(def, EvaluationSource::Killed));
+            m.count2(
+                Event::KILL_SET_HIT,
+                Event::evaluation(EvaluationSource::Killed),
+            );
+            return Some(f(default_of(def, EvaluationSource::Killed)));
         }
         let caches = &self.shared.caches;
         let mut override_hit = false;
         if overridable(def, entity_id) {
             let entry = caches.override_entry(flag_id, entity_id)?;
             override_hit = true;
-            if let Some(ev) = decide_override(Lookup::Fresh(entry), def) {
-                m.overrides.hits.inc();
-                return Some(ev);
+            if let Some(d) = decide_override(&entry, false, def) {
+                m.count2(Event::OVERRIDE_HIT, Event::evaluation(d.0));
+                return Some(f(d));
             }
         }
-        let entry = match index {
-            Some(i) => caches.slot_fresh(snapshot.slot(i))?,
-            None => caches.flag(flag_id)?,
+        let decided = |entry: &FlagEntry| {
+            let d = decide_global(Some((entry, false)), def);
+            if override_hit {
+                m.count(Event::OVERRIDE_HIT);
+            }
+            m.count2(Event::FLAG_HIT, Event::evaluation(d.0));
+            f(d)
         };
-        if override_hit {
-            m.overrides.hits.inc();
+        match index {
+            Some(i) => caches.with_slot_fresh(snapshot.slot(i), decided),
+            None => caches.flag(flag_id).map(|e| decided(&e)),
         }
-        m.flags.hits.inc();
-        Some(decide_global(Lookup::Fresh(entry), def))
     }
 
     /// Whether `flag_id` is killed: a declared flag reads its bit on the snapshot (re-synced from the
@@ -293,16 +335,21 @@ impl Engine {
         let def = index.map(|i| snapshot.flags()[i].clone());
         let def = def.as_ref();
         if self.is_killed(&snapshot, index, flag_id) {
-            self.shared.metrics.kill_set_hits.inc();
-            return Evaluation::default_of(def, EvaluationSource::Killed);
+            self.shared.metrics.count(Event::KILL_SET_HIT);
+            return default_of(def, EvaluationSource::Killed).into();
         }
-        if overridable(def, entity_id)
-            && let Some(ev) = decide_override(self.override_lookup(flag_id, entity_id).await, def)
-        {
-            return ev;
+        if overridable(def, entity_id) {
+            let lookup = self.override_lookup(flag_id, entity_id).await;
+            if let Some(d) = lookup
+                .parts()
+                .and_then(|(e, stale)| decide_override(e, stale, def))
+            {
+                return d.into();
+            }
         }
         let home = index.map_or(Home::Map, |i| Home::Slot(snapshot.clone(), i));
-        decide_global(self.flag_lookup(flag_id, home).await, def)
+        let lookup = self.flag_lookup(flag_id, home).await;
+        decide_global(lookup.parts(), def).into()
     }
 
     fn cached_flag(&self, flag_id: &str, home: &Home) -> Option<Arc<FlagEntry>> {
@@ -321,10 +368,10 @@ impl Engine {
 
     async fn flag_lookup(&self, flag_id: &str, home: Home) -> Lookup<FlagEntry> {
         if let Some(e) = self.cached_flag(flag_id, &home) {
-            self.shared.metrics.flags.hits.inc();
+            self.shared.metrics.count(Event::FLAG_HIT);
             return Lookup::Fresh(e);
         }
-        self.shared.metrics.flags.misses.inc();
+        self.shared.metrics.count(Event::FLAG_MISS);
         let key: Arc<str> = flag_id.into();
         let shared = self.shared.clone();
         let flight_home = home.clone();
@@ -358,10 +405,10 @@ impl Engine {
     async fn override_lookup(&self, flag_id: &str, entity_id: &str) -> Lookup<OverrideEntry> {
         let caches = &self.shared.caches;
         if let Some(e) = caches.override_entry(flag_id, entity_id) {
-            self.shared.metrics.overrides.hits.inc();
+            self.shared.metrics.count(Event::OVERRIDE_HIT);
             return Lookup::Fresh(e);
         }
-        self.shared.metrics.overrides.misses.inc();
+        self.shared.metrics.count(Event::OVERRIDE_MISS);
         let key: OverrideKey = (flag_id.into(), entity_id.into());
         let shared = self.shared.clone();
         let flight_key = key.clone();
@@ -411,20 +458,22 @@ impl Engine {
         };
         let mut results: Vec<Option<Evaluation>> = ids
             .iter()
-            .map(|id| self.evaluate_cached(&snapshot, id, entity_id))
+            .map(|id| self.decide_cached(&snapshot, id, entity_id, |d| Evaluation::from(d)))
             .collect();
-        if results.iter().any(Option::is_none) {
+        let fetched: Vec<usize> = (0..results.len())
+            .filter(|&i| results[i].is_none())
+            .collect();
+        if !fetched.is_empty() {
             self.bulk_fetch(&snapshot, &ids, entity_id, &mut results)
                 .await;
+            for i in fetched {
+                let source = results[i].get_or_insert_with(Evaluation::default).source;
+                self.shared.metrics.count(Event::evaluation(source));
+            }
         }
         ids.into_iter()
             .zip(results)
-            .map(|(id, ev)| {
-                let ev =
-                    ev.unwrap_or_else(|| Evaluation::default_of(None, EvaluationSource::Default));
-                self.shared.metrics.evaluation(ev.source);
-                (id, ev)
-            })
+            .map(|(id, ev)| (id, ev.unwrap_or_default()))
             .collect()
     }
 
@@ -440,8 +489,8 @@ impl Engine {
         let def = |i: usize| indexes[i].map(|x| &snapshot.flags()[x]);
         for (i, id) in ids.iter().enumerate() {
             if results[i].is_none() && self.is_killed(snapshot, indexes[i], id) {
-                self.shared.metrics.kill_set_hits.inc();
-                results[i] = Some(Evaluation::default_of(def(i), EvaluationSource::Killed));
+                self.shared.metrics.count(Event::KILL_SET_HIT);
+                results[i] = Some(default_of(def(i), EvaluationSource::Killed).into());
             }
         }
 
@@ -455,7 +504,10 @@ impl Engine {
             let lookup = overrides.lookup(&ids[i], |id| {
                 self.shared.caches.last_known_override(id, entity_id)
             });
-            results[i] = decide_override(lookup, def(i));
+            results[i] = lookup
+                .parts()
+                .and_then(|(e, stale)| decide_override(e, stale, def(i)))
+                .map(Evaluation::from);
         }
 
         let wants_global: Vec<usize> = (0..ids.len()).filter(|&i| results[i].is_none()).collect();
@@ -471,7 +523,7 @@ impl Engine {
         let states = self.bulk_flags(&homes).await;
         for (&i, (id, home)) in wants_global.iter().zip(&homes) {
             let lookup = states.lookup(id, |id| self.last_known_flag(id, home));
-            results[i] = Some(decide_global(lookup, def(i)));
+            results[i] = Some(decide_global(lookup.parts(), def(i)).into());
         }
     }
 
@@ -483,7 +535,8 @@ impl Engine {
         let caches = &self.shared.caches;
         let (mut batch, missing) = Batch::partition(
             ids.map(|id| (id, ())),
-            &self.shared.metrics.overrides,
+            &self.shared.metrics,
+            Tier::OVERRIDES,
             |id, ()| caches.override_entry(id, entity_id),
         );
         let missing: Vec<String> = missing.into_iter().map(|(id, ())| id).collect();
@@ -512,7 +565,8 @@ impl Engine {
     async fn bulk_flags(&self, wanted: &[(&str, Home)]) -> Batch<FlagEntry> {
         let (mut batch, missing) = Batch::partition(
             wanted.iter().map(|(id, home)| (*id, home.clone())),
-            &self.shared.metrics.flags,
+            &self.shared.metrics,
+            Tier::FLAGS,
             |id, home| self.cached_flag(id, home),
         );
         if missing.is_empty() {
@@ -588,7 +642,8 @@ impl<T> Batch<T> {
     /// counting one hit or miss per distinct id on `tier`.
     fn partition<'a, H>(
         items: impl Iterator<Item = (&'a str, H)>,
-        tier: &crate::metrics::TierCounters,
+        metrics: &Metrics,
+        tier: Tier,
         cached: impl Fn(&str, &H) -> Option<Arc<T>>,
     ) -> (Self, Vec<(String, H)>) {
         let mut batch = Self::default();
@@ -600,11 +655,11 @@ impl<T> Batch<T> {
             }
             match cached(id, &home) {
                 Some(e) => {
-                    tier.hits.inc();
+                    metrics.count(tier.hit);
                     batch.found.insert(id.to_owned(), e);
                 }
                 None => {
-                    tier.misses.inc();
+                    metrics.count(tier.miss);
                     missed.insert(id);
                     missing.push((id.to_owned(), home));
                 }
@@ -649,60 +704,49 @@ fn overridable(def: Option<&Arc<FlagDef>>, entity_id: &str) -> bool {
 }
 
 /// The override step: `Some` when an override decides the result, `None` to go on to global state.
-fn decide_override(
-    lookup: Lookup<OverrideEntry>,
-    def: Option<&Arc<FlagDef>>,
-) -> Option<Evaluation> {
-    let (entry, stale) = match lookup {
-        Lookup::Fresh(e) => (e, false),
-        Lookup::Stale(e) => (e, true),
-        Lookup::Unavailable => return None,
-    };
+fn decide_override<'a>(
+    entry: &'a OverrideEntry,
+    stale: bool,
+    def: Option<&'a Arc<FlagDef>>,
+) -> Option<Decided<'a>> {
     let o = entry.value.as_ref()?;
-    let has_value = o.value.as_ref().is_some_and(|v| v.value.is_some());
-    match (o.state, has_value) {
-        (State::Enabled, true) => {
+    let value = o.value.as_ref().filter(|v| v.value.is_some());
+    match (o.state, value) {
+        (State::Enabled, Some(v)) => {
             let source = if stale {
                 EvaluationSource::Cached
             } else {
                 EvaluationSource::Override
             };
-            // The entry moves into the result: no reference-count traffic on the hot path.
-            Some(Evaluation {
-                source,
-                value: ValueRef::Override(entry),
-            })
+            Some((source, Some(v)))
         }
         (State::Enabled | State::Default | State::Killed, _) => {
-            Some(Evaluation::default_of(def, EvaluationSource::Default))
+            Some(default_of(def, EvaluationSource::Default))
         }
         (State::Unspecified, _) => None,
     }
 }
 
-/// The global step; the same rules judge fresh and last-known state.
-fn decide_global(lookup: Lookup<FlagEntry>, def: Option<&Arc<FlagDef>>) -> Evaluation {
-    let (entry, stale) = match lookup {
-        Lookup::Fresh(e) => (e, false),
-        Lookup::Stale(e) => (e, true),
-        Lookup::Unavailable => return Evaluation::default_of(def, EvaluationSource::Default),
+/// The global step over a fresh or last-known entry (`None`: nothing to go on); the same rules
+/// judge both.
+fn decide_global<'a>(
+    entry: Option<(&'a FlagEntry, bool)>,
+    def: Option<&'a Arc<FlagDef>>,
+) -> Decided<'a> {
+    let Some((Some(s), stale)) = entry.map(|(e, stale)| (e.state.as_ref(), stale)) else {
+        return default_of(def, EvaluationSource::Default);
     };
-    let Some(s) = entry.state.as_ref() else {
-        return Evaluation::default_of(def, EvaluationSource::Default);
+    let Some(value) = s.value.as_ref().filter(|v| v.value.is_some()) else {
+        return default_of(def, EvaluationSource::Default);
     };
-    let has_value = s.value.as_ref().is_some_and(|v| v.value.is_some());
-    let source = match (s.archived, s.state, has_value) {
-        (true, _, true) => EvaluationSource::Archived,
-        (false, State::Enabled, true) => EvaluationSource::Global,
-        _ => return Evaluation::default_of(def, EvaluationSource::Default),
+    let source = match (s.archived, s.state) {
+        (true, _) => EvaluationSource::Archived,
+        (false, State::Enabled) => EvaluationSource::Global,
+        _ => return default_of(def, EvaluationSource::Default),
     };
-    let source = if stale {
-        EvaluationSource::Cached
+    if stale {
+        (EvaluationSource::Cached, Some(value))
     } else {
-        source
-    };
-    Evaluation {
-        source,
-        value: ValueRef::State(entry),
+        (source, Some(value))
     }
 }

@@ -64,11 +64,11 @@ impl Evaluator {
     }
 }
 
-fn response(flag_id: String, ev: &Evaluation) -> EvaluateResponse {
+fn response(flag_id: String, ev: Evaluation) -> EvaluateResponse {
     EvaluateResponse {
         flag_id,
-        value: ev.value().cloned(),
         source: ev.source as i32,
+        value: ev.into_value(),
     }
 }
 
@@ -81,7 +81,7 @@ impl FlagEvaluatorService for Evaluator {
         let (metadata, _, req) = request.into_parts();
         self.rpc("Evaluate", &metadata, async {
             let ev = self.engine.evaluate(&req.flag_id, &req.entity_id).await;
-            Ok(response(req.flag_id.clone(), &ev))
+            Ok(response(req.flag_id.clone(), ev))
         })
         .await
     }
@@ -104,7 +104,7 @@ impl FlagEvaluatorService for Evaluator {
                 .bulk_evaluate(&req.flag_ids, &req.entity_id)
                 .await;
             Ok(BulkEvaluateResponse {
-                evaluations: out.into_iter().map(|(id, ev)| response(id, &ev)).collect(),
+                evaluations: out.into_iter().map(|(id, ev)| response(id, ev)).collect(),
             })
         })
         .await
