@@ -28,12 +28,14 @@ rss() { awk '/VmRSS/ {printf "%.1f MiB", $2/1024}' "/proc/$server/status"; }
 echo "server RSS idle: $(rss)"
 ticks() { awk '{print $14 + $15}' "/proc/$server/stat"; }
 # Server CPU use during a run tells a server-bound run (about 100% of its one core) from a
-# client-bound one.
+# client-bound one; CPU per request is the server's cost whichever side limits throughput.
 load() {
-  local t0 s0; t0=$(ticks); s0=$(date +%s.%N)
-  taskset -c 1 "$bin/pbflags-load" --url "http://127.0.0.1:$port" --duration "$duration" "$@"
+  local t0 s0 out; t0=$(ticks); s0=$(date +%s.%N)
+  out=$(taskset -c 1 "$bin/pbflags-load" --url "http://127.0.0.1:$port" --duration "$duration" "$@")
+  echo "$out"
   awk -v t="$(( $(ticks) - t0 ))" -v s0="$s0" -v s1="$(date +%s.%N)" -v hz="$(getconf CLK_TCK)" \
-    'BEGIN { printf "  server CPU: %.0f%% of one core\n", 100 * t / hz / (s1 - s0) }'
+    -v sent="$(echo "$out" | sed -E 's/.*sent ([0-9]+).*/\1/')" \
+    'BEGIN { printf "  server CPU: %.0f%% of one core, %.1f us per request\n", 100 * t / hz / (s1 - s0), 1e6 * t / hz / sent }'
 }
 load --protocol grpc --rpc evaluate
 echo "server RSS after gRPC Evaluate load: $(rss)"

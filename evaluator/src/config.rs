@@ -84,6 +84,10 @@ pub struct ServeArgs {
     /// How often the TLS files are checked for a renewed certificate [default: 10s].
     #[arg(long, env = "PBFLAGS_TLS_POLL_INTERVAL", value_parser = duration)]
     pub tls_poll_interval: Option<Duration>,
+    /// Runtime worker threads; 1 runs everything on one thread (the least CPU per request)
+    /// [default: the CPUs available to the process, cgroup quota included].
+    #[arg(long, env = "PBFLAGS_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
     /// Log format: text or json [default: text].
     #[arg(long, env = "PBFLAGS_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -193,6 +197,8 @@ pub struct Config {
     pub tls: Option<crate::server::tls::TlsFiles>,
     /// TLS file check interval.
     pub tls_poll_interval: Duration,
+    /// Runtime worker threads (1: a single-threaded runtime).
+    pub worker_threads: usize,
 }
 
 /// A setting that is missing or invalid; the message names it. Exit code 64.
@@ -420,7 +426,13 @@ impl ServeArgs {
         if tls_poll_interval < Duration::from_millis(100) {
             return Err(bad("tls_poll_interval", "must be at least 100ms"));
         }
+        let worker_threads = match self.worker_threads {
+            Some(0) => return Err(bad("worker_threads", "must be at least 1")),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        };
         Ok(Config {
+            worker_threads,
             upstream_ca,
             tls,
             tls_poll_interval,

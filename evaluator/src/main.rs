@@ -51,10 +51,16 @@ fn run_serve(args: &pbflags_evaluator::config::ServeArgs) -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // One worker: the current-thread scheduler, which spends about a third less CPU per request
+    // than a one-worker multi-thread scheduler (docs/benchmarks.md).
+    let mut builder = if config.worker_threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(config.worker_threads);
+        b
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: start runtime: {e}");

@@ -228,7 +228,7 @@ pub async fn run(prepared: Prepared, shutdown: CancellationToken) {
     readiness.set(true);
     set_health(&health, tonic_health::ServingStatus::Serving).await;
     let transport = if tls.is_some() { "TLS" } else { "cleartext" };
-    tracing::info!(%addr, %mode, transport, "serving gRPC, gRPC-Web and Connect");
+    tracing::info!(%addr, %mode, transport, worker_threads = config.worker_threads, "serving gRPC, gRPC-Web and Connect");
 
     let on_shutdown = {
         let (shutdown, readiness, health) = (shutdown.clone(), readiness.clone(), health.clone());

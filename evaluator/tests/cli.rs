@@ -135,6 +135,27 @@ fn serve_with_bad_configuration_exits_64_naming_the_setting_before_binding() {
     let out = run(None, &["serve", "--server", "http://127.0.0.1:1"]);
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("descriptors"));
+    for (flag, value, setting) in [
+        ("--worker-threads", "0", "worker_threads"),
+        ("--tls-cert", "/nonexistent.crt", "tls_key"),
+        ("--upstream-ca", "/nonexistent.pem", "upstream_ca"),
+    ] {
+        let out = run(
+            None,
+            &[
+                "serve",
+                "--descriptors",
+                &example(),
+                "--server",
+                "https://127.0.0.1:1",
+                flag,
+                value,
+            ],
+        );
+        assert_eq!(out.status.code(), Some(64), "{flag}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(setting), "{flag}: {stderr}");
+    }
 }
 
 #[test]

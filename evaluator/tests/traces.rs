@@ -215,3 +215,90 @@ async fn start(extra: &[&str]) -> (String, CancellationToken, tokio::task::JoinH
     let server = tokio::spawn(pbflags_evaluator::serve::run(prepared, stop.clone()));
     (url, stop, server)
 }
+
+/// The binary on a single-threaded runtime (`--worker-threads 1`): spans still reach the collector,
+/// and the ones still buffered are flushed when SIGTERM stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_threaded_evaluator_exports_and_flushes_its_spans() {
+    let collector = Collector::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let otlp = format!("http://{}", listener.local_addr().unwrap());
+    let app =
+        tonic::service::Routes::new(TraceServiceServer::new(collector.clone())).into_axum_router();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let descriptors = format!(
+        "{}/../proto/example/descriptors.pb",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pbflags-evaluator"))
+        .args([
+            "serve",
+            "--descriptors",
+            &descriptors,
+            "--server",
+            "http://127.0.0.1:9",
+        ])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--worker-threads",
+            "1",
+        ])
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp)
+        .env_remove("PBFLAGS_DATABASE")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut client = loop {
+        if let Ok(ch) = tonic::transport::Endpoint::from_shared(url.clone())
+            .unwrap()
+            .connect()
+            .await
+        {
+            break FlagEvaluatorServiceClient::new(ch);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "evaluator did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for _ in 0..5 {
+        client
+            .evaluate(EvaluateRequest {
+                flag_id: "notifications/2".into(),
+                entity_id: String::new(),
+            })
+            .await
+            .unwrap();
+    }
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+    let evaluates = collector
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.name == "pbflags.v1.FlagEvaluatorService/Evaluate")
+        .count();
+    assert_eq!(
+        evaluates, 5,
+        "every RPC span is exported by the time the process exits"
+    );
+}

@@ -176,10 +176,12 @@ async fn main() -> anyhow::Result<()> {
         tasks.push(tokio::spawn(async move {
             let mut latencies: Vec<u64> = Vec::with_capacity(1 << 16);
             let mut errors = 0u64;
+            let mut sent = 0u64;
             let mut i = t;
             while !stop.load(Ordering::Relaxed) {
                 let start = Instant::now();
                 let ok = call(&mut caller, &args, i).await.is_ok();
+                sent += 1;
                 if measuring.load(Ordering::Relaxed) {
                     if ok {
                         latencies
@@ -190,7 +192,7 @@ async fn main() -> anyhow::Result<()> {
                 }
                 i += 1;
             }
-            (latencies, errors)
+            (latencies, errors, sent)
         }));
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -202,14 +204,16 @@ async fn main() -> anyhow::Result<()> {
     stop.store(true, Ordering::Relaxed);
     let mut all = Vec::new();
     let mut errors = 0;
+    let mut sent = 0;
     for t in tasks {
-        let (l, e) = t.await?;
+        let (l, e, n) = t.await?;
         all.extend(l);
         errors += e;
+        sent += n;
     }
     all.sort_unstable();
     println!(
-        "{:?} {:?}{}: {:.0} req/s over {:.1}s, concurrency {}, p50 {:.3} ms, p99 {:.3} ms, p999 {:.3} ms, errors {}",
+        "{:?} {:?}{}: {:.0} req/s over {:.1}s, concurrency {}, p50 {:.3} ms, p99 {:.3} ms, p999 {:.3} ms, errors {}, sent {} (warm-up included)",
         args.protocol,
         args.rpc,
         if matches!(args.rpc, Rpc::Bulk) {
@@ -223,7 +227,8 @@ async fn main() -> anyhow::Result<()> {
         percentile(&all, 0.50),
         percentile(&all, 0.99),
         percentile(&all, 0.999),
-        errors
+        errors,
+        sent
     );
     Ok(())
 }
