@@ -513,6 +513,31 @@ mod tests {
     }
 
     #[test]
+    fn the_file_names_tls_files_and_their_problems_are_named() {
+        let (_d, path) = file(
+            "descriptors: /f.pb\nserver: http://file:1\ntls:\n  cert_file: /nope/tls.crt\n  key_file: /nope/tls.key\n  poll_interval: 1m\n",
+        );
+        let e = args(&["--config", &path])
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tls") && e.contains("/nope/tls.crt"), "{e}");
+        let (_d, path) =
+            file("descriptors: /f.pb\nserver: http://file:1\ntls:\n  poll_interval: 10ms\n");
+        let e = args(&["--config", &path])
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tls_poll_interval"), "{e}");
+        let (_d, path) = file("descriptors: /f.pb\nserver: http://file:1\ntls:\n  cert: x\n");
+        let e = args(&["--config", &path])
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `cert`"), "{e}");
+    }
+
+    #[test]
     fn flags_beat_the_file_and_the_file_beats_defaults() {
         let (_d, path) = file(
             "descriptors: /f.pb\nserver: http://file:1\nlisten: 127.0.0.1:7000\ncache:\n  flag_ttl: 2m\n  kill_ttl: 10s\n  jitter_percent: 5\n",
