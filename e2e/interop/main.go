@@ -13,23 +13,45 @@ import (
 	"os"
 	"time"
 
+	"crypto/tls"
+	"crypto/x509"
+	"net"
+	"strings"
+
 	"connectrpc.com/connect"
 	"golang.org/x/net/http2"
 
-	"crypto/tls"
 	pbflagsv1 "github.com/SpotlightGOV/pbflags/gen/pbflags/v1"
 	"github.com/SpotlightGOV/pbflags/gen/pbflags/v1/pbflagsv1connect"
-	"net"
 )
 
 func main() {
 	url := flag.String("url", "http://127.0.0.1:9201", "evaluator base URL")
 	protocol := flag.String("protocol", "connect-proto", "connect-proto, connect-json, grpc or grpc-web")
 	killed := flag.String("killed", "notifications/3", "a flag the database has killed")
+	caFile := flag.String("cacert", "", "PEM CA bundle for an https:// URL")
 	flag.Parse()
 
-	// h2c for gRPC (prior knowledge), HTTP/1.1 for Connect and gRPC-Web.
+	// Cleartext: h2c for gRPC (prior knowledge), HTTP/1.1 for Connect and gRPC-Web. TLS: ALPN h2
+	// for gRPC, http/1.1 for the others, the server checked against -cacert.
+	var tlsConfig *tls.Config
+	if strings.HasPrefix(*url, "https://") {
+		pem, err := os.ReadFile(*caFile)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "-cacert: %v\n", err)
+			os.Exit(64)
+		}
+		roots := x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(pem) {
+			fmt.Fprintf(os.Stderr, "-cacert %s: no certificates\n", *caFile)
+			os.Exit(64)
+		}
+		tlsConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+	}
 	httpClient := http.DefaultClient
+	if tlsConfig != nil {
+		httpClient = &http.Client{Transport: &http.Transport{TLSClientConfig: tlsConfig}}
+	}
 	var opts []connect.ClientOption
 	switch *protocol {
 	case "connect-proto":
@@ -37,12 +59,16 @@ func main() {
 		opts = append(opts, connect.WithProtoJSON())
 	case "grpc":
 		opts = append(opts, connect.WithGRPC())
-		httpClient = &http.Client{Transport: &http2.Transport{
-			AllowHTTP: true,
-			DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
-				return (&net.Dialer{}).DialContext(ctx, network, addr)
-			},
-		}}
+		if tlsConfig != nil {
+			httpClient = &http.Client{Transport: &http2.Transport{TLSClientConfig: tlsConfig}}
+		} else {
+			httpClient = &http.Client{Transport: &http2.Transport{
+				AllowHTTP: true,
+				DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
+					return (&net.Dialer{}).DialContext(ctx, network, addr)
+				},
+			}}
+		}
 	case "grpc-web":
 		opts = append(opts, connect.WithGRPCWeb())
 	default:

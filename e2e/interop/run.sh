@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Interop with real clients: a Go program using connect-go (code generated from proto/ by protoc,
 # protoc-gen-go and protoc-gen-connect-go) calls every RPC over Connect (proto and JSON), gRPC and
-# gRPC-Web against a root evaluator and a proxy in front of it; curl checks Connect JSON.
-# Installs protoc (Debian protobuf-compiler) if missing; Go tools are cached outside the repository.
+# gRPC-Web against a root evaluator and a proxy in front of it, in cleartext and over TLS (a root and
+# a proxy with certificates from a throwaway CA, the proxy calling its root over https); curl checks
+# Connect JSON.
+# Installs protoc and openssl (Debian packages) if missing; Go tools are cached outside the repository.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -11,8 +13,11 @@ export GOTOOLCHAIN=local GOFLAGS="-modcacherw -buildvcs=false"
 tools=${PBFLAGS_GO_TOOLS:-$HOME/.cache/pbflags/go-tools}
 mkdir -p "$tools"
 
-if ! command -v protoc >/dev/null; then
-  DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq protobuf-compiler
+missing=()
+command -v protoc >/dev/null || missing+=(protobuf-compiler)
+command -v openssl >/dev/null || missing+=(openssl)
+if [ ${#missing[@]} -gt 0 ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
 # Plugin versions follow the module's go.mod, so the generated code matches the runtime it uses.
 (cd "$here" && GOBIN="$tools" go install google.golang.org/protobuf/cmd/protoc-gen-go \
@@ -49,22 +54,40 @@ for _ in $(seq 1 100); do curl -fsS "http://$root/readyz" >/dev/null 2>&1 && bre
 env -u PBFLAGS_DATABASE "$bin" serve --descriptors "$repo/proto/example/descriptors.pb" --listen "$proxy" \
   --server "http://$root" --log-level warn >"$dir/proxy.log" 2>&1 &
 pids+=($!)
-for addr in "$root" "$proxy"; do
-  for _ in $(seq 1 100); do curl -fsS "http://$addr/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+# TLS: a CA and a localhost certificate, a TLS root and a TLS proxy of it over https.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=pbflags-interop-ca \
+  -keyout "$dir/ca.key" -out "$dir/ca.crt" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
+  -keyout "$dir/tls.key" -out "$dir/tls.csr" 2>/dev/null
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$dir/san.ext"
+openssl x509 -req -in "$dir/tls.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -CAcreateserial -days 1 \
+  -extfile "$dir/san.ext" -out "$dir/tls.crt" 2>/dev/null
+tls_root=localhost:${PBFLAGS_INTEROP_TLS_ROOT_PORT:-19403}
+tls_proxy=localhost:${PBFLAGS_INTEROP_TLS_PROXY_PORT:-19404}
+tls=(--tls-cert "$dir/tls.crt" --tls-key "$dir/tls.key")
+"$bin" serve --descriptors "$repo/proto/example/descriptors.pb" --listen "127.0.0.1:${tls_root#*:}" \
+  "${tls[@]}" --log-level warn >"$dir/tls-root.log" 2>&1 &
+pids+=($!)
+env -u PBFLAGS_DATABASE "$bin" serve --descriptors "$repo/proto/example/descriptors.pb" \
+  --listen "127.0.0.1:${tls_proxy#*:}" "${tls[@]}" --server "https://$tls_root" --upstream-ca "$dir/ca.crt" \
+  --log-level warn >"$dir/tls-proxy.log" 2>&1 &
+pids+=($!)
+for url in "http://$root" "http://$proxy" "https://$tls_root" "https://$tls_proxy"; do
+  for _ in $(seq 1 100); do curl -fsS --cacert "$dir/ca.crt" "$url/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
 done
 sleep 1.5 # a kill-set poll on each after start
 
 failed=0
-for addr in "$root" "$proxy"; do
+for url in "http://$root" "http://$proxy" "https://$tls_root" "https://$tls_proxy"; do
   for protocol in connect-proto connect-json grpc grpc-web; do
-    "$tools/interop" -url "http://$addr" -protocol "$protocol" || failed=1
+    "$tools/interop" -url "$url" -cacert "$dir/ca.crt" -protocol "$protocol" || failed=1
   done
-  out=$(curl -fsS -H 'content-type: application/json' -d '{"flagId":"notifications/2"}' \
-    "http://$addr/pbflags.v1.FlagEvaluatorService/Evaluate")
+  out=$(curl -fsS --cacert "$dir/ca.crt" -H 'content-type: application/json' -d '{"flagId":"notifications/2"}' \
+    "$url/pbflags.v1.FlagEvaluatorService/Evaluate")
   if [ "$out" = '{"flagId":"notifications/2","value":{"stringValue":"weekly"},"source":"EVALUATION_SOURCE_GLOBAL"}' ]; then
-    echo "ok   curl Connect JSON against $addr"
+    echo "ok   curl Connect JSON against $url"
   else
-    echo "FAIL curl Connect JSON against $addr: $out"; failed=1
+    echo "FAIL curl Connect JSON against $url: $out"; failed=1
   fi
 done
 exit $failed
