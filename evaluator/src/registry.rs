@@ -13,7 +13,7 @@ use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 
 use crate::descriptor::{self, FlagDef, ParseError, Warning};
-use crate::engine::cache::Slot;
+use crate::engine::cache::{FlagEntry, Slot};
 
 /// SHA-256 of a descriptor file's bytes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -205,9 +205,75 @@ pub struct Registry {
 /// Registries a thread keeps a snapshot of; more are served by plain loads.
 const LOCAL_REGISTRIES: usize = 4;
 
+/// One flag's slot, reachable from a thread-local cache.
+struct SlotRef(Arc<Snapshot>, usize);
+
+impl std::ops::Deref for SlotRef {
+    type Target = Slot;
+
+    fn deref(&self) -> &Slot {
+        &self.0.slots[self.1]
+    }
+}
+
+/// A thread's copy of a slot's pointer: arc-swap's `Cache` re-reads the shared pointer with one
+/// relaxed load and takes a new reference only when it changed, so an unchanged slot costs no
+/// read-modify-write.
+type SlotCache = arc_swap::cache::Cache<SlotRef, Option<Arc<FlagEntry>>>;
+
+/// What a thread keeps of one registry.
+struct Local {
+    id: u64,
+    generation: u64,
+    snapshot: Arc<Snapshot>,
+    slots: Vec<Option<SlotCache>>,
+}
+
+impl Local {
+    fn new(id: u64, generation: u64, snapshot: Arc<Snapshot>) -> Self {
+        Self {
+            id,
+            generation,
+            snapshot,
+            slots: Vec::new(),
+        }
+    }
+}
+
 thread_local! {
-    /// (registry id, generation, snapshot) of the registries this thread read last.
-    static LOCAL: RefCell<Vec<(u64, u64, Arc<Snapshot>)>> = const { RefCell::new(Vec::new()) };
+    /// The registries this thread read last.
+    static LOCAL: RefCell<Vec<Local>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The current snapshot as one thread sees it, with its own copies of the slots' pointers.
+pub struct View<'a> {
+    snapshot: &'a Arc<Snapshot>,
+    slots: &'a mut Vec<Option<SlotCache>>,
+}
+
+impl<'a> View<'a> {
+    /// The snapshot.
+    #[inline]
+    pub fn snapshot(&self) -> &'a Arc<Snapshot> {
+        self.snapshot
+    }
+
+    /// The entry in the slot of the flag at `index`, fresh or not.
+    #[inline]
+    pub fn slot_entry(&mut self, index: usize) -> Option<&FlagEntry> {
+        let n = self.snapshot.slots.len();
+        if index >= n {
+            return None;
+        }
+        if self.slots.len() < n {
+            self.slots.resize_with(n, || None);
+        }
+        let snapshot = self.snapshot;
+        self.slots[index]
+            .get_or_insert_with(|| SlotCache::new(SlotRef(snapshot.clone(), index)))
+            .load()
+            .as_deref()
+    }
 }
 
 impl Registry {
@@ -221,31 +287,38 @@ impl Registry {
         }
     }
 
-    /// Calls `f` with the current snapshot. The hot path: a thread keeps its own pointer to the
-    /// snapshot and re-reads the shared one only when the generation changed, so a read costs a
-    /// thread-local access and one atomic load. `f` must not call back into this method.
+    /// Calls `f` with this thread's view of the current snapshot. The hot path: a thread keeps its
+    /// own pointer to the snapshot (and to each slot's entry) and re-reads the shared one only when
+    /// the generation changed, so a read costs a thread-local access and one atomic load. A nested
+    /// call gets a view of its own, without the thread's slot copies.
     #[inline]
-    pub fn with_snapshot<R>(&self, f: impl FnOnce(&Snapshot) -> R) -> R {
+    pub fn with_snapshot<R>(&self, f: impl FnOnce(&mut View<'_>) -> R) -> R {
         let generation = self.generation.load(Ordering::Acquire);
         LOCAL.with(|local| {
             let Ok(mut local) = local.try_borrow_mut() else {
-                return f(&self.current.load());
+                return f(&mut View {
+                    snapshot: &self.current.load_full(),
+                    slots: &mut Vec::new(),
+                });
             };
-            let pos = match local.iter().position(|e| e.0 == self.id) {
+            let pos = match local.iter().position(|e| e.id == self.id) {
                 Some(p) => p,
                 None => {
                     if local.len() >= LOCAL_REGISTRIES {
                         local.remove(0);
                     }
-                    local.push((self.id, generation, self.current.load_full()));
+                    local.push(Local::new(self.id, generation, self.current.load_full()));
                     local.len() - 1
                 }
             };
             let entry = &mut local[pos];
-            if entry.1 != generation {
-                *entry = (self.id, generation, self.current.load_full());
+            if entry.generation != generation {
+                *entry = Local::new(self.id, generation, self.current.load_full());
             }
-            f(&entry.2)
+            f(&mut View {
+                snapshot: &entry.snapshot,
+                slots: &mut entry.slots,
+            })
         })
     }
 
@@ -343,14 +416,14 @@ mod tests {
     #[test]
     fn thread_local_readers_see_a_swap_at_once() {
         let reg = Registry::new(example());
-        assert_eq!(reg.with_snapshot(Snapshot::len), 4);
+        assert_eq!(reg.with_snapshot(|v| v.snapshot().len()), 4);
         reg.swap(Snapshot::default());
-        assert_eq!(reg.with_snapshot(Snapshot::len), 0);
+        assert_eq!(reg.with_snapshot(|v| v.snapshot().len()), 0);
         let other = Registry::new(example());
         assert_eq!(
             (
-                reg.with_snapshot(Snapshot::len),
-                other.with_snapshot(Snapshot::len)
+                reg.with_snapshot(|v| v.snapshot().len()),
+                other.with_snapshot(|v| v.snapshot().len())
             ),
             (0, 4)
         );

@@ -251,6 +251,31 @@ fn all_fetches_failing_without_history_returns_the_compiled_default() {
 }
 
 #[test]
+fn a_changed_global_state_is_served_after_its_ttl_and_then_from_the_cache() {
+    let h = Harness::with_config(vec![def("f/1", "", s("d"))], harness::short_ttl());
+    h.source.set_flag("f/1", State::Enabled, s("one"));
+    assert_eq!(h.eval("f/1", "").value(), s("one").as_ref());
+    h.source.set_flag("f/1", State::Enabled, s("two"));
+    assert_eq!(
+        h.eval("f/1", "").value(),
+        s("one").as_ref(),
+        "cached within the TTL"
+    );
+    expire();
+    assert_eq!(
+        h.eval("f/1", "").value(),
+        s("two").as_ref(),
+        "fetched after it"
+    );
+    // The cached path (this thread's copy of the slot) now serves the new entry.
+    for _ in 0..3 {
+        let ev = h.eval("f/1", "");
+        assert_eq!((ev.value(), ev.source), (s("two").as_ref(), Src::Global));
+    }
+    assert_eq!(h.source.calls.flag_state.load(Ordering::SeqCst), 2);
+}
+
+#[test]
 fn a_second_evaluation_within_ttl_does_not_call_the_source() {
     let h = Harness::new(vec![def("f/1", "", b(false))]);
     h.source.set_flag("f/1", State::Enabled, b(true));

@@ -207,17 +207,13 @@ impl Caches {
     /// The slot's entry if it is fresh.
     #[inline]
     pub fn slot_fresh(&self, slot: &Slot) -> Option<Arc<FlagEntry>> {
-        self.with_slot_fresh(slot, |_| ())
-            .and_then(|()| slot.load_full())
+        slot.load_full().filter(|e| self.is_fresh(e))
     }
 
-    /// Hands the slot's entry to `f` if it is fresh, without taking a reference count.
+    /// Whether a slot's entry is still fresh: within its TTL and written since the last flush.
     #[inline]
-    pub fn with_slot_fresh<R>(&self, slot: &Slot, f: impl FnOnce(&FlagEntry) -> R) -> Option<R> {
-        let guard = slot.load();
-        let e = guard.as_ref()?;
-        (self.clock.now_ms() < e.expires_at && e.epoch == self.epoch.load(Ordering::Relaxed))
-            .then(|| f(e))
+    pub fn is_fresh(&self, e: &FlagEntry) -> bool {
+        self.clock.now_ms() < e.expires_at && e.epoch == self.epoch.load(Ordering::Relaxed)
     }
 
     /// The slot's entry, fresh or not: the flag's last-known value.

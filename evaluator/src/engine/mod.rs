@@ -29,7 +29,7 @@ use tracing::Instrument as _;
 
 use crate::descriptor::FlagDef;
 use crate::metrics::{Backend, Event, Metrics, Operation, Tier};
-use crate::registry::{Registry, Snapshot};
+use crate::registry::{Registry, Snapshot, View};
 use cache::{CacheConfig, Caches, FlagEntry, OverrideEntry};
 use clock::Clock;
 use coalesce::Coalescer;
@@ -270,17 +270,18 @@ impl Engine {
         f: impl FnOnce(Decided<'_>) -> R,
     ) -> Option<R> {
         self.registry
-            .with_snapshot(|s| self.decide_cached(s, flag_id, entity_id, f))
+            .with_snapshot(|view| self.decide_cached(view, flag_id, entity_id, f))
     }
 
     /// The cached path over one snapshot; counts its hits and the evaluation when it answers.
     fn decide_cached<R>(
         &self,
-        snapshot: &Snapshot,
+        view: &mut View<'_>,
         flag_id: &str,
         entity_id: &str,
         f: impl FnOnce(Decided<'_>) -> R,
     ) -> Option<R> {
+        let snapshot: &Snapshot = view.snapshot();
         let index = snapshot.index_of(flag_id);
         let def = index.map(|i| &snapshot.flags()[i]);
         let m = &self.shared.metrics;
@@ -310,7 +311,10 @@ impl Engine {
             f(d)
         };
         match index {
-            Some(i) => caches.with_slot_fresh(snapshot.slot(i), decided),
+            Some(i) => view
+                .slot_entry(i)
+                .filter(|e| caches.is_fresh(e))
+                .map(decided),
             None => caches.flag(flag_id).map(|e| decided(&e)),
         }
     }
@@ -450,16 +454,20 @@ impl Engine {
         flag_ids: &[String],
         entity_id: &str,
     ) -> Vec<(String, Evaluation)> {
-        let snapshot = self.registry.load_full();
-        let ids: Vec<String> = if flag_ids.is_empty() {
-            snapshot.flags().iter().map(|f| f.flag_id.clone()).collect()
-        } else {
-            flag_ids.to_vec()
-        };
-        let mut results: Vec<Option<Evaluation>> = ids
-            .iter()
-            .map(|id| self.decide_cached(&snapshot, id, entity_id, |d| Evaluation::from(d)))
-            .collect();
+        // The cached pass, and the snapshot the fetches for its misses use.
+        let (snapshot, ids, mut results) = self.registry.with_snapshot(|view| {
+            let snapshot = view.snapshot().clone();
+            let ids: Vec<String> = if flag_ids.is_empty() {
+                snapshot.flags().iter().map(|f| f.flag_id.clone()).collect()
+            } else {
+                flag_ids.to_vec()
+            };
+            let results: Vec<Option<Evaluation>> = ids
+                .iter()
+                .map(|id| self.decide_cached(view, id, entity_id, |d| Evaluation::from(d)))
+                .collect();
+            (snapshot, ids, results)
+        });
         let fetched: Vec<usize> = (0..results.len())
             .filter(|&i| results[i].is_none())
             .collect();
