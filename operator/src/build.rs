@@ -15,8 +15,8 @@ use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
     HTTPGetAction, KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, Service,
-    ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+    ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext,
+    Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -37,6 +37,8 @@ pub const DESCRIPTORS_DIR: &str = "/etc/pbflags/descriptors";
 pub const DEFAULT_DESCRIPTORS_KEY: &str = "descriptors.pb";
 /// Default key of the database Secret.
 pub const DEFAULT_DATABASE_KEY: &str = "url";
+/// Where the TLS Secret is mounted (a directory, so renewed certificates reach the evaluator).
+pub const TLS_DIR: &str = "/etc/pbflags/tls";
 
 /// Operator-wide settings that specs may override.
 #[derive(Clone, Debug)]
@@ -53,6 +55,8 @@ pub struct Inputs<'a> {
     pub defaults: &'a Defaults,
     /// Hash of the database Secret's data (root tier), so Secret changes roll the pods.
     pub secret_hash: Option<String>,
+    /// Whether the TLS Secret (`spec.tls`) has a `ca.crt` for the proxy to check its root with.
+    pub tls_ca: bool,
 }
 
 /// The objects a FlagEvaluator should have.
@@ -102,10 +106,15 @@ pub fn tier_name(fe: &FlagEvaluator, tier: Tier) -> String {
     format!("{}-{}", fe.name_any(), tier.as_str())
 }
 
-/// The in-cluster URL of a tier's Service.
+/// The in-cluster URL of a tier's Service (`https://` with `spec.tls`).
 pub fn tier_url(fe: &FlagEvaluator, tier: Tier) -> String {
     format!(
-        "http://{}.{}.svc:{PORT}",
+        "{}://{}.{}.svc:{PORT}",
+        if fe.spec.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        },
         tier_name(fe, tier),
         fe.namespace().unwrap_or_default()
     )
@@ -171,7 +180,8 @@ fn meta(
 }
 
 /// The arguments an evaluator of `tier` runs with. The README's local commands use the same ones.
-pub fn evaluator_args(fe: &FlagEvaluator, tier: Tier) -> Vec<String> {
+pub fn evaluator_args(inputs: &Inputs<'_>, tier: Tier) -> Vec<String> {
+    let fe = inputs.fe;
     let key = fe.spec.descriptors.key();
     let mut args = vec![
         "serve".to_owned(),
@@ -214,6 +224,13 @@ pub fn evaluator_args(fe: &FlagEvaluator, tier: Tier) -> Vec<String> {
             _ => tier_url(fe, Tier::Root),
         };
         args.push(format!("--server={upstream}"));
+        if fe.spec.tls.is_some() && inputs.tls_ca {
+            args.push(format!("--upstream-ca={TLS_DIR}/ca.crt"));
+        }
+    }
+    if fe.spec.tls.is_some() {
+        args.push(format!("--tls-cert={TLS_DIR}/tls.crt"));
+        args.push(format!("--tls-key={TLS_DIR}/tls.key"));
     }
     args
 }
@@ -236,11 +253,13 @@ fn database_env(fe: &FlagEvaluator) -> Vec<EnvVar> {
     }]
 }
 
-fn probe(path: &str) -> Probe {
+fn probe(fe: &FlagEvaluator, path: &str) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_owned()),
             port: IntOrString::Int(PORT),
+            // The kubelet does not verify the certificate of an HTTPS probe.
+            scheme: fe.spec.tls.as_ref().map(|_| "HTTPS".to_owned()),
             ..HTTPGetAction::default()
         }),
         period_seconds: Some(10),
@@ -290,8 +309,8 @@ fn container(
             container_port: PORT,
             ..ContainerPort::default()
         }]),
-        liveness_probe: Some(probe("/healthz")),
-        readiness_probe: Some(probe("/readyz")),
+        liveness_probe: Some(probe(fe, "/healthz")),
+        readiness_probe: Some(probe(fe, "/readyz")),
         resources,
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
@@ -303,12 +322,17 @@ fn container(
             }),
             ..SecurityContext::default()
         }),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "descriptors".to_owned(),
-            mount_path: DESCRIPTORS_DIR.to_owned(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(
+            std::iter::once(("descriptors", DESCRIPTORS_DIR))
+                .chain(fe.spec.tls.as_ref().map(|_| ("tls", TLS_DIR)))
+                .map(|(name, path)| VolumeMount {
+                    name: name.to_owned(),
+                    mount_path: path.to_owned(),
+                    read_only: Some(true),
+                    ..VolumeMount::default()
+                })
+                .collect(),
+        ),
         ..Container::default()
     }
 }
@@ -338,20 +362,33 @@ fn pod_spec(
         }),
         // Mounted as a directory (no subPath), so the kubelet's ..data swap reaches the evaluator's
         // watcher and descriptor updates need no restart.
-        volumes: Some(vec![Volume {
-            name: "descriptors".to_owned(),
-            config_map: Some(ConfigMapVolumeSource {
-                name: fe.spec.descriptors.config_map_name.clone(),
-                items: Some(vec![KeyToPath {
-                    key: key.clone(),
-                    path: key,
-                    mode: None,
-                }]),
-                optional: Some(false),
-                ..ConfigMapVolumeSource::default()
-            }),
-            ..Volume::default()
-        }]),
+        // The TLS Secret likewise (renewals are reloaded, not restarted).
+        volumes: Some(
+            std::iter::once(Volume {
+                name: "descriptors".to_owned(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: fe.spec.descriptors.config_map_name.clone(),
+                    items: Some(vec![KeyToPath {
+                        key: key.clone(),
+                        path: key,
+                        mode: None,
+                    }]),
+                    optional: Some(false),
+                    ..ConfigMapVolumeSource::default()
+                }),
+                ..Volume::default()
+            })
+            .chain(fe.spec.tls.as_ref().map(|tls| Volume {
+                name: "tls".to_owned(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(tls.secret_name.clone()),
+                    optional: Some(false),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            }))
+            .collect(),
+        ),
         node_selector: placement.node_selector,
         tolerations: placement.tolerations,
         affinity: placement.affinity,
@@ -408,7 +445,12 @@ fn deployment(
                 }),
                 spec: Some(pod_spec(
                     inputs,
-                    vec![container(inputs, tier, evaluator_args(fe, tier), resources)],
+                    vec![container(
+                        inputs,
+                        tier,
+                        evaluator_args(inputs, tier),
+                        resources,
+                    )],
                     None,
                 )),
             },

@@ -134,8 +134,70 @@ fn api_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
     move |source| Error::Api { what, source }
 }
 
-/// Checks the descriptors ConfigMap and (root) the database Secret; returns the Secret's data hash.
+/// What the referenced objects tell the builders.
+struct References {
+    /// Hash of the database Secret's data (root tier).
+    secret_hash: Option<String>,
+    /// The TLS Secret has a `ca.crt`.
+    tls_ca: bool,
+}
+
+/// Checks the TLS Secret (`spec.tls`): it must exist with `tls.crt` and `tls.key`. Returns whether
+/// it also has a `ca.crt`.
+async fn check_tls(
+    fe: &FlagEvaluator,
+    client: &Client,
+    ns: &str,
+) -> Result<Result<bool, Problem>, Error> {
+    let Some(tls) = &fe.spec.tls else {
+        return Ok(Ok(false));
+    };
+    let name = &tls.secret_name;
+    let secret = Api::<Secret>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .map_err(api_err("get Secret"))?;
+    let Some(secret) = secret else {
+        return Ok(Err(Problem {
+            reason: reason::TLS_SECRET_MISSING,
+            message: format!("Secret {ns}/{name} (spec.tls.secretName) does not exist"),
+        }));
+    };
+    let data = secret.data.unwrap_or_default();
+    let missing: Vec<&str> = ["tls.crt", "tls.key"]
+        .into_iter()
+        .filter(|k| !data.contains_key(*k))
+        .collect();
+    if !missing.is_empty() {
+        return Ok(Err(Problem {
+            reason: reason::TLS_SECRET_KEY_MISSING,
+            message: format!(
+                "Secret {ns}/{name} (spec.tls.secretName) has no {}",
+                missing.join(" and no ")
+            ),
+        }));
+    }
+    Ok(Ok(data.contains_key("ca.crt")))
+}
+
+/// Checks the descriptors ConfigMap, the TLS Secret and (root) the database Secret.
 async fn check_references(
+    fe: &FlagEvaluator,
+    client: &Client,
+    ns: &str,
+) -> Result<Result<References, Problem>, Error> {
+    let secret_hash = match check_database(fe, client, ns).await? {
+        Ok(hash) => hash,
+        Err(problem) => return Ok(Err(problem)),
+    };
+    Ok(check_tls(fe, client, ns).await?.map(|tls_ca| References {
+        secret_hash,
+        tls_ca,
+    }))
+}
+
+/// Checks the descriptors ConfigMap and (root) the database Secret; returns the Secret's data hash.
+async fn check_database(
     fe: &FlagEvaluator,
     client: &Client,
     ns: &str,
@@ -277,11 +339,12 @@ pub async fn reconcile(fe: Arc<FlagEvaluator>, ctx: Arc<Context>) -> Result<Acti
 
     match check_references(&fe, client, &ns).await? {
         Err(problem) => observed.problem = Some(problem),
-        Ok(secret_hash) => {
+        Ok(refs) => {
             let inputs = Inputs {
                 fe: &fe,
                 defaults: &ctx.defaults,
-                secret_hash,
+                secret_hash: refs.secret_hash,
+                tls_ca: refs.tls_ca,
             };
             let desired = build::build(&inputs)?;
             // Order: identity and network first, then the migration, then workloads.
@@ -445,6 +508,7 @@ async fn run_in(ctx: Arc<Context>, ns: Option<String>, shutdown: CancellationTok
                         .root
                         .as_ref()
                         .is_some_and(|r| r.database.secret_name == name)
+                        || fe.spec.tls.as_ref().is_some_and(|t| t.secret_name == name)
                 })
             },
         )

@@ -67,6 +67,22 @@ pub struct FlagEvaluatorSpec {
     /// Where evaluator pods run, and extra pod metadata.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<PlacementSpec>,
+    /// Serve TLS on every tier (gRPC, gRPC-Web and Connect on the one port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+}
+
+/// TLS from a `kubernetes.io/tls` Secret in the FlagEvaluator's namespace, as cert-manager writes
+/// it: `tls.crt` and `tls.key`, and optionally `ca.crt`. Evaluators pick up a renewed certificate
+/// without restarting. The certificate must name the tiers' Services
+/// (`<name>-root.<namespace>.svc`, `<name>-proxy.<namespace>.svc`). The proxy checks the root's
+/// certificate against `ca.crt` when the Secret has one, else against the system trust store.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// Name of the Secret.
+    #[x_kube(validation = Rule::new("self != ''").message("tls.secretName must name a kubernetes.io/tls Secret"))]
+    pub secret_name: String,
 }
 
 /// A key of a ConfigMap in the FlagEvaluator's namespace.

@@ -20,6 +20,10 @@ pub mod reason {
     pub const SECRET_MISSING: &str = "SecretMissing";
     /// The Secret lacks the URL key.
     pub const SECRET_KEY_MISSING: &str = "SecretKeyMissing";
+    /// The TLS Secret does not exist.
+    pub const TLS_SECRET_MISSING: &str = "TLSSecretMissing";
+    /// The TLS Secret lacks `tls.crt` or `tls.key`.
+    pub const TLS_SECRET_KEY_MISSING: &str = "TLSSecretKeyMissing";
     /// The migrations Job has not finished.
     pub const MIGRATING: &str = "Migrating";
     /// The migrations Job failed.

@@ -28,6 +28,7 @@ fn render(fe: &FlagEvaluator, secret_hash: Option<&str>) -> String {
         fe,
         defaults: &defaults,
         secret_hash: secret_hash.map(str::to_owned),
+        tls_ca: fe.spec.tls.is_some(),
     };
     let d = build::build(&inputs).expect("builds");
     let mut docs: Vec<String> = Vec::new();
@@ -76,6 +77,70 @@ fn proxy_only_fixture_matches_its_snapshot() {
 }
 
 #[test]
+fn tls_fixture_matches_its_snapshot() {
+    check_snapshot("tls", Some("0123456789abcdef"));
+}
+
+#[test]
+fn tls_serves_https_mounts_the_secret_and_points_the_proxy_at_https() {
+    let fe = fixture("tls");
+    let defaults = defaults();
+    for tls_ca in [true, false] {
+        let inputs = Inputs {
+            fe: &fe,
+            defaults: &defaults,
+            secret_hash: None,
+            tls_ca,
+        };
+        let proxy = build::evaluator_args(&inputs, Tier::Proxy);
+        assert!(proxy.contains(&"--server=https://flags-root.team-a.svc:9201".to_owned()));
+        assert_eq!(
+            proxy.contains(&"--upstream-ca=/etc/pbflags/tls/ca.crt".to_owned()),
+            tls_ca,
+            "{proxy:?}"
+        );
+        for tier in [Tier::Root, Tier::Proxy] {
+            let args = build::evaluator_args(&inputs, tier);
+            assert!(args.contains(&"--tls-cert=/etc/pbflags/tls/tls.crt".to_owned()));
+            assert!(args.contains(&"--tls-key=/etc/pbflags/tls/tls.key".to_owned()));
+        }
+    }
+    let d = build::build(&Inputs {
+        fe: &fe,
+        defaults: &defaults,
+        secret_hash: None,
+        tls_ca: true,
+    })
+    .unwrap();
+    for dep in &d.deployments {
+        let pod = dep.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let c = &pod.containers[0];
+        for probe in [&c.liveness_probe, &c.readiness_probe] {
+            let get = probe.as_ref().unwrap().http_get.as_ref().unwrap();
+            assert_eq!(get.scheme.as_deref(), Some("HTTPS"));
+        }
+        let volume = pod
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == "tls")
+            .unwrap();
+        let secret = volume.secret.as_ref().unwrap();
+        assert_eq!(secret.secret_name.as_deref(), Some("flags-tls"));
+        assert!(
+            secret.items.is_none(),
+            "the whole Secret is mounted, without subPath, so renewals reach the pods"
+        );
+    }
+    assert_eq!(
+        build::endpoint(&fe),
+        "https://flags-proxy.team-a.svc:9201",
+        "status.endpoint"
+    );
+}
+
+#[test]
 fn every_object_is_owned_and_labelled() {
     let fe = fixture("root-and-proxy");
     let defaults = defaults();
@@ -83,6 +148,7 @@ fn every_object_is_owned_and_labelled() {
         fe: &fe,
         defaults: &defaults,
         secret_hash: None,
+        tls_ca: false,
     })
     .unwrap();
     let metas = d
@@ -116,12 +182,14 @@ fn a_changed_secret_changes_the_root_pod_template_only() {
         fe: &fe,
         defaults: &defaults,
         secret_hash: Some("aaaa".into()),
+        tls_ca: false,
     })
     .unwrap();
     let b = build::build(&Inputs {
         fe: &fe,
         defaults: &defaults,
         secret_hash: Some("bbbb".into()),
+        tls_ca: false,
     })
     .unwrap();
     assert_ne!(
@@ -147,6 +215,7 @@ fn the_descriptors_volume_is_a_directory_mount_so_updates_need_no_restart() {
         fe: &fe,
         defaults: &defaults,
         secret_hash: None,
+        tls_ca: false,
     })
     .unwrap();
     let pod = d.deployments[0]
@@ -162,14 +231,15 @@ fn the_descriptors_volume_is_a_directory_mount_so_updates_need_no_restart() {
         (mount.mount_path.as_str(), mount.sub_path.as_deref()),
         ("/etc/pbflags/descriptors", None)
     );
-    assert!(
-        build::evaluator_args(&fe, Tier::Proxy)
-            .contains(&"--descriptors=/etc/pbflags/descriptors/flags.pb".to_owned())
-    );
-    assert!(
-        build::evaluator_args(&fe, Tier::Proxy)
-            .contains(&"--server=http://flags-root.team-a.svc:9201".to_owned())
-    );
+    let inputs = Inputs {
+        fe: &fe,
+        defaults: &defaults,
+        secret_hash: None,
+        tls_ca: false,
+    };
+    let args = build::evaluator_args(&inputs, Tier::Proxy);
+    assert!(args.contains(&"--descriptors=/etc/pbflags/descriptors/flags.pb".to_owned()));
+    assert!(args.contains(&"--server=http://flags-root.team-a.svc:9201".to_owned()));
 }
 
 #[test]
@@ -181,6 +251,7 @@ fn a_resource_that_did_not_come_from_the_api_is_refused() {
         fe: &fe,
         defaults: &defaults,
         secret_hash: None,
+        tls_ca: false,
     })
     .unwrap_err();
     assert!(e.to_string().contains("uid"));

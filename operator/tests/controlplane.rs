@@ -360,6 +360,114 @@ async fn a_missing_secret_degrades_with_a_reason_and_heals_when_created() {
 }
 
 #[tokio::test]
+async fn tls_waits_for_a_complete_secret_then_serves_https_on_every_tier() {
+    let (_cp, client, ns, _) = setup("fe-tls").await;
+    descriptors(&client, &ns.name).await;
+    database_secret(&client, &ns.name, "postgres://u:p@db/flags").await;
+    create_fe(
+        &client,
+        &ns.name,
+        serde_json::json!({
+            "descriptors": { "configMapName": "flags" },
+            "root": { "database": { "secretName": "db" } },
+            "proxy": {},
+            "tls": { "secretName": "flags-tls" }
+        }),
+    )
+    .await
+    .unwrap();
+    let fe = wait_condition(
+        &client,
+        &ns.name,
+        "Degraded",
+        "True",
+        Some("TLSSecretMissing"),
+    )
+    .await;
+    let message = fe
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Degraded");
+    assert!(message.unwrap().message.contains("spec.tls.secretName"));
+
+    let secrets = Api::<Secret>::namespaced(client.clone(), &ns.name);
+    let tls_secret = |keys: &[&str]| Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("flags-tls".into()),
+            ..Default::default()
+        },
+        string_data: Some(
+            keys.iter()
+                .map(|k| ((*k).to_owned(), "-----BEGIN PLACEHOLDER-----".to_owned()))
+                .collect(),
+        ),
+        ..Default::default()
+    };
+    secrets
+        .create(&PostParams::default(), &tls_secret(&["tls.crt"]))
+        .await
+        .unwrap();
+    let fe = wait_condition(
+        &client,
+        &ns.name,
+        "Degraded",
+        "True",
+        Some("TLSSecretKeyMissing"),
+    )
+    .await;
+    let message = fe
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Degraded");
+    assert!(message.unwrap().message.contains("no tls.key"));
+    assert!(
+        Api::<Deployment>::namespaced(client.clone(), &ns.name)
+            .get_opt("flags-root")
+            .await
+            .unwrap()
+            .is_none(),
+        "no pods that would fail on a missing key"
+    );
+
+    secrets
+        .delete("flags-tls", &Default::default())
+        .await
+        .unwrap();
+    secrets
+        .create(
+            &PostParams::default(),
+            &tls_secret(&["tls.crt", "tls.key", "ca.crt"]),
+        )
+        .await
+        .unwrap();
+    let fe = wait_condition(&client, &ns.name, "Ready", "True", None).await;
+    assert_eq!(
+        fe.status.unwrap().endpoint.as_deref(),
+        Some(format!("https://flags-proxy.{}.svc:9201", ns.name).as_str())
+    );
+    let proxy = Api::<Deployment>::namespaced(client.clone(), &ns.name)
+        .get("flags-proxy")
+        .await
+        .unwrap();
+    let args = proxy.spec.unwrap().template.spec.unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap();
+    for want in [
+        format!("--server=https://flags-root.{}.svc:9201", ns.name),
+        "--upstream-ca=/etc/pbflags/tls/ca.crt".to_owned(),
+        "--tls-cert=/etc/pbflags/tls/tls.crt".to_owned(),
+    ] {
+        assert!(args.contains(&want), "{want} not in {args:?}");
+    }
+    ns.delete(&client).await.unwrap();
+}
+
+#[tokio::test]
 async fn drift_is_repaired_proxy_is_switched_off_and_deletion_collects_everything() {
     let (_cp, client, ns, _) = setup("fe-drift").await;
     descriptors(&client, &ns.name).await;
