@@ -697,6 +697,29 @@ async fn a_proxy_can_call_its_upstream_over_grpc() {
     root.stop().await;
 }
 
+/// notifications/1 for user-100 (the root has an override for it) and the health, over gRPC.
+async fn user_100_and_health(
+    server: &Running,
+) -> (EvaluateResponse, pbflags_proto::v1::HealthResponse) {
+    let mut client = FlagEvaluatorServiceClient::new(
+        tonic::transport::Endpoint::from_shared(server.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let r = client
+        .evaluate(EvaluateRequest {
+            flag_id: "notifications/1".into(),
+            entity_id: "user-100".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let h = client.health(HealthRequest {}).await.unwrap().into_inner();
+    (r, h)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_reaches_a_tls_root_over_https_and_refuses_an_untrusted_one() {
     let db = root_db().await;
@@ -726,23 +749,8 @@ async fn a_proxy_reaches_a_tls_root_over_https_and_refuses_an_untrusted_one() {
             protocol,
         ])
         .await;
-        let mut client = FlagEvaluatorServiceClient::new(
-            tonic::transport::Endpoint::from_shared(proxy.url())
-                .unwrap()
-                .connect()
-                .await
-                .unwrap(),
-        );
-        let r = client
-            .evaluate(EvaluateRequest {
-                flag_id: "notifications/1".into(),
-                entity_id: "user-100".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let (r, h) = user_100_and_health(&proxy).await;
         assert_eq!(r.source, EvaluationSource::Override as i32, "{protocol}");
-        let h = client.health(HealthRequest {}).await.unwrap().into_inner();
         assert_eq!(
             (h.status, h.consecutive_failures),
             (EvaluatorStatus::Serving as i32, 0),
@@ -763,23 +771,8 @@ async fn a_proxy_reaches_a_tls_root_over_https_and_refuses_an_untrusted_one() {
         stranger_file.to_str().unwrap(),
     ])
     .await;
-    let mut client = FlagEvaluatorServiceClient::new(
-        tonic::transport::Endpoint::from_shared(proxy.url())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
-    );
-    let r = client
-        .evaluate(EvaluateRequest {
-            flag_id: "notifications/1".into(),
-            entity_id: "user-100".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let (r, h) = user_100_and_health(&proxy).await;
     assert_eq!(r.source, EvaluationSource::Default as i32);
-    let h = client.health(HealthRequest {}).await.unwrap().into_inner();
     assert!(h.consecutive_failures > 0, "{h:?}");
     assert_ne!(h.status, EvaluatorStatus::Serving as i32);
     proxy.stop().await;

@@ -33,6 +33,19 @@ struct Span {
 #[derive(Clone, Default)]
 struct Collector(Arc<Mutex<Vec<Span>>>);
 
+impl Collector {
+    /// A collector serving OTLP/gRPC on a loopback port, and its URL.
+    async fn serve() -> (Collector, String) {
+        let collector = Collector::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let otlp = format!("http://{}", listener.local_addr().unwrap());
+        let app = tonic::service::Routes::new(TraceServiceServer::new(collector.clone()))
+            .into_axum_router();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (collector, otlp)
+    }
+}
+
 #[tonic::async_trait]
 impl TraceService for Collector {
     async fn export(
@@ -68,12 +81,7 @@ struct Args {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rpc_and_fetch_spans_reach_an_otlp_collector() {
-    let collector = Collector::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let otlp = format!("http://{}", listener.local_addr().unwrap());
-    let app =
-        tonic::service::Routes::new(TraceServiceServer::new(collector.clone())).into_axum_router();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (collector, otlp) = Collector::serve().await;
 
     let telemetry = logging::init(
         LogFormat::Text,
@@ -220,12 +228,7 @@ async fn start(extra: &[&str]) -> (String, CancellationToken, tokio::task::JoinH
 /// and the ones still buffered are flushed when SIGTERM stops it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_threaded_evaluator_exports_and_flushes_its_spans() {
-    let collector = Collector::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let otlp = format!("http://{}", listener.local_addr().unwrap());
-    let app =
-        tonic::service::Routes::new(TraceServiceServer::new(collector.clone())).into_axum_router();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (collector, otlp) = Collector::serve().await;
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

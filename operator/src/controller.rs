@@ -134,6 +134,13 @@ fn api_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
     move |source| Error::Api { what, source }
 }
 
+async fn get_secret(client: &Client, ns: &str, name: &str) -> Result<Option<Secret>, Error> {
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .map_err(api_err("get Secret"))
+}
+
 /// What the referenced objects tell the builders.
 struct References {
     /// Hash of the database Secret's data (root tier).
@@ -153,11 +160,7 @@ async fn check_tls(
         return Ok(Ok(false));
     };
     let name = &tls.secret_name;
-    let secret = Api::<Secret>::namespaced(client.clone(), ns)
-        .get_opt(name)
-        .await
-        .map_err(api_err("get Secret"))?;
-    let Some(secret) = secret else {
+    let Some(secret) = get_secret(client, ns, name).await? else {
         return Ok(Err(Problem {
             reason: reason::TLS_SECRET_MISSING,
             message: format!("Secret {ns}/{name} (spec.tls.secretName) does not exist"),
@@ -235,11 +238,7 @@ async fn check_database(
     };
     let secret_name = &root.database.secret_name;
     let key = root.database.key();
-    let secret = Api::<Secret>::namespaced(client.clone(), ns)
-        .get_opt(secret_name)
-        .await
-        .map_err(api_err("get Secret"))?;
-    let Some(secret) = secret else {
+    let Some(secret) = get_secret(client, ns, secret_name).await? else {
         return Ok(Err(Problem {
             reason: reason::SECRET_MISSING,
             message: format!(

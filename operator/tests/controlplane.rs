@@ -112,6 +112,12 @@ fn pbflags_proto_bytes() -> Vec<u8> {
     std::fs::read(pbflags_e2e::repo_root().join("proto/example/descriptors.pb")).unwrap()
 }
 
+/// The descriptors ConfigMap and the database Secret a root tier needs.
+async fn references(client: &Client, ns: &str) {
+    descriptors(client, ns).await;
+    database_secret(client, ns, "postgres://u:p@db/flags").await;
+}
+
 async fn database_secret(client: &Client, ns: &str, url: &str) {
     let s = Secret {
         metadata: kube::api::ObjectMeta {
@@ -362,8 +368,7 @@ async fn a_missing_secret_degrades_with_a_reason_and_heals_when_created() {
 #[tokio::test]
 async fn tls_waits_for_a_complete_secret_then_serves_https_on_every_tier() {
     let (_cp, client, ns, _) = setup("fe-tls").await;
-    descriptors(&client, &ns.name).await;
-    database_secret(&client, &ns.name, "postgres://u:p@db/flags").await;
+    references(&client, &ns.name).await;
     create_fe(
         &client,
         &ns.name,
@@ -547,8 +552,7 @@ async fn drift_is_repaired_proxy_is_switched_off_and_deletion_collects_everythin
 #[tokio::test]
 async fn switching_the_proxy_off_removes_it_and_points_the_endpoint_at_the_root() {
     let (_cp, client, ns, _) = setup("fe-proxy").await;
-    descriptors(&client, &ns.name).await;
-    database_secret(&client, &ns.name, "postgres://u:p@db/flags").await;
+    references(&client, &ns.name).await;
     create_fe(
         &client,
         &ns.name,
@@ -598,8 +602,7 @@ async fn switching_the_proxy_off_removes_it_and_points_the_endpoint_at_the_root(
 #[tokio::test]
 async fn a_restarted_operator_makes_no_writes_to_a_settled_resource() {
     let (cp, client, ns, _) = setup("fe-quiet").await;
-    descriptors(&client, &ns.name).await;
-    database_secret(&client, &ns.name, "postgres://u:p@db/flags").await;
+    references(&client, &ns.name).await;
     create_fe(
         &client,
         &ns.name,
@@ -669,8 +672,7 @@ async fn a_restarted_operator_makes_no_writes_to_a_settled_resource() {
 #[tokio::test]
 async fn a_secret_change_rolls_the_root_but_a_descriptors_update_touches_no_deployment() {
     let (_cp, client, ns, _) = setup("fe-roll").await;
-    descriptors(&client, &ns.name).await;
-    database_secret(&client, &ns.name, "postgres://u:p@db/flags").await;
+    references(&client, &ns.name).await;
     create_fe(
         &client,
         &ns.name,
@@ -750,8 +752,7 @@ async fn a_secret_change_rolls_the_root_but_a_descriptors_update_touches_no_depl
 #[tokio::test]
 async fn migrations_run_as_a_job_before_the_root_rolls_out() {
     let (_cp, client, ns, _) = setup("fe-migrate").await;
-    descriptors(&client, &ns.name).await;
-    database_secret(&client, &ns.name, "postgres://u:p@db/flags").await;
+    references(&client, &ns.name).await;
     create_fe(
         &client,
         &ns.name,
