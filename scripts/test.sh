@@ -32,7 +32,7 @@ stack_dir=$(mktemp -d /tmp/pbflags-test-stack.XXXXXX)
 cleanup+=("rm -rf '$stack_dir'")
 PBFLAGS_STACK_DIR=$stack_dir PBFLAGS_ROOT_PORT=19201 PBFLAGS_PROXY_PORT=19202 scripts/stack.sh --once
 
-step "interop: connect-go over Connect, gRPC and gRPC-Web against a root and a proxy; curl"
+step "interop: connect-go over Connect, gRPC and gRPC-Web against a root and a proxy, cleartext and TLS; curl"
 e2e/interop/run.sh
 
 step "local Kubernetes control plane (built from Go modules; cached after the first build)"

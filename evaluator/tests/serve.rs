@@ -73,6 +73,17 @@ impl Running {
         format!("http://{}", self.addr)
     }
 
+    /// A gRPC client of this server.
+    async fn client(&self) -> FlagEvaluatorServiceClient<tonic::transport::Channel> {
+        FlagEvaluatorServiceClient::new(
+            tonic::transport::Endpoint::from_shared(self.url())
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
+        )
+    }
+
     async fn stop(self) {
         self.stop.cancel();
         tokio::time::timeout(Duration::from_secs(15), self.task)
@@ -475,13 +486,7 @@ async fn a_proxy_follows_the_root_and_survives_its_outage() {
         "300ms",
     ])
     .await;
-    let mut client = FlagEvaluatorServiceClient::new(
-        tonic::transport::Endpoint::from_shared(proxy.url())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
-    );
+    let mut client = proxy.client().await;
     let eval = |flag: &str, entity: &str| EvaluateRequest {
         flag_id: flag.into(),
         entity_id: entity.into(),
@@ -627,13 +632,7 @@ async fn a_proxy_can_call_its_upstream_over_grpc() {
     let db = root_db().await;
     let root = Running::start(&["--database", &db.url]).await;
     let proxy = Running::start(&["--server", &root.url(), "--upstream-protocol", "grpc"]).await;
-    let mut client = FlagEvaluatorServiceClient::new(
-        tonic::transport::Endpoint::from_shared(proxy.url())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
-    );
+    let mut client = proxy.client().await;
     let r = client
         .evaluate(EvaluateRequest {
             flag_id: "notifications/1".into(),
@@ -701,13 +700,7 @@ async fn a_proxy_can_call_its_upstream_over_grpc() {
 async fn user_100_and_health(
     server: &Running,
 ) -> (EvaluateResponse, pbflags_proto::v1::HealthResponse) {
-    let mut client = FlagEvaluatorServiceClient::new(
-        tonic::transport::Endpoint::from_shared(server.url())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
-    );
+    let mut client = server.client().await;
     let r = client
         .evaluate(EvaluateRequest {
             flag_id: "notifications/1".into(),

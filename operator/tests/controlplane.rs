@@ -172,6 +172,16 @@ fn condition(fe: &FlagEvaluator, type_: &str) -> Option<(String, String)> {
     Some((c.status.clone(), c.reason.clone()))
 }
 
+/// The message of the Degraded condition.
+fn degraded_message(fe: &FlagEvaluator) -> String {
+    fe.status
+        .iter()
+        .flat_map(|s| &s.conditions)
+        .find(|c| c.type_ == "Degraded")
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
+}
+
 async fn wait_condition(
     client: &Client,
     ns: &str,
@@ -389,13 +399,7 @@ async fn tls_waits_for_a_complete_secret_then_serves_https_on_every_tier() {
         Some("TLSSecretMissing"),
     )
     .await;
-    let message = fe
-        .status
-        .unwrap()
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == "Degraded");
-    assert!(message.unwrap().message.contains("spec.tls.secretName"));
+    assert!(degraded_message(&fe).contains("spec.tls.secretName"));
 
     let secrets = Api::<Secret>::namespaced(client.clone(), &ns.name);
     let tls_secret = |keys: &[&str]| Secret {
@@ -422,13 +426,7 @@ async fn tls_waits_for_a_complete_secret_then_serves_https_on_every_tier() {
         Some("TLSSecretKeyMissing"),
     )
     .await;
-    let message = fe
-        .status
-        .unwrap()
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == "Degraded");
-    assert!(message.unwrap().message.contains("no tls.key"));
+    assert!(degraded_message(&fe).contains("no tls.key"));
     assert!(
         Api::<Deployment>::namespaced(client.clone(), &ns.name)
             .get_opt("flags-root")
