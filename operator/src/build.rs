@@ -520,6 +520,14 @@ fn migration(inputs: &Inputs<'_>, owner: &OwnerReference) -> Job {
     c.liveness_probe = None;
     c.readiness_probe = None;
     c.ports = None;
+    // The Job only talks to the database: it needs no TLS files.
+    if let Some(mounts) = c.volume_mounts.as_mut() {
+        mounts.retain(|m| m.name != "tls");
+    }
+    let mut pod = pod_spec(inputs, vec![c], Some("OnFailure".to_owned()));
+    if let Some(volumes) = pod.volumes.as_mut() {
+        volumes.retain(|v| v.name != "tls");
+    }
     Job {
         metadata: meta(fe, owner, migration_name(inputs), Some(Tier::Root)),
         spec: Some(JobSpec {
@@ -530,7 +538,7 @@ fn migration(inputs: &Inputs<'_>, owner: &OwnerReference) -> Job {
                     labels: Some(labels(fe, None)),
                     ..ObjectMeta::default()
                 }),
-                spec: Some(pod_spec(inputs, vec![c], Some("OnFailure".to_owned()))),
+                spec: Some(pod),
             },
             ..JobSpec::default()
         }),

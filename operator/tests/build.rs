@@ -138,6 +138,16 @@ fn tls_serves_https_mounts_the_secret_and_points_the_proxy_at_https() {
         "https://flags-proxy.team-a.svc:9201",
         "status.endpoint"
     );
+    let job = d.migration.unwrap().spec.unwrap().template.spec.unwrap();
+    assert!(
+        job.volumes.unwrap().iter().all(|v| v.name != "tls")
+            && job.containers[0]
+                .volume_mounts
+                .iter()
+                .flatten()
+                .all(|m| m.name != "tls"),
+        "the migration Job mounts no TLS files"
+    );
 }
 
 #[test]
