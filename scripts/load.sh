@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Load test on loopback: a root evaluator on its own PostgreSQL, pinned to CPU 0, driven by
 # pbflags-load pinned to CPU 1. Prints throughput and latency percentiles per protocol and RPC, and
-# the server's RSS idle and under load.
+# the server's RSS idle and under load; then Evaluate again over TLS.
 #   scripts/load.sh [duration, default 10s]
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -20,10 +20,23 @@ PBFLAGS_DATABASE=$url "$bin/pbflags-evaluator" migrate >/dev/null
 PBFLAGS_DATABASE=$url "$bin/pbflags-evaluator" sync --descriptors proto/example/descriptors.pb >/dev/null
 PBFLAGS_DATABASE=$url "$bin/pbflags-evaluator" flags set notifications/2 --value weekly --actor load >/dev/null
 
-PBFLAGS_DATABASE=$url taskset -c 0 "$bin/pbflags-evaluator" serve --descriptors proto/example/descriptors.pb \
-  --listen "127.0.0.1:$port" --log-level warn >"$dir/server.log" 2>&1 &
-server=$!
-for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+# A throwaway CA and a certificate for the TLS runs at the end.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=load-ca \
+  -keyout "$dir/ca.key" -out "$dir/ca.crt" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
+  -keyout "$dir/tls.key" -out "$dir/tls.csr" 2>/dev/null
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$dir/san.ext"
+openssl x509 -req -in "$dir/tls.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -CAcreateserial -days 1 \
+  -extfile "$dir/san.ext" -out "$dir/tls.crt" 2>/dev/null
+
+serve() {
+  PBFLAGS_DATABASE=$url taskset -c 0 "$bin/pbflags-evaluator" serve --descriptors proto/example/descriptors.pb \
+    --listen "127.0.0.1:$port" --log-level warn "$@" >"$dir/server.log" 2>&1 &
+  server=$!
+  for _ in $(seq 1 100); do curl -fsS --cacert "$dir/ca.crt" "$base/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+}
+base="http://127.0.0.1:$port"
+serve
 rss() { awk '/VmRSS/ {printf "%.1f MiB", $2/1024}' "/proc/$server/status"; }
 echo "server RSS idle: $(rss)"
 ticks() { awk '{print $14 + $15}' "/proc/$server/stat"; }
@@ -31,7 +44,7 @@ ticks() { awk '{print $14 + $15}' "/proc/$server/stat"; }
 # client-bound one; CPU per request is the server's cost whichever side limits throughput.
 load() {
   local t0 s0 out; t0=$(ticks); s0=$(date +%s.%N)
-  out=$(taskset -c 1 "$bin/pbflags-load" --url "http://127.0.0.1:$port" --duration "$duration" "$@")
+  out=$(taskset -c 1 "$bin/pbflags-load" --url "$base" --cacert "$dir/ca.crt" --duration "$duration" "$@")
   echo "$out"
   awk -v t="$(( $(ticks) - t0 ))" -v s0="$s0" -v s1="$(date +%s.%N)" -v hz="$(getconf CLK_TCK)" \
     -v sent="$(echo "$out" | sed -E 's/.*sent ([0-9]+).*/\1/')" \
@@ -43,3 +56,11 @@ load --protocol connect --rpc evaluate --concurrency 32 --connections 32
 load --protocol grpc --rpc bulk --concurrency 16
 load --protocol connect --rpc bulk --concurrency 16 --connections 16
 echo "server RSS under load (after all runs): $(rss)"
+
+# The same server over TLS (a throwaway CA; ALPN h2 for gRPC, http/1.1 for Connect).
+kill -TERM "$server"; wait "$server" 2>/dev/null || true
+base="https://127.0.0.1:$port"
+serve --tls-cert "$dir/tls.crt" --tls-key "$dir/tls.key"
+echo "TLS:"
+load --protocol grpc --rpc evaluate
+load --protocol connect --rpc evaluate --concurrency 32 --connections 32

@@ -46,7 +46,7 @@ enum Transport {
 }
 
 /// The connector of both transports: TCP, plus TLS for `https://` upstreams.
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
 /// Certificate authorities an `https://` upstream's certificate is checked against.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -99,6 +99,20 @@ fn client_tls(
     .with_safe_default_protocol_versions()
     .map(|b| b.with_root_certificates(roots).with_no_client_auth())
     .map_err(|e| format!("upstream TLS: {e}"))
+}
+
+/// A connector for `http://` URLs and (with `ca`) `https://` ones checked against it, for HTTP/2
+/// (ALPN `h2`) or HTTP/1.1; connecting gives up after `timeout`.
+pub fn https_connector(
+    ca: Option<&UpstreamCa>,
+    timeout: Duration,
+    http2: bool,
+) -> Result<Connector, String> {
+    let roots = match ca {
+        Some(ca) => roots(ca)?,
+        None => tokio_rustls::rustls::RootCertStore::empty(),
+    };
+    Ok(connector(timeout, client_tls(roots)?, http2))
 }
 
 fn connector(timeout: Duration, tls: tokio_rustls::rustls::ClientConfig, http2: bool) -> Connector {

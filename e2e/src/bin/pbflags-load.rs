@@ -2,7 +2,8 @@
 //! callers for `--duration` over gRPC (HTTP/2, several connections) or Connect (binary proto over
 //! HTTP/1.1 keep-alive connections), and prints throughput and latency percentiles.
 //!
-//! `pbflags-load --url http://127.0.0.1:9201 --protocol grpc --rpc evaluate --duration 10s`
+//! `pbflags-load --url http://127.0.0.1:9201 --protocol grpc --rpc evaluate --duration 10s`; an
+//! `https://` URL is called over TLS, checked against `--cacert`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use clap::{Parser, ValueEnum};
 use http_body_util::{BodyExt as _, Full};
+use pbflags_evaluator::upstream::{self, UpstreamCa};
 use pbflags_proto::v1::flag_evaluator_service_client::FlagEvaluatorServiceClient;
 use pbflags_proto::v1::{BulkEvaluateRequest, EvaluateRequest};
 use prost::Message as _;
@@ -58,6 +60,9 @@ struct Args {
     /// Connections (gRPC channels or HTTP/1.1 clients) shared by the callers.
     #[arg(long, default_value_t = 4)]
     connections: usize,
+    /// PEM CA bundle for an `https://` URL [default: the system trust store].
+    #[arg(long)]
+    cacert: Option<std::path::PathBuf>,
     /// How long to measure (after a 1 s warm-up).
     #[arg(long, default_value = "10s", value_parser = humantime_like)]
     duration: Duration,
@@ -77,12 +82,7 @@ fn humantime_like(s: &str) -> Result<Duration, String> {
 
 enum Caller {
     Grpc(FlagEvaluatorServiceClient<tonic::transport::Channel>),
-    Connect(
-        hyper_util::client::legacy::Client<
-            hyper_util::client::legacy::connect::HttpConnector,
-            Full<Bytes>,
-        >,
-    ),
+    Connect(hyper_util::client::legacy::Client<upstream::Connector, Full<Bytes>>),
 }
 
 async fn call(caller: &mut Caller, args: &Args, i: usize) -> anyhow::Result<()> {
@@ -147,20 +147,28 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Arc::new(Args::parse());
+    let ca = args.url.starts_with("https://").then(|| {
+        args.cacert
+            .clone()
+            .map_or(UpstreamCa::System, UpstreamCa::File)
+    });
+    let connector = |http2| {
+        upstream::https_connector(ca.as_ref(), Duration::from_secs(5), http2)
+            .map_err(anyhow::Error::msg)
+    };
     let mut callers: Vec<Caller> = Vec::new();
     for _ in 0..args.connections.max(1) {
         callers.push(match args.protocol {
             Protocol::Grpc => {
                 let ch = tonic::transport::Endpoint::from_shared(args.url.clone())?
-                    .tcp_nodelay(true)
-                    .connect()
+                    .connect_with_connector(connector(true)?)
                     .await?;
                 Caller::Grpc(FlagEvaluatorServiceClient::new(ch))
             }
             Protocol::Connect => Caller::Connect(
                 hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                     .pool_max_idle_per_host(args.concurrency)
-                    .build_http(),
+                    .build(connector(false)?),
             ),
         });
     }
