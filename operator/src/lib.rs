@@ -5,6 +5,7 @@
 pub mod build;
 pub mod controller;
 pub mod crd;
+pub mod health;
 pub mod lease;
 pub mod metrics;
 pub mod status;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use clap::Parser;
 use pbflags_operator::build::Defaults;
 use pbflags_operator::controller::{self, Context};
+use pbflags_operator::health::{self, Readiness};
 use pbflags_operator::lease::{self, LeaseConfig};
 use pbflags_operator::metrics::Metrics;
 use std::time::Duration;
@@ -80,13 +81,14 @@ async fn main() -> anyhow::Result<()> {
             term.cancel();
         }
     });
-    let app = axum::Router::new()
-        .route("/healthz", axum::routing::get(|| async { "ok" }))
-        .route("/readyz", axum::routing::get(|| async { "ok" }))
-        .route(
-            "/metrics",
-            axum::routing::get(move || async move { metrics.render() }),
-        );
+    let readiness = Arc::new(Readiness::default());
+    readiness.spawn_api_check(
+        client.clone(),
+        Duration::from_secs(10),
+        Duration::from_secs(5),
+        shutdown.clone(),
+    );
+    let app = health::router(readiness, metrics);
     let listener = tokio::net::TcpListener::bind(&args.metrics_addr).await?;
     let server_shutdown = shutdown.clone();
     tokio::spawn(async move {

@@ -18,6 +18,7 @@ use pbflags_e2e::{ControlPlane, TestNamespace};
 use pbflags_operator::build::Defaults;
 use pbflags_operator::controller::{self, Context};
 use pbflags_operator::crd::FlagEvaluator;
+use pbflags_operator::health::{self, Readiness};
 use pbflags_operator::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 
@@ -196,6 +197,63 @@ async fn wait_condition(
         (s == status && reason.is_none_or(|want| want == r)).then_some(fe)
     })
     .await
+}
+
+async fn readyz(readiness: &Arc<Readiness>) -> (u16, String) {
+    use tower::ServiceExt as _;
+    let resp = health::router(readiness.clone(), Metrics::new())
+        .oneshot(
+            axum::http::Request::get("/readyz")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+        .await
+        .unwrap();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn readyz_follows_the_api_server_and_shutdown() {
+    let (_cp, client, ns, _) = setup("fe-readyz").await;
+    let every = Duration::from_millis(100);
+    let stop = CancellationToken::new();
+    let readiness = Arc::new(Readiness::default());
+    readiness.spawn_api_check(client.clone(), every, Duration::from_secs(2), stop.clone());
+    wait_for("ready", 30, async || readiness.ready().ok()).await;
+    assert_eq!(readyz(&readiness).await, (200, "ready\n".to_owned()));
+
+    // A client of an address nobody listens on: not ready, saying why.
+    let dead =
+        kube::Client::try_from(kube::Config::new("https://127.0.0.1:1".parse().unwrap())).unwrap();
+    let unreachable = Arc::new(Readiness::default());
+    let (status, body) = readyz(&unreachable).await;
+    assert_eq!(status, 503);
+    assert!(body.contains("not been reached yet"), "{body}");
+    let dead_stop = CancellationToken::new();
+    unreachable.spawn_api_check(dead, every, Duration::from_secs(2), dead_stop.clone());
+    wait_for("the failed check", 30, async || {
+        unreachable
+            .ready()
+            .err()
+            .filter(|e| e.contains("unreachable"))
+    })
+    .await;
+    let (status, body) = readyz(&unreachable).await;
+    assert_eq!(status, 503);
+    assert!(body.contains("API server is unreachable"), "{body}");
+    dead_stop.cancel();
+
+    stop.cancel();
+    wait_for("not ready once stopping", 30, async || {
+        readiness.ready().err().filter(|e| e == "shutting down")
+    })
+    .await;
+    assert_eq!(readyz(&readiness).await.0, 503);
+    ns.delete(&client).await.unwrap();
 }
 
 #[tokio::test]
