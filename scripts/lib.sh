@@ -5,3 +5,16 @@ export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 step() { printf '\n==> %s\n' "$*" >&2; }
+
+# A throwaway CA and a localhost certificate signed by it (ECDSA P-256, valid one day) in DIR:
+# ca.crt, tls.crt, tls.key. For TLS tests and load runs.
+test_certs() {
+  local d=$1
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=pbflags-test-ca \
+    -keyout "$d/ca.key" -out "$d/ca.crt" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
+    -keyout "$d/tls.key" -out "$d/tls.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$d/san.ext"
+  openssl x509 -req -in "$d/tls.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial -days 1 \
+    -extfile "$d/san.ext" -out "$d/tls.crt" 2>/dev/null
+}

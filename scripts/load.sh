@@ -21,13 +21,7 @@ PBFLAGS_DATABASE=$url "$bin/pbflags-evaluator" sync --descriptors proto/example/
 PBFLAGS_DATABASE=$url "$bin/pbflags-evaluator" flags set notifications/2 --value weekly --actor load >/dev/null
 
 # A throwaway CA and a certificate for the TLS runs at the end.
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=load-ca \
-  -keyout "$dir/ca.key" -out "$dir/ca.crt" 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
-  -keyout "$dir/tls.key" -out "$dir/tls.csr" 2>/dev/null
-printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$dir/san.ext"
-openssl x509 -req -in "$dir/tls.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -CAcreateserial -days 1 \
-  -extfile "$dir/san.ext" -out "$dir/tls.crt" 2>/dev/null
+test_certs "$dir"
 
 serve() {
   PBFLAGS_DATABASE=$url taskset -c 0 "$bin/pbflags-evaluator" serve --descriptors proto/example/descriptors.pb \

@@ -55,13 +55,7 @@ env -u PBFLAGS_DATABASE "$bin" serve --descriptors "$repo/proto/example/descript
   --server "http://$root" --log-level warn >"$dir/proxy.log" 2>&1 &
 pids+=($!)
 # TLS: a CA and a localhost certificate, a TLS root and a TLS proxy of it over https.
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=pbflags-interop-ca \
-  -keyout "$dir/ca.key" -out "$dir/ca.crt" 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
-  -keyout "$dir/tls.key" -out "$dir/tls.csr" 2>/dev/null
-printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$dir/san.ext"
-openssl x509 -req -in "$dir/tls.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -CAcreateserial -days 1 \
-  -extfile "$dir/san.ext" -out "$dir/tls.crt" 2>/dev/null
+test_certs "$dir"
 tls_root=localhost:${PBFLAGS_INTEROP_TLS_ROOT_PORT:-19403}
 tls_proxy=localhost:${PBFLAGS_INTEROP_TLS_PROXY_PORT:-19404}
 tls=(--tls-cert "$dir/tls.crt" --tls-key "$dir/tls.key")
