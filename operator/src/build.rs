@@ -469,7 +469,15 @@ fn service(fe: &FlagEvaluator, owner: &OwnerReference, tier: Tier) -> Service {
                 name: Some("http".to_owned()),
                 port: PORT,
                 target_port: Some(IntOrString::String("http".to_owned())),
-                app_protocol: Some("kubernetes.io/h2c".to_owned()),
+                // Cleartext HTTP/2 (prior knowledge) and HTTP/1.1, or both over TLS.
+                app_protocol: Some(
+                    if fe.spec.tls.is_some() {
+                        "https"
+                    } else {
+                        "kubernetes.io/h2c"
+                    }
+                    .to_owned(),
+                ),
                 ..ServicePort::default()
             }]),
             ..ServiceSpec::default()

@@ -138,6 +138,14 @@ fn tls_serves_https_mounts_the_secret_and_points_the_proxy_at_https() {
         "https://flags-proxy.team-a.svc:9201",
         "status.endpoint"
     );
+    for svc in &d.services {
+        let port = &svc.spec.as_ref().unwrap().ports.as_ref().unwrap()[0];
+        assert_eq!(
+            port.app_protocol.as_deref(),
+            Some("https"),
+            "not h2c: the port speaks TLS"
+        );
+    }
     let job = d.migration.unwrap().spec.unwrap().template.spec.unwrap();
     assert!(
         job.volumes.unwrap().iter().all(|v| v.name != "tls")
