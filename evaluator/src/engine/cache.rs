@@ -207,7 +207,7 @@ impl Caches {
     /// The slot's entry if it is fresh.
     #[inline]
     pub fn slot_fresh(&self, slot: &Slot) -> Option<Arc<FlagEntry>> {
-        slot.load_full().filter(|e| self.is_fresh(e))
+        slot.load().as_ref().filter(|e| self.is_fresh(e)).cloned()
     }
 
     /// Whether a slot's entry is still fresh: within its TTL and written since the last flush.
@@ -230,7 +230,9 @@ impl Caches {
 
     /// Fresh slots among `slots`.
     pub fn fresh_slots<'a>(&self, slots: impl Iterator<Item = &'a Slot>) -> u64 {
-        slots.filter(|s| self.slot_fresh(s).is_some()).count() as u64
+        slots
+            .filter(|s| s.load().as_ref().is_some_and(|e| self.is_fresh(e)))
+            .count() as u64
     }
 
     /// The hot entry for `flag_id` (flags the descriptors do not declare).
