@@ -5,21 +5,19 @@
 
 #[path = "support/pg.rs"]
 mod pg;
+#[path = "support/server.rs"]
+mod server;
 #[path = "support/tls.rs"]
 mod tls;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use clap::Parser as _;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use pbflags_evaluator::config::ServeArgs;
 use pbflags_evaluator::pg::admin::{self, StateChange};
 use pbflags_evaluator::pg::{db, sync};
-use pbflags_evaluator::serve;
 use pbflags_proto::v1::flag_evaluator_service_client::FlagEvaluatorServiceClient;
 use pbflags_proto::v1::{
     BulkEvaluateRequest, EvaluateRequest, EvaluateResponse, EvaluationSource, EvaluatorStatus,
@@ -27,70 +25,11 @@ use pbflags_proto::v1::{
     State,
 };
 use prost::Message as _;
-use tokio_util::sync::CancellationToken;
+use server::{Running, wait_until};
 
-#[derive(clap::Parser)]
-struct Args {
-    #[command(flatten)]
-    serve: ServeArgs,
-}
-
-struct Running {
-    addr: SocketAddr,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Running {
-    async fn start(extra: &[&str]) -> Running {
-        let descriptors = format!(
-            "{}/../proto/example/descriptors.pb",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        let mut argv = vec![
-            "t",
-            "--descriptors",
-            &descriptors,
-            "--listen",
-            "127.0.0.1:0",
-            "--kill-ttl",
-            "200ms",
-        ];
-        argv.extend_from_slice(extra);
-        let config = Args::try_parse_from(argv)
-            .expect("args")
-            .serve
-            .resolve()
-            .expect("config");
-        let prepared = serve::prepare(config).await.expect("prepare");
-        let addr = prepared.local_addr().expect("addr");
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(serve::run(prepared, stop.clone()));
-        Running { addr, stop, task }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// A gRPC client of this server.
-    async fn client(&self) -> FlagEvaluatorServiceClient<tonic::transport::Channel> {
-        FlagEvaluatorServiceClient::new(
-            tonic::transport::Endpoint::from_shared(self.url())
-                .unwrap()
-                .connect()
-                .await
-                .unwrap(),
-        )
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        tokio::time::timeout(Duration::from_secs(15), self.task)
-            .await
-            .expect("stops in time")
-            .expect("no panic");
-    }
+/// Serves with a 200 ms kill poll, so kill-set changes show within the tests' waits.
+async fn start(extra: &[&str]) -> Running {
+    Running::start(&[&["--kill-ttl", "200ms"][..], extra].concat()).await
 }
 
 async fn root_db() -> pg::TestDb {
@@ -159,21 +98,10 @@ fn method(base: &str, m: &str) -> String {
     format!("{base}/pbflags.v1.FlagEvaluatorService/{m}")
 }
 
-async fn wait_until(what: &str, mut f: impl AsyncFnMut() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !f().await {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn root_serves_every_rpc_over_grpc_connect_and_grpc_web() {
     let db = root_db().await;
-    let root = Running::start(&["--database", &db.url]).await;
+    let root = start(&["--database", &db.url]).await;
     let base = root.url();
     // The kill poller runs at start; wait for it to see notifications/3.
     let mut grpc = FlagEvaluatorServiceClient::new(
@@ -390,7 +318,7 @@ async fn root_serves_every_rpc_over_grpc_connect_and_grpc_web() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_the_protocols_error_and_harms_nothing() {
     let db = root_db().await;
-    let root = Running::start(&[
+    let root = start(&[
         "--database",
         &db.url,
         "--max-request-bytes",
@@ -475,9 +403,9 @@ async fn bad_input_gets_the_protocols_error_and_harms_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_follows_the_root_and_survives_its_outage() {
     let db = root_db().await;
-    let root = Running::start(&["--database", &db.url]).await;
+    let root = start(&["--database", &db.url]).await;
     let root_addr = root.addr;
-    let proxy = Running::start(&[
+    let proxy = start(&[
         "--server",
         &root.url(),
         "--flag-ttl",
@@ -585,26 +513,11 @@ async fn a_proxy_follows_the_root_and_survives_its_outage() {
     .await;
 
     // The root comes back on the same address: SERVING again, fresh values.
-    let descriptors = format!(
-        "{}/../proto/example/descriptors.pb",
-        env!("CARGO_MANIFEST_DIR")
-    );
     let listen = root_addr.to_string();
-    let argv = [
-        "t",
-        "--descriptors",
-        &descriptors,
-        "--listen",
-        &listen,
-        "--database",
-        &db.url,
-    ];
-    let config = Args::try_parse_from(argv).unwrap().serve.resolve().unwrap();
-    let prepared = serve::prepare(config)
-        .await
-        .expect("rebind the root's address");
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(serve::run(prepared, stop.clone()));
+    let root = Running::with_config(
+        server::resolve(&["--listen", &listen, "--database", &db.url]).unwrap(),
+    )
+    .await;
     wait_until("SERVING again", async || {
         client
             .evaluate(eval("notifications/2", ""))
@@ -622,16 +535,15 @@ async fn a_proxy_follows_the_root_and_survives_its_outage() {
                 == EvaluatorStatus::Serving as i32
     })
     .await;
-    stop.cancel();
-    task.await.unwrap();
+    root.stop().await;
     proxy.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_can_call_its_upstream_over_grpc() {
     let db = root_db().await;
-    let root = Running::start(&["--database", &db.url]).await;
-    let proxy = Running::start(&["--server", &root.url(), "--upstream-protocol", "grpc"]).await;
+    let root = start(&["--database", &db.url]).await;
+    let proxy = start(&["--server", &root.url(), "--upstream-protocol", "grpc"]).await;
     let mut client = proxy.client().await;
     let r = client
         .evaluate(EvaluateRequest {
@@ -721,7 +633,7 @@ async fn a_proxy_reaches_a_tls_root_over_https_and_refuses_an_untrusted_one() {
     let pair = tls::files(&cert, &key);
     let ca_file = pair.cert.with_file_name("ca.crt");
     std::fs::write(&ca_file, ca.pem()).unwrap();
-    let root = Running::start(&[
+    let root = start(&[
         "--database",
         &db.url,
         "--tls-cert",
@@ -733,7 +645,7 @@ async fn a_proxy_reaches_a_tls_root_over_https_and_refuses_an_untrusted_one() {
     let upstream = format!("https://localhost:{}", root.addr.port());
 
     for protocol in ["connect", "grpc"] {
-        let proxy = Running::start(&[
+        let proxy = start(&[
             "--server",
             &upstream,
             "--upstream-ca",
@@ -757,7 +669,7 @@ async fn a_proxy_reaches_a_tls_root_over_https_and_refuses_an_untrusted_one() {
     let stranger = tls::Ca::new();
     let stranger_file = pair.cert.with_file_name("stranger.crt");
     std::fs::write(&stranger_file, stranger.pem()).unwrap();
-    let proxy = Running::start(&[
+    let proxy = start(&[
         "--server",
         &upstream,
         "--upstream-ca",
@@ -774,11 +686,7 @@ async fn a_proxy_reaches_a_tls_root_over_https_and_refuses_an_untrusted_one() {
 
 #[test]
 fn an_upstream_ca_needs_an_https_server_and_a_readable_bundle() {
-    let resolve = |extra: &[&str]| {
-        let mut argv = vec!["t", "--descriptors", "/x.pb"];
-        argv.extend_from_slice(extra);
-        Args::try_parse_from(argv).unwrap().serve.resolve()
-    };
+    let resolve = server::resolve;
     let e = resolve(&["--server", "http://h:1", "--upstream-ca", "/etc/hostname"])
         .unwrap_err()
         .to_string();

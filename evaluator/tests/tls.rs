@@ -4,31 +4,23 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use clap::Parser as _;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
-use pbflags_evaluator::config::ServeArgs;
-use pbflags_evaluator::serve;
 use pbflags_proto::v1::flag_evaluator_service_client::FlagEvaluatorServiceClient;
 use pbflags_proto::v1::{EvaluateRequest, EvaluationSource};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
-use tokio_util::sync::CancellationToken;
 
 #[path = "support/tls.rs"]
 mod ca;
+#[path = "support/server.rs"]
+mod server;
 use ca::{Ca, files};
-
-#[derive(clap::Parser)]
-struct Args {
-    #[command(flatten)]
-    serve: ServeArgs,
-}
+use server::{Running, wait_until};
 
 /// Writes `contents` to `path` the way the kubelet updates a mounted Secret: a new file renamed
 /// over the old one, so readers never see half a file.
@@ -38,25 +30,10 @@ fn replace(path: &Path, contents: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-struct Server {
-    addr: SocketAddr,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-    metrics: pbflags_evaluator::metrics::Metrics,
-}
-
-fn args(cert: &Path, key: &Path) -> Vec<String> {
-    let descriptors = format!(
-        "{}/../proto/example/descriptors.pb",
-        env!("CARGO_MANIFEST_DIR")
-    );
+/// Arguments of a TLS evaluator over `cert` and `key`, proxying an upstream nobody listens on
+/// (evaluations fall back to compiled defaults), checking its files every 100 ms.
+fn tls_args<'a>(cert: &'a Path, key: &'a Path) -> [&'a str; 8] {
     [
-        "t",
-        "--descriptors",
-        &descriptors,
-        "--listen",
-        "127.0.0.1:0",
-        // An upstream nobody listens on: evaluations fall back to compiled defaults.
         "--server",
         "http://127.0.0.1:9",
         "--tls-cert",
@@ -66,64 +43,28 @@ fn args(cert: &Path, key: &Path) -> Vec<String> {
         "--tls-poll-interval",
         "100ms",
     ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect()
 }
 
-impl Server {
-    async fn start(cert: &Path, key: &Path) -> Server {
-        let config = Args::try_parse_from(args(cert, key))
-            .unwrap()
-            .serve
-            .resolve()
-            .expect("config");
-        let prepared = serve::prepare(config).await.expect("prepare");
-        let addr = prepared.local_addr().unwrap();
-        let metrics = prepared.engine().metrics().clone();
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(serve::run(prepared, stop.clone()));
-        Server {
-            addr,
-            stop,
-            task,
-            metrics,
-        }
-    }
-
-    async fn tls(
-        &self,
-        connector: &TlsConnector,
-    ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
-        connector
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
-            .await
-            .expect("TLS handshake")
-    }
-
-    /// The leaf certificate a new handshake is served.
-    async fn served_leaf(&self, connector: &TlsConnector) -> CertificateDer<'static> {
-        let s = self.tls(connector).await;
-        s.get_ref().1.peer_certificates().unwrap()[0].clone()
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        tokio::time::timeout(Duration::from_secs(15), self.task)
-            .await
-            .expect("stops in time")
-            .unwrap();
-    }
+async fn start(cert: &Path, key: &Path) -> Running {
+    Running::start(&tls_args(cert, key)).await
 }
 
-/// Waits (bounded) until `cond` holds; the bound is a hang guard, not a performance claim.
-async fn eventually<F: AsyncFnMut() -> bool>(what: &str, mut cond: F) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// A TLS connection to `server`.
+async fn tls_stream(
+    server: &Running,
+    connector: &TlsConnector,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("TLS handshake")
+}
+
+/// The leaf certificate a new handshake is served.
+async fn served_leaf(server: &Running, connector: &TlsConnector) -> CertificateDer<'static> {
+    let s = tls_stream(server, connector).await;
+    s.get_ref().1.peer_certificates().unwrap()[0].clone()
 }
 
 async fn connect_json_health(
@@ -149,10 +90,10 @@ async fn grpc_and_connect_are_served_over_tls_on_the_one_port() {
     let ca = Ca::new();
     let (cert, key, der) = ca.leaf();
     let f = files(&cert, &key);
-    let server = Server::start(&f.cert, &f.key).await;
+    let server = start(&f.cert, &f.key).await;
 
     // Connect JSON over HTTP/1.1 (ALPN http/1.1).
-    let stream = server.tls(&ca.connector(&[b"http/1.1"])).await;
+    let stream = tls_stream(&server, &ca.connector(&[b"http/1.1"])).await;
     assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
     assert_eq!(stream.get_ref().1.peer_certificates().unwrap()[0], der);
     let (status, body) = connect_json_health(stream).await;
@@ -206,19 +147,19 @@ async fn a_renewed_certificate_is_served_without_a_restart_and_a_broken_one_is_n
     let connector = ca.connector(&[b"h2", b"http/1.1"]);
     let (cert_a, key_a, der_a) = ca.leaf();
     let f = files(&cert_a, &key_a);
-    let server = Server::start(&f.cert, &f.key).await;
-    assert_eq!(server.served_leaf(&connector).await, der_a);
+    let server = start(&f.cert, &f.key).await;
+    assert_eq!(served_leaf(&server, &connector).await, der_a);
     // A connection opened before the renewal keeps working after it.
-    let before = server.tls(&ca.connector(&[b"http/1.1"])).await;
+    let before = tls_stream(&server, &ca.connector(&[b"http/1.1"])).await;
 
     let (cert_b, key_b, der_b) = ca.leaf();
     replace(&f.key, &key_b);
     replace(&f.cert, &cert_b);
-    eventually("the renewed certificate", async || {
-        server.served_leaf(&connector).await == der_b
+    wait_until("the renewed certificate", async || {
+        served_leaf(&server, &connector).await == der_b
     })
     .await;
-    eventually("the reload to be counted", async || {
+    wait_until("the reload to be counted", async || {
         server.metrics.tls_reloads(true) >= 1
     })
     .await;
@@ -228,27 +169,27 @@ async fn a_renewed_certificate_is_served_without_a_restart_and_a_broken_one_is_n
     // A key that does not fit the certificate: counted as a failure, B keeps serving.
     let (_, key_c, _) = ca.leaf();
     replace(&f.key, &key_c);
-    eventually("the failed reload to be counted", async || {
+    wait_until("the failed reload to be counted", async || {
         server.metrics.tls_reloads(false) == 1
     })
     .await;
-    assert_eq!(server.served_leaf(&connector).await, der_b);
+    assert_eq!(served_leaf(&server, &connector).await, der_b);
     // Garbage is refused the same way, and reported once, not on every check.
     replace(&f.cert, "not a certificate");
-    eventually("the second failed reload", async || {
+    wait_until("the second failed reload", async || {
         server.metrics.tls_reloads(false) == 2
     })
     .await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(server.metrics.tls_reloads(false), 2);
-    assert_eq!(server.served_leaf(&connector).await, der_b);
+    assert_eq!(served_leaf(&server, &connector).await, der_b);
 
     // Fixing the files brings the new pair in.
     let (cert_d, key_d, der_d) = ca.leaf();
     replace(&f.key, &key_d);
     replace(&f.cert, &cert_d);
-    eventually("the fixed certificate", async || {
-        server.served_leaf(&connector).await == der_d
+    wait_until("the fixed certificate", async || {
+        served_leaf(&server, &connector).await == der_d
     })
     .await;
     assert!(
@@ -261,10 +202,7 @@ async fn a_renewed_certificate_is_served_without_a_restart_and_a_broken_one_is_n
 }
 
 fn config_error(cert: &Path, key: &Path) -> String {
-    Args::try_parse_from(args(cert, key))
-        .unwrap()
-        .serve
-        .resolve()
+    server::resolve(&tls_args(cert, key))
         .unwrap_err()
         .to_string()
 }
@@ -290,15 +228,8 @@ fn bad_certificate_files_are_configuration_errors_naming_the_file() {
     let e = config_error(Path::new("/nonexistent/tls.crt"), &f.key);
     assert!(e.contains("/nonexistent/tls.crt"), "{e}");
 
-    let argv: Vec<String> = ["t", "--descriptors", "/x.pb", "--server", "http://h:1"]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .chain(["--tls-cert".to_owned(), f.cert.display().to_string()])
-        .collect();
-    let e = Args::try_parse_from(argv)
-        .unwrap()
-        .serve
-        .resolve()
+    let cert = f.cert.display().to_string();
+    let e = server::resolve(&["--server", "http://h:1", "--tls-cert", &cert])
         .unwrap_err()
         .to_string();
     assert!(e.contains("tls_key"), "{e}");

@@ -5,21 +5,23 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
+#[path = "support/server.rs"]
+mod server;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use clap::Parser as _;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use pbflags_evaluator::config::{LogFormat, ServeArgs};
+use pbflags_evaluator::config::LogFormat;
 use pbflags_evaluator::logging::{self, Tracing};
 use pbflags_proto::v1::EvaluateRequest;
 use pbflags_proto::v1::flag_evaluator_service_client::FlagEvaluatorServiceClient;
-use tokio_util::sync::CancellationToken;
+use server::Running;
 
 /// What the test needs of an exported span.
 #[derive(Clone, Debug)]
@@ -73,12 +75,6 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-#[derive(clap::Parser)]
-struct Args {
-    #[command(flatten)]
-    serve: ServeArgs,
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rpc_and_fetch_spans_reach_an_otlp_collector() {
     let (collector, otlp) = Collector::serve().await;
@@ -92,9 +88,11 @@ async fn rpc_and_fetch_spans_reach_an_otlp_collector() {
         },
     );
     // A proxy whose upstream refuses connections: evaluations still answer, and fetches are traced.
-    let (edge_url, edge_stop, edge) = start(&["--server", "http://127.0.0.1:9"]).await;
+    let edge = Running::start(&["--server", "http://127.0.0.1:9"]).await;
+    let edge_url = edge.url();
     // A second proxy in front of it, calling it over Connect: its fetches become RPCs there.
-    let (front_url, front_stop, front) = start(&["--server", &edge_url]).await;
+    let front = Running::start(&["--server", &edge_url]).await;
+    let front_url = front.url();
 
     let channel = tonic::transport::Endpoint::from_shared(edge_url.clone())
         .unwrap()
@@ -146,10 +144,8 @@ async fn rpc_and_fetch_spans_reach_an_otlp_collector() {
     // The edge has no source, so the answer is an error; the trace is what matters here.
     assert!(!resp.status().is_success());
 
-    for (stop, task) in [(front_stop, front), (edge_stop, edge)] {
-        stop.cancel();
-        task.await.unwrap();
-    }
+    front.stop().await;
+    edge.stop().await;
     tokio::task::spawn_blocking(move || telemetry.shutdown())
         .await
         .unwrap();
@@ -201,27 +197,6 @@ async fn rpc_and_fetch_spans_reach_an_otlp_collector() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-async fn start(extra: &[&str]) -> (String, CancellationToken, tokio::task::JoinHandle<()>) {
-    let descriptors = format!(
-        "{}/../proto/example/descriptors.pb",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let mut argv = vec![
-        "t",
-        "--descriptors",
-        &descriptors,
-        "--listen",
-        "127.0.0.1:0",
-    ];
-    argv.extend_from_slice(extra);
-    let config = Args::try_parse_from(argv).unwrap().serve.resolve().unwrap();
-    let prepared = pbflags_evaluator::serve::prepare(config).await.unwrap();
-    let url = format!("http://{}", prepared.local_addr().unwrap());
-    let stop = CancellationToken::new();
-    let server = tokio::spawn(pbflags_evaluator::serve::run(prepared, stop.clone()));
-    (url, stop, server)
 }
 
 /// The binary on a single-threaded runtime (`--worker-threads 1`): spans still reach the collector,
