@@ -4,7 +4,19 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/pbflags/target}
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
-step() { printf '\n==> %s\n' "$*" >&2; }
+# step NAME: starts a named step; the previous one's duration is printed, and step_timings prints all.
+step_log=()
+step() {
+  [ -n "${_step:-}" ] && step_log+=("$(printf '%5ds  %s' $((SECONDS - _step_start)) "$_step")")
+  _step=$*; _step_start=$SECONDS
+  printf '\n==> [%(%H:%M:%S)T +%ds] %s\n' -1 "$SECONDS" "$*" >&2
+}
+step_timings() {
+  [ -n "${_step:-}" ] && step_log+=("$(printf '%5ds  %s' $((SECONDS - _step_start)) "$_step")")
+  _step=
+  printf '\nstep timings (total %ds):\n' "$SECONDS" >&2
+  printf '  %s\n' "${step_log[@]}" >&2
+}
 
 # A throwaway CA and a localhost certificate signed by it (ECDSA P-256, valid one day) in DIR:
 # ca.crt, tls.crt, tls.key. For TLS tests and load runs.

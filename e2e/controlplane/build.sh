@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the local control plane (kube-apiserver, kube-controller-manager, kube-scheduler, etcd, kwok, helm)
-# from Go modules at the versions pinned in versions.env, into a cache outside the repository.
+# Builds the local control plane (kube-apiserver, kube-controller-manager, kube-scheduler, etcd, kwok, helm,
+# kubectl) and the real node's pieces (kubelet, kube-proxy, CoreDNS, CNI plugins, nodetool) from Go modules
+# at the versions pinned in versions.env, into a cache outside the repository.
 #
 #   build.sh           build what is missing (a second run with a matching stamp takes well under a second)
 #   build.sh --init    (re)generate gomod/*/go.mod and go.sum from versions.env, then build
@@ -28,7 +29,10 @@ init=0
 log() { printf '[controlplane/build %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
 stamp=$cache/stamp
-stamp_of() { { cat "$here/versions.env" "$here"/gomod/*/go.sum 2>/dev/null || true; } | sha256sum | cut -c1-16; }
+stamp_of() {
+  { cat "$here/versions.env" "$here"/gomod/*/go.sum "$here"/gomod/coredns/main.go "$here"/nodetool/* 2>/dev/null || true; } |
+    sha256sum | cut -c1-16
+}
 want_stamp=$(stamp_of)
 if [ $init = 0 ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want_stamp" ]; then
   log "up to date: $BIN"
@@ -51,7 +55,9 @@ k8s_init() {
     for m in $mods; do go mod edit -replace="$m=$m@$sver"; done
     go mod edit -tool=k8s.io/kubernetes/cmd/kube-apiserver \
       -tool=k8s.io/kubernetes/cmd/kube-controller-manager \
-      -tool=k8s.io/kubernetes/cmd/kube-scheduler
+      -tool=k8s.io/kubernetes/cmd/kube-scheduler \
+      -tool=k8s.io/kubernetes/cmd/kubelet -tool=k8s.io/kubernetes/cmd/kube-proxy \
+      -tool=k8s.io/kubernetes/cmd/kubectl
     go mod tidy)
 }
 
@@ -69,6 +75,12 @@ if [ $init = 1 ] || [ ! -f "$here/gomod/k8s/go.mod" ]; then
   tool_init etcd "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
   tool_init kwok "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
   tool_init helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  # CoreDNS: our own main.go (only the plugins cluster DNS needs) against the pinned module.
+  (cd "$here/gomod/coredns" && rm -f go.sum && go mod edit -require="github.com/coredns/coredns@$COREDNS_VERSION" && go mod tidy)
+  tool_init cni "github.com/containernetworking/plugins/plugins/main/bridge@$CNI_PLUGINS_VERSION"
+  (cd "$here/gomod/cni" && go mod edit -tool=github.com/containernetworking/plugins/plugins/ipam/host-local \
+    -tool=github.com/containernetworking/plugins/plugins/main/loopback \
+    -tool=github.com/containernetworking/plugins/plugins/meta/portmap && go mod tidy)
   want_stamp=$(stamp_of)
 fi
 
@@ -80,9 +92,11 @@ for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
 done
 
 start=$SECONDS
-log "building kube-apiserver, kube-controller-manager, kube-scheduler $K8S_VERSION"
+log "building kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kubectl $K8S_VERSION"
+# One go build for all six shares their compiled packages.
 (cd "$here/gomod/k8s" && go build -trimpath -tags selinux,notest,grpcnotrace -ldflags "$ldf" -o "$BIN/" \
-  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler)
+  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler \
+  k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy k8s.io/kubernetes/cmd/kubectl)
 log "building etcd $ETCD_VERSION"
 (cd "$here/gomod/etcd" && go build -trimpath -ldflags "-s -w" -o "$BIN/etcd" go.etcd.io/etcd/server/v3)
 log "building kwok $KWOK_VERSION"
@@ -90,6 +104,13 @@ log "building kwok $KWOK_VERSION"
 log "building helm $HELM_VERSION"
 (cd "$here/gomod/helm" && go build -trimpath \
   -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" -o "$BIN/helm" helm.sh/helm/v3/cmd/helm)
+log "building CoreDNS $COREDNS_VERSION, CNI plugins $CNI_PLUGINS_VERSION, nodetool"
+(cd "$here/gomod/coredns" && go build -trimpath -ldflags "-s -w" -o "$BIN/coredns" .)
+mkdir -p "$cache/cni"
+(cd "$here/gomod/cni" && go build -trimpath -ldflags "-s -w" -o "$cache/cni/" \
+  github.com/containernetworking/plugins/plugins/main/bridge github.com/containernetworking/plugins/plugins/ipam/host-local \
+  github.com/containernetworking/plugins/plugins/main/loopback github.com/containernetworking/plugins/plugins/meta/portmap)
+(cd "$here/nodetool" && go build -trimpath -ldflags "-s -w" -o "$BIN/nodetool" .)
 
 # kwok ships no built-in stages; take the "fast" node and pod stages from the module itself.
 kwok_dir=$(cd "$here/gomod/kwok" && go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
