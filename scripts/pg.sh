@@ -7,6 +7,9 @@
 #                            (DIR/port remembers it, so a restart keeps the same URL)
 #   pg.sh stop DIR           stop the server whose pid is in DIR/data/postmaster.pid
 #
+# PBFLAGS_PG_LISTEN=ADDR (start): also listen on ADDR and trust clients of its /24, e.g. the local
+# Kubernetes node's bridge address, so pods reach the server (the URL printed stays on loopback).
+#
 # Installs the Debian PostgreSQL server package if no server binaries are found. As root, the server
 # runs as the "postgres" user (PostgreSQL refuses to run as root).
 set -euo pipefail
@@ -54,8 +57,14 @@ start)
     as_owner "$bin/initdb" -D "$dir/data" -U pbflags --auth=trust --no-sync -E UTF8 >"$dir/initdb.log" 2>&1 \
       || { cat "$dir/initdb.log" >&2; exit 1; }
   fi
+  listen=127.0.0.1
+  if [ -n "${PBFLAGS_PG_LISTEN:-}" ]; then
+    listen="127.0.0.1,$PBFLAGS_PG_LISTEN"
+    hba="host all all ${PBFLAGS_PG_LISTEN%.*}.0/24 trust"
+    grep -qxF "$hba" "$dir/data/pg_hba.conf" || echo "$hba" >>"$dir/data/pg_hba.conf"
+  fi
   as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 30 start \
-    -o "-p $port -h 127.0.0.1 -k $dir -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" >/dev/null \
+    -o "-p $port -h $listen -k $dir -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" >/dev/null \
     || { tail -n 20 "$dir/server.log" >&2; exit 1; }
   as_owner "$bin/psql" -h 127.0.0.1 -p "$port" -U pbflags -d postgres -qtAc \
     "SELECT 1 FROM pg_database WHERE datname = 'pbflags'" | grep -q 1 \

@@ -26,6 +26,7 @@ DNS_IP=10.96.0.10
 NODE_NAME=pbflags-node-0
 CGROUP_ROOT=pbflags-e2e
 SANDBOX_IMAGE=docker.io/library/nodetool:1
+HOST_DIRS="/var/lib/cni /run/netns /run/containerd /var/log/containers /var/log/pods"
 SYSCTLS="net.ipv4.ip_forward net.bridge.bridge-nf-call-iptables net.bridge.bridge-nf-call-ip6tables vm.overcommit_memory kernel.panic kernel.panic_on_oops"
 log() { printf '[controlplane/node %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 alive() { [ -f "$RUN/pids/$1" ] && kill -0 "$(cat "$RUN/pids/$1")" 2>/dev/null; }
@@ -63,7 +64,9 @@ prepare() {
   mkdir -p "$N/host-before"
   for s in $SYSCTLS; do sysctl -n "$s" >"$N/host-before/$s" 2>/dev/null || true; done
   nft list tables 2>/dev/null | sort >"$N/host-before/nft-tables"
-  [ -d /var/log/containers ] && touch "$N/host-before/var-log-containers"
+  # Host directories the runtime, CNI and kubelet create when missing; stop removes the ones that were.
+  local d
+  for d in $HOST_DIRS; do [ -e "$d" ] && echo "$d"; done >"$N/host-before/dirs"
   if ip link show "$BRIDGE" >/dev/null 2>&1; then log "bridge $BRIDGE exists: stop the other node first"; exit 1; fi
   ip link add "$BRIDGE" type bridge
   ip addr add "$NODE_IP/24" dev "$BRIDGE"
@@ -273,8 +276,9 @@ stop() {
   [ -f "$N/kube-proxy.yaml" ] && "$("$here/build.sh" --print-bin)/kube-proxy" --cleanup >/dev/null 2>&1 || true
   stop_pid kubelet
   # Every pod sandbox and container goes with its shim, removed through containerd itself.
+  local ids="" all=""
   if alive containerd; then
-    local ids
+    all=$(ctr_ containers ls -q 2>/dev/null || true)
     ids=$(ctr_ tasks ls -q 2>/dev/null || true)
     for id in $ids; do ctr_ tasks kill -s SIGKILL "$id" >/dev/null 2>&1 || true; done
     for id in $ids; do
@@ -314,7 +318,11 @@ stop() {
   conntrack -D -s "$POD_CIDR" >/dev/null 2>&1 || true
   conntrack -D -d "$POD_CIDR" >/dev/null 2>&1 || true
   find /var/log/containers -maxdepth 1 -lname "$N/*" -delete 2>/dev/null || true
-  [ -f "$N/host-before/var-log-containers" ] || rmdir /var/log/containers 2>/dev/null || true
+  # CNI's result cache of the sandboxes that were not torn down through CNI.
+  for id in $all; do rm -f /var/lib/cni/results/*-"$id"-* 2>/dev/null || true; done
+  for d in $HOST_DIRS; do
+    grep -qxF "$d" "$N/host-before/dirs" 2>/dev/null || find "$d" -depth -type d -empty -delete 2>/dev/null || true
+  done
   for s in $SYSCTLS; do
     [ -s "$N/host-before/$s" ] && sysctl -qw "$s=$(cat "$N/host-before/$s")" 2>/dev/null || true
   done
@@ -333,6 +341,7 @@ leftovers() {
     comm -13 "$b/nft-tables" <(nft list tables 2>/dev/null | sort) | sed 's/^/nft /'
   fi
   for d in $(cgroup_dirs); do echo "cgroup $d"; done
+  for d in $HOST_DIRS; do [ -e "$d" ] && ! grep -qxF "$d" "$b/dirs" && echo "directory $d"; done
   for s in $SYSCTLS; do
     [ -s "$b/$s" ] && [ "$(sysctl -n "$s" 2>/dev/null)" != "$(cat "$b/$s")" ] && echo "sysctl $s=$(sysctl -n "$s")"
   done

@@ -73,8 +73,11 @@ evaluator|operator)
   stage=$(final_stage "$dockerfile")
   bins=$(printf '%s' "$stage" | sed -n 's#^COPY --from=build /\([^ ]*\) .*#\1#p')
   [ -n "$bins" ] || { log "$dockerfile: no COPY --from=build in its final stage"; exit 1; }
-  log "release build of $bins"
-  cargo build --release --locked -p "pbflags-$what" $(for b in $bins; do printf -- '--bin %s ' "$b"; done) >&2
+  # Both images' binaries in one invocation: one feature resolution, so each is built once and a
+  # build for the other image finds it fresh.
+  log "release build of pbflags-evaluator and pbflags-operator"
+  cargo build --release --locked -p pbflags-evaluator -p pbflags-operator \
+    --bin pbflags-evaluator --bin pbflags-operator >&2
   key=$( { cat "$dockerfile" "$0"; for b in $bins; do cat "$CARGO_TARGET_DIR/release/$b"; done; echo "$tag"; } | sha256sum | cut -c1-16)
   out=$cache/pbflags-$what-$key.tar
   if [ -f "$out" ]; then echo "$out"; exit 0; fi

@@ -26,11 +26,22 @@ pub struct PgServer {
 impl PgServer {
     /// initdb + start on a free loopback port.
     pub fn start() -> Self {
+        Self::start_listening(None)
+    }
+
+    /// Like `start`, also listening on `extra` (e.g. a Kubernetes node's bridge address) and
+    /// trusting clients of its /24.
+    pub fn start_listening(extra: Option<&str>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("pbflags-pg-")
             .tempdir()
             .expect("tempdir");
-        let url = run(&["start", &dir.path().to_string_lossy()]);
+        let mut c = Command::new("bash");
+        c.arg(script()).arg("start").arg(dir.path());
+        if let Some(extra) = extra {
+            c.env("PBFLAGS_PG_LISTEN", extra);
+        }
+        let url = output(c);
         Self { dir, url }
     }
 
@@ -52,14 +63,16 @@ impl Drop for PgServer {
 }
 
 fn run(args: &[&str]) -> String {
-    let out = Command::new("bash")
-        .arg(script())
-        .args(args)
-        .output()
-        .expect("run pg.sh");
+    let mut c = Command::new("bash");
+    c.arg(script()).args(args);
+    output(c)
+}
+
+fn output(mut c: Command) -> String {
+    let out = c.output().expect("run pg.sh");
     assert!(
         out.status.success(),
-        "pg.sh {args:?} failed: {}",
+        "{c:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
