@@ -13,7 +13,7 @@ step "clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 cleanup=()
-trap 'for c in "${cleanup[@]}"; do eval "$c"; done' EXIT
+trap 'rc=$?; step_timings; for c in "${cleanup[@]}"; do eval "$c"; done; exit $rc' EXIT
 
 step "throwaway PostgreSQL for the database tests"
 pg_dir=$(mktemp -d /tmp/pbflags-test-pg.XXXXXX)
@@ -44,8 +44,19 @@ fi
 e2e/controlplane/build.sh
 e2e/controlplane/start.sh C
 e2e/controlplane/smoke.sh
-cargo test --locked -p pbflags-e2e
+cargo test --locked -p pbflags-e2e --lib --bins --test controlplane
 step "the operator against the control plane"
 cargo test --locked -p pbflags-operator --test controlplane
 step "the Helm chart: lint, templates, dry run, install with least privilege, uninstall"
 cargo test --locked -p pbflags-operator --test chart
+
+step "tier D: a real node (kubelet, containerd, runc, CNI bridge, kube-proxy, CoreDNS); images built without Docker"
+# Tier D replaces a running tier C: both use the same run directory and ports.
+cleanup+=("e2e/controlplane/stop.sh")
+e2e/images/build.sh evaluator >/dev/null
+e2e/images/build.sh operator >/dev/null
+e2e/controlplane/start.sh D
+step "the README's path and day-two operations on the real node"
+cargo test --locked -p pbflags-e2e --test user_path --test node -- --test-threads=1
+step "stopping the real node leaves nothing on the host"
+e2e/controlplane/stop.sh --check

@@ -57,7 +57,11 @@ pack() {
   work=$(mktemp -d "$cache/.build.XXXXXX")
   umoci init --layout "$work/oci"
   umoci new --image "$work/oci:$tag"
-  umoci insert --image "$work/oci:$tag" "$rootfs" /
+  # unpack + repack rather than insert: umoci 0.4's insert leaves the layer's tar unterminated.
+  umoci unpack --image "$work/oci:$tag" "$work/bundle" >/dev/null
+  cp -a "$rootfs/." "$work/bundle/rootfs/"
+  chmod 755 "$work/bundle/rootfs"
+  umoci repack --image "$work/oci:$tag" "$work/bundle"
   umoci config --image "$work/oci:$tag" --history.created_by "e2e/images/build.sh $name" "$@"
   umoci gc --layout "$work/oci"
   tar -C "$work/oci" -cf "$out.tmp" .
@@ -76,7 +80,14 @@ evaluator|operator)
   # Both images' binaries in one invocation: one feature resolution, so each is built once and a
   # build for the other image finds it fresh.
   log "release build of pbflags-evaluator and pbflags-operator"
-  cargo build --release --locked -p pbflags-evaluator -p pbflags-operator \
+  # Run from a test, cargo would inherit what cargo test sets (CARGO_PKG_*, LD_LIBRARY_PATH,
+  # RUSTUP_TOOLCHAIN, …) and judge the binaries stale against a build from a shell: drop it.
+  clean=(env)
+  for v in $(compgen -e); do
+    case $v in CARGO | CARGO_PKG_* | CARGO_MANIFEST_* | CARGO_BIN_EXE_* | CARGO_CRATE_NAME | CARGO_PRIMARY_PACKAGE | \
+      LD_LIBRARY_PATH | RUSTUP_TOOLCHAIN* | RUST_RECURSION_COUNT | OUT_DIR) clean+=(-u "$v") ;; esac
+  done
+  "${clean[@]}" cargo build --release --locked -p pbflags-evaluator -p pbflags-operator \
     --bin pbflags-evaluator --bin pbflags-operator >&2
   key=$( { cat "$dockerfile" "$0"; for b in $bins; do cat "$CARGO_TARGET_DIR/release/$b"; done; echo "$tag"; } | sha256sum | cut -c1-16)
   out=$cache/pbflags-$what-$key.tar

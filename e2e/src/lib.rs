@@ -4,6 +4,8 @@
 //!
 //! Tests only: nothing here ships.
 
+pub mod node;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -22,6 +24,8 @@ pub enum Tier {
     B,
     /// + kube-scheduler + kwok.
     C,
+    /// B + kube-scheduler + a real node (kubelet, containerd, runc, CNI, kube-proxy, CoreDNS).
+    D,
 }
 
 /// A running local control plane.
@@ -60,8 +64,14 @@ impl ControlPlane {
                 bin: helm_dir,
             });
         }
+        Self::ensure_tier(Tier::C)
+    }
+
+    /// Starts `tier` (or reuses a running control plane that serves it) once per test process; a
+    /// test binary uses one tier.
+    pub fn ensure_tier(tier: Tier) -> anyhow::Result<ControlPlane> {
         STARTED
-            .get_or_init(|| Self::start(Tier::C).map_err(|e| format!("{e:#}")))
+            .get_or_init(|| Self::start(tier).map_err(|e| format!("{e:#}")))
             .clone()
             .map_err(anyhow::Error::msg)
     }
@@ -104,12 +114,44 @@ impl ControlPlane {
         Ok(kube::Client::try_from(config)?)
     }
 
-    /// `kubectl` against this control plane.
+    /// `kubectl` against this control plane: the one built at the pinned version.
     pub fn kubectl(&self) -> Command {
-        let mut c = Command::new("kubectl");
+        let built = self.bin.join("kubectl");
+        let mut c = Command::new(if built.is_file() {
+            built
+        } else {
+            PathBuf::from("kubectl")
+        });
         c.arg("--kubeconfig").arg(&self.kubeconfig);
         c
     }
+}
+
+/// Builds the image `pbflags-<name>` (`evaluator` or `operator`) with `e2e/images/build.sh` from
+/// the release binary and imports it into tier D's container runtime. Returns the reference pods
+/// use with `imagePullPolicy: Never`, e.g. `pbflags-evaluator:0.1.0`.
+pub fn node_image(name: &str) -> anyhow::Result<String> {
+    let tar = script_output(
+        Command::new("bash")
+            .arg(repo_root().join("e2e/images/build.sh"))
+            .arg(name),
+    )?;
+    let base = format!("docker.io/library/pbflags-{name}");
+    script_output(
+        Command::new("bash")
+            .arg(repo_root().join("e2e/controlplane/node.sh"))
+            .args(["import", &tar, &base]),
+    )?;
+    // build.sh tags images with the workspace version.
+    Ok(format!("pbflags-{name}:{}", env!("CARGO_PKG_VERSION")))
+}
+
+fn script_output(c: &mut Command) -> anyhow::Result<String> {
+    let out = c.output().with_context(|| format!("run {c:?}"))?;
+    if !out.status.success() {
+        bail!("{c:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 /// A namespace owned by one test; deleted when dropped.

@@ -1,113 +1,26 @@
-//! The README's path from zero to a running FlagEvaluator, step by step. Kubernetes steps run
-//! against the local control plane; pods there are kwok's, so the evaluation steps run evaluators
-//! in this process with exactly the arguments the operator put into the Deployments (read back from
-//! the API), with the descriptor volume and the database Secret materialised locally.
+//! The README's path from zero to a running FlagEvaluator, step by step, on tier D: the chart's
+//! operator runs in a pod, evaluators run in pods from the images `e2e/images/build.sh` makes,
+//! ConfigMap updates reach them through the kubelet's own volume writes, and requests travel from a
+//! client pod through Service names, CoreDNS and kube-proxy. PostgreSQL is this test's own server,
+//! reached from pods through a Service without a selector (as a database outside the cluster is).
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 #[path = "../../evaluator/tests/support/pg.rs"]
 mod pg;
 
-use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use clap::Parser as _;
-use http_body_util::{BodyExt as _, Full};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
-use pbflags_e2e::{ControlPlane, TestNamespace, repo_root};
-use pbflags_operator::build::Defaults;
-use pbflags_operator::controller::{self, Context};
-use pbflags_operator::metrics::Metrics;
-use tokio_util::sync::CancellationToken;
-
-fn kubectl(cp: &ControlPlane, ns: &str, args: &[&str]) -> String {
-    let out = cp.kubectl().args(["-n", ns]).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Writes `content` into `dir` the way the kubelet updates a ConfigMap volume.
-fn kubelet_write(dir: &Path, key: &str, content: &[u8], generation: u32) {
-    let ts = format!("..2026_11_27_00_00_{generation:02}.000000001");
-    std::fs::create_dir(dir.join(&ts)).unwrap();
-    std::fs::write(dir.join(&ts).join(key), content).unwrap();
-    let _ = std::fs::remove_file(dir.join("..data_tmp"));
-    std::os::unix::fs::symlink(&ts, dir.join("..data_tmp")).unwrap();
-    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
-    if !dir.join(key).exists() {
-        std::os::unix::fs::symlink(format!("..data/{key}"), dir.join(key)).unwrap();
-    }
-}
-
-#[derive(clap::Parser)]
-struct EvaluatorCli {
-    #[command(subcommand)]
-    command: Sub,
-}
-
-#[derive(clap::Subcommand)]
-enum Sub {
-    Serve(Box<pbflags_evaluator::config::ServeArgs>),
-}
-
-/// Starts an evaluator with a container's args, changed only where the pod's world differs from
-/// this process: the mount path of the descriptors, the listen address (loopback), the upstream.
-async fn start_evaluator(
-    args: &[String],
-    descriptors_dir: &Path,
-    upstream: Option<&str>,
-) -> (String, CancellationToken) {
-    let mut argv = vec!["pbflags-evaluator".to_owned()];
-    for a in args {
-        let a = if let Some(rest) = a.strip_prefix("--descriptors=/etc/pbflags/descriptors/") {
-            format!("--descriptors={}", descriptors_dir.join(rest).display())
-        } else if a.starts_with("--listen=") {
-            "--listen=127.0.0.1:0".to_owned()
-        } else if let (Some(_), Some(up)) = (a.strip_prefix("--server="), upstream) {
-            format!("--server={up}")
-        } else {
-            a.clone()
-        };
-        argv.push(a);
-    }
-    let Sub::Serve(serve_args) = EvaluatorCli::try_parse_from(&argv).unwrap().command;
-    let config = serve_args.resolve().unwrap();
-    let prepared = pbflags_evaluator::serve::prepare(config).await.unwrap();
-    let url = format!("http://{}", prepared.local_addr().unwrap());
-    let stop = CancellationToken::new();
-    tokio::spawn(pbflags_evaluator::serve::run(prepared, stop.clone()));
-    (url, stop)
-}
-
-async fn evaluate(base: &str, flag: &str) -> serde_json::Value {
-    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http();
-    let body = serde_json::json!({ "flagId": flag }).to_string();
-    let req = http::Request::post(format!("{base}/pbflags.v1.FlagEvaluatorService/Evaluate"))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .unwrap();
-    let resp = client.request(req).await.unwrap();
-    assert_eq!(resp.status(), 200);
-    serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap()
-}
-
-async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
+use pbflags_e2e::node::{
+    self, ClientPod, Images, NODE_IP, OPERATOR_NAMESPACE, evaluator_command, eventually, is_ready,
+    pod_ip, served_descriptor_sha, tier_pods,
+};
+use pbflags_e2e::{ControlPlane, TestNamespace, Tier, repo_root};
+use sha2::Digest as _;
 
 fn descriptors_with_extra_flag() -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
@@ -125,233 +38,218 @@ fn descriptors_with_extra_flag() -> Vec<u8> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn from_zero_to_evaluating_flags() {
-    let cp = ControlPlane::ensure().unwrap();
+async fn from_zero_to_evaluating_flags_on_a_real_node() {
+    let cp = ControlPlane::ensure_tier(Tier::D).unwrap();
     let admin = cp.client().await.unwrap();
+    let images = Images::load().unwrap();
     let ns = TestNamespace::create(&cp, &admin, "user-path")
         .await
         .unwrap();
-    let db = pg::TestDb::create().await;
+    let n = ns.name.as_str();
+    let db = pg::PgServer::start_listening(Some(NODE_IP));
+    let db_port: u16 = db
+        .url
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
 
-    // 1. The operator (its chart is tested in operator/tests/chart.rs; here it runs in-process).
-    let crd = repo_root().join("crds/flagevaluators.pbflags.dev.yaml");
-    kubectl(
-        &cp,
-        "default",
-        &[
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "-f",
-            crd.to_str().unwrap(),
-        ],
-    );
-    kubectl(
-        &cp,
-        "default",
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd/flagevaluators.pbflags.dev",
-            "--timeout=30s",
-        ],
-    );
-    let stop_operator = CancellationToken::new();
-    let ctx = Arc::new(Context::new(
-        admin.clone(),
-        Defaults {
-            image: "pbflags-evaluator:0.1.0".into(),
+    // 1. Install the operator with the chart: its pod really runs, is Ready, and holds the Lease.
+    let operator_pod = cp.install_operator(&images).unwrap();
+    let leases = Api::<Lease>::namespaced(admin.clone(), OPERATOR_NAMESPACE);
+    eventually(
+        "the operator pod to hold its Lease",
+        Duration::from_secs(60),
+        async || {
+            leases
+                .get_opt("pbflags-operator")
+                .await
+                .ok()
+                .flatten()
+                .and_then(|l| l.spec?.holder_identity)
+                == Some(operator_pod.clone())
         },
-        Metrics::new(),
-    ));
-    let namespaces = vec![ns.name.clone()];
-    if !pbflags_e2e::external_operator() {
-        tokio::spawn({
-            let stop = stop_operator.clone();
-            async move { controller::run_namespaces(ctx, &namespaces, stop).await }
-        });
-    }
+    )
+    .await
+    .unwrap();
+
+    // The database, beside the cluster: postgres.<ns>.svc:5432 → this test's server on the node.
+    node::node_service(&cp, n, "postgres", 5432, db_port).unwrap();
+    let db_url_in_cluster =
+        format!("postgres://pbflags@postgres.{n}.svc:5432/pbflags?sslmode=disable");
 
     // 2. The descriptors ConfigMap, from a descriptors.pb.
     let pb = repo_root().join("proto/example/descriptors.pb");
-    kubectl(
-        &cp,
-        &ns.name,
-        &[
-            "create",
-            "configmap",
-            "flag-descriptors",
-            &format!("--from-file=descriptors.pb={}", pb.display()),
-        ],
-    );
+    let from_file = format!("--from-file=descriptors.pb={}", pb.display());
+    cp.run(n, &["create", "configmap", "flag-descriptors", &from_file])
+        .unwrap();
     // 3. The database Secret.
-    kubectl(
-        &cp,
-        &ns.name,
+    cp.run(
+        n,
         &[
             "create",
             "secret",
             "generic",
             "flags-db",
-            &format!("--from-literal=url={}", db.url),
+            &format!("--from-literal=url={db_url_in_cluster}"),
         ],
-    );
-    // 4. The FlagEvaluator, as shipped in the chart's examples.
-    let example = repo_root().join("charts/pbflags-operator/examples/flagevaluator.yaml");
-    let example = std::fs::read_to_string(example).unwrap();
+    )
+    .unwrap();
+    // 4. The FlagEvaluator, as shipped in the chart's examples (root 2 + proxy 2, migrate: true).
+    let example = std::fs::read_to_string(
+        repo_root().join("charts/pbflags-operator/examples/flagevaluator.yaml"),
+    )
+    .unwrap();
     let fe_only: String = example
         .split("---")
         .filter(|d| d.contains("kind: FlagEvaluator"))
         .collect();
-    let path = std::env::temp_dir().join(format!("{}-fe.yaml", ns.name));
-    std::fs::write(&path, fe_only).unwrap();
-    kubectl(&cp, &ns.name, &["apply", "-f", path.to_str().unwrap()]);
-    // 5. Wait for Ready.
-    kubectl(
-        &cp,
-        &ns.name,
+    cp.run_with_input(n, &["apply", "-f", "-"], fe_only.as_bytes())
+        .unwrap();
+    // 5. Wait for Ready: the migration Job ran, then every pod passed its real probes.
+    cp.run(
+        n,
         &[
             "wait",
             "--for=condition=Ready",
             "fe/flags",
-            "--timeout=120s",
+            "--timeout=240s",
         ],
-    );
-    let endpoint = kubectl(
-        &cp,
-        &ns.name,
-        &["get", "fe", "flags", "-o", "jsonpath={.status.endpoint}"],
-    );
-    assert_eq!(endpoint, format!("http://flags-proxy.{}.svc:9201", ns.name));
-
-    // The evaluators, with the Deployments' own arguments.
-    let deployments = Api::<Deployment>::namespaced(admin.clone(), &ns.name);
-    let args_of = async |name: &str| {
-        deployments
-            .get(name)
-            .await
-            .unwrap()
-            .spec
-            .unwrap()
-            .template
-            .spec
-            .unwrap()
-            .containers[0]
-            .args
-            .clone()
-            .unwrap()
-    };
-    let (root_args, proxy_args) = (args_of("flags-root").await, args_of("flags-proxy").await);
-    // The migration Job ran `pbflags-evaluator migrate`; here that is the library call it makes.
-    let pool = db.pool().await;
-    pbflags_evaluator::pg::db::migrate(&pool).await.unwrap();
-    let snapshot =
-        pbflags_evaluator::registry::Snapshot::from_bytes(&std::fs::read(&pb).unwrap()).unwrap();
-    let defs: Vec<_> = snapshot.flags().iter().map(|f| (**f).clone()).collect();
-    pbflags_evaluator::pg::sync::sync(&pool, &defs, false)
-        .await
+    )
+    .unwrap();
+    let endpoint = cp
+        .run(
+            n,
+            &["get", "fe", "flags", "-o", "jsonpath={.status.endpoint}"],
+        )
         .unwrap();
-
-    let volume = tempfile::tempdir().unwrap();
-    let cm = Api::<ConfigMap>::namespaced(admin.clone(), &ns.name)
-        .get("flag-descriptors")
+    assert_eq!(endpoint, format!("http://flags-proxy.{n}.svc:9201"));
+    for tier in ["root", "proxy"] {
+        let pods = tier_pods(&admin, n, "flags", tier).await.unwrap();
+        assert_eq!(
+            pods.iter().filter(|p| is_ready(p)).count(),
+            2,
+            "{tier} pods ready"
+        );
+    }
+    // The Job migrated the real database, and the root was created only after it completed.
+    let job = Api::<Job>::namespaced(admin.clone(), n)
+        .list(&Default::default())
         .await
-        .unwrap();
-    kubelet_write(
-        volume.path(),
-        "descriptors.pb",
-        &cm.binary_data.unwrap()["descriptors.pb"].0,
-        1,
-    );
-    // The pod gets PBFLAGS_DATABASE from the Secret (secretKeyRef); here the same setting is given
-    // as its flag, which the evaluator treats identically.
-    let env = Api::<Deployment>::namespaced(admin.clone(), &ns.name)
+        .unwrap()
+        .items
+        .pop()
+        .expect("the migration Job");
+    let job_status = job.status.unwrap();
+    assert_eq!(job_status.succeeded, Some(1));
+    let root = Api::<Deployment>::namespaced(admin.clone(), n)
         .get("flags-root")
         .await
         .unwrap();
-    let env = env.spec.unwrap().template.spec.unwrap().containers[0]
-        .env
-        .clone()
-        .unwrap();
-    assert_eq!(env[0].name, "PBFLAGS_DATABASE");
-    assert_eq!(
-        env[0]
-            .value_from
-            .as_ref()
-            .unwrap()
-            .secret_key_ref
-            .as_ref()
-            .unwrap()
-            .name,
-        "flags-db"
+    assert!(
+        root.metadata.creation_timestamp.unwrap().0 >= job_status.completion_time.unwrap().0,
+        "the root Deployment was created before the migration completed"
     );
-    let mut root_args = root_args;
-    root_args.push(format!("--database={}", db.url));
-    let (root, stop_root) = start_evaluator(&root_args, volume.path(), None).await;
-    let (proxy, stop_proxy) = start_evaluator(&proxy_args, volume.path(), Some(&root)).await;
+    let pool = pg::pool(&db.url).await;
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'feature_flags'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(tables > 0, "the migration Job created no tables");
 
-    // 6. Evaluate a flag with Connect JSON (what curl sends).
-    let v = evaluate(&proxy, "notifications/2").await;
-    assert_eq!(v["value"]["stringValue"], "daily");
+    // 5b. Create the flags in the database from the same descriptors, with the evaluator image.
+    let synced = evaluator_command(
+        &cp,
+        n,
+        &images,
+        &db_url_in_cluster,
+        &["sync", "--descriptors=/dev/stdin"],
+        &std::fs::read(&pb).unwrap(),
+    )
+    .unwrap();
+    assert!(synced.contains("sync complete"), "{synced}");
 
-    // 7. Update the ConfigMap: the new flag is served, without restarting anything.
+    // 6. Evaluate from a pod: client → proxy Service → proxy pod → root Service → root pod → PostgreSQL.
+    let client = ClientPod::start(&cp, n).unwrap();
+    let v = client.evaluate(&endpoint, "notifications/2").unwrap();
+    assert_eq!(v["value"]["stringValue"], "daily", "{v}");
+
+    // 7. New descriptors with `kubectl apply`: every evaluator pod serves the new set, through the
+    // kubelet's own ConfigMap volume update. The time to the last pod is reported.
     let new = descriptors_with_extra_flag();
-    let patch = serde_json::json!({ "binaryData": { "descriptors.pb": k8s_openapi::ByteString(new.clone()) } });
-    Api::<ConfigMap>::namespaced(admin.clone(), &ns.name)
-        .patch(
-            "flag-descriptors",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(&patch),
+    let new_sha = hex::encode(sha2::Sha256::digest(&new));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("descriptors.pb"), &new).unwrap();
+    let manifest = cp
+        .run(
+            n,
+            &[
+                "create",
+                "configmap",
+                "flag-descriptors",
+                &format!(
+                    "--from-file=descriptors.pb={}",
+                    dir.path().join("descriptors.pb").display()
+                ),
+                "--dry-run=client",
+                "-o",
+                "yaml",
+            ],
+        )
+        .unwrap();
+    let applied = Instant::now();
+    cp.run_with_input(n, &["apply", "-f", "-"], manifest.as_bytes())
+        .unwrap();
+    let mut pods = tier_pods(&admin, n, "flags", "root").await.unwrap();
+    pods.extend(tier_pods(&admin, n, "flags", "proxy").await.unwrap());
+    let ips: Vec<String> = pods.iter().filter_map(pod_ip).map(str::to_owned).collect();
+    assert_eq!(ips.len(), 4);
+    let mut reached = Vec::new();
+    for ip in &ips {
+        eventually(
+            &format!("{ip} to serve {new_sha}"),
+            Duration::from_secs(240),
+            async || served_descriptor_sha(ip, 9201).is_ok_and(|s| s == new_sha),
         )
         .await
         .unwrap();
-    let cm = Api::<ConfigMap>::namespaced(admin.clone(), &ns.name)
-        .get("flag-descriptors")
-        .await
-        .unwrap();
-    kubelet_write(
-        volume.path(),
-        "descriptors.pb",
-        &cm.binary_data.unwrap()["descriptors.pb"].0,
-        2,
-    );
-    eventually("the new flag", async || {
-        evaluate(&proxy, "notifications/5").await["value"]["boolValue"] == true
-    })
-    .await;
-
-    // 8. Kill a flag with the admin CLI; the proxy serves the compiled default (kill TTL 10s).
-    #[derive(clap::Parser)]
-    struct Admin {
-        #[command(subcommand)]
-        command: pbflags_evaluator::cli::Command,
+        reached.push(applied.elapsed());
     }
-    let cli = Admin::try_parse_from([
-        "pbflags-evaluator",
-        "flags",
-        "--actor",
-        "readme",
-        "--database",
-        &db.url,
-        "kill",
-        "notifications/2",
-    ])
-    .unwrap();
-    let pbflags_evaluator::cli::Command::Flags(kill) = cli.command else {
-        unreachable!()
-    };
-    pbflags_evaluator::commands::flags(&kill).await.unwrap();
-    eventually("the kill", async || {
-        evaluate(&proxy, "notifications/2").await["source"] == "EVALUATION_SOURCE_KILLED"
-    })
-    .await;
-    assert_eq!(
-        evaluate(&proxy, "notifications/2").await["value"]["stringValue"],
-        "daily"
+    eprintln!(
+        "descriptor rollout through the kubelet's ConfigMap volume: {} pods; first at {:.1?}, last at {:.1?} after kubectl apply",
+        ips.len(),
+        reached.iter().min().unwrap(),
+        reached.iter().max().unwrap()
     );
+    let v = client.evaluate(&endpoint, "notifications/5").unwrap();
+    assert_eq!(v["value"]["boolValue"], true, "{v}");
 
-    stop_proxy.cancel();
-    stop_root.cancel();
-    stop_operator.cancel();
+    // 8. Kill a flag with the CLI in a pod; the proxy serves the compiled default (kill TTL 10s).
+    let killed = evaluator_command(
+        &cp,
+        n,
+        &images,
+        &db_url_in_cluster,
+        &["flags", "--actor", "readme", "kill", "notifications/2"],
+        b"",
+    )
+    .unwrap();
+    assert!(killed.contains("notifications/2"), "{killed}");
+    eventually("the kill", Duration::from_secs(60), async || {
+        client
+            .evaluate(&endpoint, "notifications/2")
+            .is_ok_and(|v| {
+                v["source"] == "EVALUATION_SOURCE_KILLED" && v["value"]["stringValue"] == "daily"
+            })
+    })
+    .await
+    .unwrap();
+
     ns.delete(&admin).await.unwrap();
 }
