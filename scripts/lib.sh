@@ -18,6 +18,20 @@ step_timings() {
   printf '  %s\n' "${step_log[@]}" >&2
 }
 
+# The release binaries of both shipped crates in one cargo invocation: features resolve once, so the
+# main job, the images and a later build of either find them fresh. Run from a test, cargo would
+# inherit what cargo test sets (CARGO_PKG_*, LD_LIBRARY_PATH, RUSTUP_TOOLCHAIN, …) and judge the
+# binaries stale against a build from a shell: that is dropped.
+release_build() {
+  local clean=(env) v
+  for v in $(compgen -e); do
+    case $v in CARGO | CARGO_PKG_* | CARGO_MANIFEST_* | CARGO_BIN_EXE_* | CARGO_CRATE_NAME | CARGO_PRIMARY_PACKAGE | \
+      LD_LIBRARY_PATH | RUSTUP_TOOLCHAIN* | RUST_RECURSION_COUNT | OUT_DIR) clean+=(-u "$v") ;; esac
+  done
+  "${clean[@]}" cargo build --release --locked -p pbflags-evaluator -p pbflags-operator \
+    --bin pbflags-evaluator --bin pbflags-operator >&2
+}
+
 # A throwaway CA and a localhost certificate signed by it (ECDSA P-256, valid one day) in DIR:
 # ca.crt, tls.crt, tls.key. For TLS tests and load runs.
 test_certs() {

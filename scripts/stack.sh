@@ -16,8 +16,8 @@ root_port=${PBFLAGS_ROOT_PORT:-9201}
 proxy_port=${PBFLAGS_PROXY_PORT:-9202}
 mkdir -p "$dir/logs"
 
-step "building pbflags-evaluator (release)"
-cargo build --release --locked -p pbflags-evaluator
+step "building pbflags-evaluator (release; with the operator, so the images reuse the build)"
+release_build
 bin=$CARGO_TARGET_DIR/release/pbflags-evaluator
 descriptors=proto/example/descriptors.pb
 

@@ -28,18 +28,9 @@ CGROUP_ROOT=pbflags-e2e
 SANDBOX_IMAGE=docker.io/library/nodetool:1
 HOST_DIRS="/var/lib/cni /run/netns /run/containerd /var/log/containers /var/log/pods"
 SYSCTLS="net.ipv4.ip_forward net.bridge.bridge-nf-call-iptables net.bridge.bridge-nf-call-ip6tables vm.overcommit_memory kernel.panic kernel.panic_on_oops"
-log() { printf '[controlplane/node %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-alive() { [ -f "$RUN/pids/$1" ] && kill -0 "$(cat "$RUN/pids/$1")" 2>/dev/null; }
-launch() { local name=$1; shift; "$@" >"$RUN/logs/$name.log" 2>&1 & echo $! >"$RUN/pids/$name"; }
-wait_for() { # name seconds cmd...
-  local name=$1 deadline=$((SECONDS + $2)); shift 2
-  until "$@" >/dev/null 2>&1; do
-    if ! alive "$name" || [ $SECONDS -ge $deadline ]; then
-      log "$name not ready; last log lines:"; tail -n 30 "$RUN/logs/$name.log" >&2; return 1
-    fi
-    sleep 0.2
-  done
-}
+COMPONENT=node
+# shellcheck source=lib.sh
+. "$here/lib.sh"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 ctr_() { ctr --address "$N/containerd/containerd.sock" -n k8s.io "$@"; }
 cgroup_dirs() { for h in /sys/fs/cgroup/*/; do [ -d "$h$CGROUP_ROOT" ] && echo "$h$CGROUP_ROOT"; done; return 0; }
@@ -138,12 +129,8 @@ EOF
   printf 'extendedKeyUsage=clientAuth\n' >"$P/client.ext"
   openssl x509 -req -in "$P/kubelet.csr" -CA "$P/ca.crt" -CAkey "$P/ca.key" -CAcreateserial -days 30 \
     -extfile "$P/client.ext" -out "$P/kubelet.crt" 2>/dev/null
-  kubectl config --kubeconfig="$N/kubelet.kubeconfig" set-cluster e2e --server="$E2E_CP_APISERVER" \
-    --certificate-authority="$P/ca.crt" --embed-certs=true >/dev/null
-  kubectl config --kubeconfig="$N/kubelet.kubeconfig" set-credentials kubelet \
-    --client-certificate="$P/kubelet.crt" --client-key="$P/kubelet.key" --embed-certs=true >/dev/null
-  kubectl config --kubeconfig="$N/kubelet.kubeconfig" set-context e2e --cluster=e2e --user=kubelet >/dev/null
-  kubectl config --kubeconfig="$N/kubelet.kubeconfig" use-context e2e >/dev/null
+  APISERVER_URL=$E2E_CP_APISERVER kubeconfig "$N/kubelet.kubeconfig" kubelet \
+    --client-certificate="$P/kubelet.crt" --client-key="$P/kubelet.key" --embed-certs=true
   local kubelet_port healthz_port
   kubelet_port=$(free_port); healthz_port=$(free_port)
   cat >"$N/kubelet.yaml" <<EOF
@@ -257,18 +244,6 @@ import() {
   ctr_ images ls -q | grep "^$2:" >&2
 }
 
-stop_pid() { # name
-  local f=$RUN/pids/$1 pid
-  [ -f "$f" ] || return 0
-  pid=$(cat "$f")
-  if kill -0 "$pid" 2>/dev/null; then
-    kill "$pid" 2>/dev/null
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null
-  fi
-  rm -f "$f"
-}
-
 stop() {
   [ -d "$N" ] || return 0
   stop_pid coredns
@@ -291,6 +266,15 @@ stop() {
   for p in $(pgrep -f "containerd-shim-runc-v2 .*-address $N/containerd/containerd.sock" || true); do
     kill -9 "$p" 2>/dev/null || true
   done
+  # Container processes left by a node that was killed rather than stopped: every process in the
+  # node's cgroup.
+  local d pass
+  for pass in 1 2 3; do
+    for d in $(cgroup_dirs); do
+      find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+    done
+    sleep 0.2
+  done
   # Pod network namespaces: each one whose veth peers sit on our bridge.
   local ns
   for ns in $(ip netns list 2>/dev/null | awk '{print $1}'); do
@@ -308,7 +292,6 @@ stop() {
   done
   # runc's state, and containerd's default run directory, when nothing else of containerd runs.
   pgrep -x containerd >/dev/null || rm -rf /run/containerd
-  local d
   for d in $(cgroup_dirs); do find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true; done
   if [ -f "$N/host-before/nft-tables" ]; then
     comm -13 "$N/host-before/nft-tables" <(nft list tables 2>/dev/null | sort) | while read -r _ fam name; do

@@ -20,7 +20,9 @@ RUN=${E2E_CP_RUN:-/tmp/pbflags-e2e-cp}
 base=${E2E_CP_PORT_BASE:-26443}
 APISERVER_PORT=$base ETCD_PORT=$((base + 1)) ETCD_PEER_PORT=$((base + 2))
 KCM_PORT=$((base + 3)) SCHED_PORT=$((base + 4)) KWOK_PORT=$((base + 5))
-log() { printf '[controlplane/start %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+COMPONENT=start
+# shellcheck source=lib.sh
+. "$here/lib.sh"
 
 "$here/build.sh"
 BIN=$("$here/build.sh" --print-bin)
@@ -29,18 +31,6 @@ CACHE=$(dirname "$BIN")
 rank() { case "$1" in A) echo 1 ;; B) echo 2 ;; C | D) echo 3 ;; *) echo 0 ;; esac; }
 # A running tier serves a request for the same tier, or for A or B (which every tier includes).
 serves() { [ "$1" = "$2" ] || [ "$(rank "$2")" -le 2 ] && [ "$(rank "$1")" -ge "$(rank "$2")" ]; }
-alive() { [ -f "$RUN/pids/$1" ] && kill -0 "$(cat "$RUN/pids/$1")" 2>/dev/null; }
-
-# wait_for NAME SECONDS CMD...: polls CMD every 0.2 s; on timeout prints the component's log tail.
-wait_for() {
-  local name=$1 secs=$2; shift 2
-  local deadline=$((SECONDS + secs))
-  until "$@" >/dev/null 2>&1; do
-    if ! alive "$name"; then log "$name exited; last log lines:"; tail -n 30 "$RUN/logs/$name.log" >&2; return 1; fi
-    if [ $SECONDS -ge $deadline ]; then log "$name not ready after ${secs}s; last log lines:"; tail -n 30 "$RUN/logs/$name.log" >&2; return 1; fi
-    sleep 0.2
-  done
-}
 
 if [ -f "$RUN/env" ] && alive kube-apiserver; then
   # shellcheck disable=SC1091
@@ -53,6 +43,9 @@ if [ -f "$RUN/env" ] && alive kube-apiserver; then
   "$here/stop.sh"
 fi
 
+# A control plane that was killed rather than stopped (its API server is gone) may have left a node
+# behind: stop.sh cleans whatever remains before the run directory goes.
+[ -d "$RUN" ] && "$here/stop.sh"
 rm -rf "$RUN"
 mkdir -p "$RUN"/{pki,logs,pids}
 P=$RUN/pki
@@ -93,22 +86,9 @@ ${TOK[kwok]},kwok,uid-kwok,system:masters
 EOF
 chmod 600 "$P"/*.key "$P/tokens.csv"
 
-mkkc() { # name token
-  local f=$RUN/$1.kubeconfig
-  kubectl config --kubeconfig="$f" set-cluster e2e --server="https://$HOST:$APISERVER_PORT" \
-    --certificate-authority="$P/ca.crt" --embed-certs=true >/dev/null
-  kubectl config --kubeconfig="$f" set-credentials "$1" --token="$2" >/dev/null
-  kubectl config --kubeconfig="$f" set-context e2e --cluster=e2e --user="$1" >/dev/null
-  kubectl config --kubeconfig="$f" use-context e2e >/dev/null
-}
-for u in admin kcm scheduler kwok; do mkkc "$u" "${TOK[$u]}"; done
+APISERVER_URL=https://$HOST:$APISERVER_PORT
+for u in admin kcm scheduler kwok; do kubeconfig "$RUN/$u.kubeconfig" "$u" --token="${TOK[$u]}"; done
 KC=$RUN/admin.kubeconfig
-
-launch() { # name cmd...
-  local name=$1; shift
-  "$@" >"$RUN/logs/$name.log" 2>&1 &
-  echo $! >"$RUN/pids/$name"
-}
 
 # --- tier A
 log "starting etcd on 127.0.0.1:$ETCD_PORT"

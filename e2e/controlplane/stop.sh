@@ -9,6 +9,9 @@ set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 RUN=${E2E_CP_RUN:-/tmp/pbflags-e2e-cp}
 [ -d "$RUN/pids" ] || exit 0
+COMPONENT=stop
+# shellcheck source=lib.sh
+. "$here/lib.sh"
 snapshot=
 if [ "${1:-}" = --check ] && [ -d "$RUN/node/host-before" ]; then
   snapshot=$(mktemp -d)
@@ -16,17 +19,7 @@ if [ "${1:-}" = --check ] && [ -d "$RUN/node/host-before" ]; then
 fi
 # Tier D's node first: its processes, pods, mounts, network and host settings.
 "$here/node.sh" stop
-for name in kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
-  f=$RUN/pids/$name
-  [ -f "$f" ] || continue
-  pid=$(cat "$f")
-  if kill -0 "$pid" 2>/dev/null; then
-    kill "$pid" 2>/dev/null
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null
-  fi
-  rm -f "$f"
-done
+for name in kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do stop_pid "$name"; done
 rm -rf "$RUN"
 if [ -n "$snapshot" ]; then
   left=$("$here/node.sh" leftovers "$snapshot")

@@ -77,18 +77,8 @@ evaluator|operator)
   stage=$(final_stage "$dockerfile")
   bins=$(printf '%s' "$stage" | sed -n 's#^COPY --from=build /\([^ ]*\) .*#\1#p')
   [ -n "$bins" ] || { log "$dockerfile: no COPY --from=build in its final stage"; exit 1; }
-  # Both images' binaries in one invocation: one feature resolution, so each is built once and a
-  # build for the other image finds it fresh.
   log "release build of pbflags-evaluator and pbflags-operator"
-  # Run from a test, cargo would inherit what cargo test sets (CARGO_PKG_*, LD_LIBRARY_PATH,
-  # RUSTUP_TOOLCHAIN, …) and judge the binaries stale against a build from a shell: drop it.
-  clean=(env)
-  for v in $(compgen -e); do
-    case $v in CARGO | CARGO_PKG_* | CARGO_MANIFEST_* | CARGO_BIN_EXE_* | CARGO_CRATE_NAME | CARGO_PRIMARY_PACKAGE | \
-      LD_LIBRARY_PATH | RUSTUP_TOOLCHAIN* | RUST_RECURSION_COUNT | OUT_DIR) clean+=(-u "$v") ;; esac
-  done
-  "${clean[@]}" cargo build --release --locked -p pbflags-evaluator -p pbflags-operator \
-    --bin pbflags-evaluator --bin pbflags-operator >&2
+  release_build
   key=$( { cat "$dockerfile" "$0"; for b in $bins; do cat "$CARGO_TARGET_DIR/release/$b"; done; echo "$tag"; } | sha256sum | cut -c1-16)
   out=$cache/pbflags-$what-$key.tar
   if [ -f "$out" ]; then echo "$out"; exit 0; fi

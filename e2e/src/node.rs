@@ -171,6 +171,22 @@ pub fn container_pid(cp: &ControlPlane, container_id: &str) -> anyhow::Result<u3
         .with_context(|| format!("no task {id} in containerd"))
 }
 
+/// Makes a PostgreSQL server on the node (its loopback `url`, e.g. a test's own server started with
+/// `PBFLAGS_PG_LISTEN` set to [`NODE_IP`]) reachable from pods of `ns` as `postgres.<ns>.svc:5432`,
+/// the way a database outside the cluster is reached; returns the URL pods use.
+pub fn database_service(cp: &ControlPlane, ns: &str, url: &str) -> anyhow::Result<String> {
+    let port: u16 = url
+        .split(':')
+        .nth(2)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .with_context(|| format!("no port in {url}"))?;
+    node_service(cp, ns, "postgres", 5432, port)?;
+    Ok(format!(
+        "postgres://pbflags@postgres.{ns}.svc:5432/pbflags?sslmode=disable"
+    ))
+}
+
 /// Makes `host:port` on the node reachable from pods of `ns` as `name.ns.svc:service_port`: a
 /// Service without a selector and the EndpointSlice that points it at the node's address.
 pub fn node_service(

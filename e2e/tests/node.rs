@@ -69,18 +69,7 @@ async fn hardened_pods_survive_a_secret_roll_and_a_deleted_root_under_load() {
     let ns = TestNamespace::create(&cp, &admin, "node").await.unwrap();
     let n = ns.name.as_str();
     let db = pg::PgServer::start_listening(Some(NODE_IP));
-    let db_port: u16 = db
-        .url
-        .split(':')
-        .nth(2)
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    node::node_service(&cp, n, "postgres", 5432, db_port).unwrap();
-    let db_url = format!("postgres://pbflags@postgres.{n}.svc:5432/pbflags?sslmode=disable");
+    let db_url = node::database_service(&cp, n, &db.url).unwrap();
 
     let pb = repo_root().join("proto/example/descriptors.pb");
     cp.run(

@@ -47,16 +47,6 @@ async fn from_zero_to_evaluating_flags_on_a_real_node() {
         .unwrap();
     let n = ns.name.as_str();
     let db = pg::PgServer::start_listening(Some(NODE_IP));
-    let db_port: u16 = db
-        .url
-        .split(':')
-        .nth(2)
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
 
     // 1. Install the operator with the chart: its pod really runs, is Ready, and holds the Lease.
     let operator_pod = cp.install_operator(&images).unwrap();
@@ -78,9 +68,7 @@ async fn from_zero_to_evaluating_flags_on_a_real_node() {
     .unwrap();
 
     // The database, beside the cluster: postgres.<ns>.svc:5432 → this test's server on the node.
-    node::node_service(&cp, n, "postgres", 5432, db_port).unwrap();
-    let db_url_in_cluster =
-        format!("postgres://pbflags@postgres.{n}.svc:5432/pbflags?sslmode=disable");
+    let db_url_in_cluster = node::database_service(&cp, n, &db.url).unwrap();
 
     // 2. The descriptors ConfigMap, from a descriptors.pb.
     let pb = repo_root().join("proto/example/descriptors.pb");
