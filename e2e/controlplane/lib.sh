@@ -3,7 +3,10 @@
 # The sourcing script sets RUN and COMPONENT (the name its log lines carry).
 
 log() { printf '[controlplane/%s %(%H:%M:%S)T] %s\n' "$COMPONENT" -1 "$*" >&2; }
-alive() { [ -f "$RUN/pids/$1" ] && kill -0 "$(cat "$RUN/pids/$1")" 2>/dev/null; }
+# running PID: the process exists and is not a zombie (a killed component whose parent is gone may
+# linger as one where nothing reaps it, and kill -0 succeeds on it).
+running() { [ -r "/proc/$1/stat" ] && [ "$(sed 's/.*) //' "/proc/$1/stat" | cut -d' ' -f1)" != Z ]; }
+alive() { [ -f "$RUN/pids/$1" ] && running "$(cat "$RUN/pids/$1")"; }
 
 # launch NAME CMD...: starts CMD in the background.
 launch() {
@@ -29,10 +32,10 @@ stop_pid() {
   local f=$RUN/pids/$1 pid
   [ -f "$f" ] || return 0
   pid=$(cat "$f")
-  if kill -0 "$pid" 2>/dev/null; then
+  if running "$pid"; then
     kill "$pid" 2>/dev/null
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null
+    for _ in $(seq 1 100); do running "$pid" || break; sleep 0.1; done
+    running "$pid" && kill -9 "$pid" 2>/dev/null
   fi
   rm -f "$f"
 }
