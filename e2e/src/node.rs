@@ -78,6 +78,22 @@ impl ControlPlane {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Applies a FlagEvaluator manifest in `ns` and waits (up to 4 minutes) until `kubectl wait
+    /// --for=condition=Ready fe/NAME` returns.
+    pub fn apply_flag_evaluator(&self, ns: &str, name: &str, manifest: &str) -> anyhow::Result<()> {
+        self.run_with_input(ns, &["apply", "-f", "-"], manifest.as_bytes())?;
+        self.run(
+            ns,
+            &[
+                "wait",
+                "--for=condition=Ready",
+                &format!("fe/{name}"),
+                "--timeout=240s",
+            ],
+        )?;
+        Ok(())
+    }
+
     /// `helm` against this control plane.
     pub fn helm(&self) -> Command {
         let mut c = Command::new(self.bin.join("helm"));

@@ -93,18 +93,7 @@ async fn hardened_pods_survive_a_secret_roll_and_a_deleted_root_under_load() {
         ],
     )
     .unwrap();
-    cp.run_with_input(n, &["apply", "-f", "-"], FLAG_EVALUATOR.as_bytes())
-        .unwrap();
-    cp.run(
-        n,
-        &[
-            "wait",
-            "--for=condition=Ready",
-            "fe/flags",
-            "--timeout=240s",
-        ],
-    )
-    .unwrap();
+    cp.apply_flag_evaluator(n, "flags", FLAG_EVALUATOR).unwrap();
     let pb_bytes = std::fs::read(&pb).unwrap();
     evaluator_command(
         &cp,

@@ -96,19 +96,8 @@ async fn from_zero_to_evaluating_flags_on_a_real_node() {
         .split("---")
         .filter(|d| d.contains("kind: FlagEvaluator"))
         .collect();
-    cp.run_with_input(n, &["apply", "-f", "-"], fe_only.as_bytes())
-        .unwrap();
-    // 5. Wait for Ready: the migration Job ran, then every pod passed its real probes.
-    cp.run(
-        n,
-        &[
-            "wait",
-            "--for=condition=Ready",
-            "fe/flags",
-            "--timeout=240s",
-        ],
-    )
-    .unwrap();
+    // 4.–5. Apply it and wait for Ready: the migration Job ran, then every pod passed its real probes.
+    cp.apply_flag_evaluator(n, "flags", &fe_only).unwrap();
     let endpoint = cp
         .run(
             n,
