@@ -55,7 +55,7 @@ prepare() {
   mkdir -p "$N/host-before"
   for s in $SYSCTLS; do sysctl -n "$s" >"$N/host-before/$s" 2>/dev/null || true; done
   nft list tables 2>/dev/null | sort >"$N/host-before/nft-tables"
-  # Host directories the runtime, CNI and kubelet create when missing; stop removes the ones that were.
+  # Host directories the runtime, CNI and kubelet create when missing; stop removes those it created.
   local d
   for d in $HOST_DIRS; do [ -e "$d" ] && echo "$d"; done >"$N/host-before/dirs"
   if ip link show "$BRIDGE" >/dev/null 2>&1; then log "bridge $BRIDGE exists: stop the other node first"; exit 1; fi
