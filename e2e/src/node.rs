@@ -142,7 +142,10 @@ impl ControlPlane {
 }
 
 /// Runs `pbflags-evaluator ARGS…` once in a pod of `ns` from the evaluator image, with the database
-/// URL in its environment and `stdin` attached (`kubectl run --rm -i`, as the README does); its output.
+/// URL in its environment; its output. With `stdin`, as the README does it (`kubectl run --rm -i`):
+/// the command reads its input from the attached stream, so nothing it prints can precede the
+/// attach. Without, kubectl would attach to a command that may already have exited and printed
+/// nothing it can see: the pod runs to completion and its output is read from its log.
 pub fn evaluator_command(
     cp: &ControlPlane,
     ns: &str,
@@ -156,16 +159,45 @@ pub fn evaluator_command(
     let mut all = vec![
         "run",
         "pbflags-cli",
-        "--rm",
-        "-i",
         "--restart=Never",
         "--image-pull-policy=Never",
         &image,
         &env,
-        "--",
     ];
+    if !stdin.is_empty() {
+        all.extend(["--rm", "-i", "--"]);
+        all.extend_from_slice(args);
+        return cp.run_with_input(ns, &all, stdin);
+    }
+    all.push("--");
     all.extend_from_slice(args);
-    cp.run_with_input(ns, &all, stdin)
+    cp.run(ns, &all)?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let phase = loop {
+        let phase = cp.run(
+            ns,
+            &[
+                "get",
+                "pod",
+                "pbflags-cli",
+                "-o",
+                "jsonpath={.status.phase}",
+            ],
+        )?;
+        if phase == "Succeeded" || phase == "Failed" {
+            break phase;
+        }
+        if Instant::now() > deadline {
+            bail!("pbflags-evaluator {args:?} still {phase} after 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let logs = cp.run(ns, &["logs", "pod/pbflags-cli"])?;
+    cp.run(ns, &["delete", "pod", "pbflags-cli"])?;
+    if phase == "Failed" {
+        bail!("pbflags-evaluator {args:?} failed: {logs}");
+    }
+    Ok(logs)
 }
 
 /// The host process id of a pod's container (`containerd://ID` in its status), from the node's
