@@ -6,14 +6,14 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 # step NAME: starts a named step; the previous one's duration is printed, and step_timings prints all.
 step_log=()
+_end_step() { [ -z "${_step:-}" ] || step_log+=("$(printf '%5ds  %s' $((SECONDS - _step_start)) "$_step")"); _step=; }
 step() {
-  [ -n "${_step:-}" ] && step_log+=("$(printf '%5ds  %s' $((SECONDS - _step_start)) "$_step")")
+  _end_step
   _step=$*; _step_start=$SECONDS
   printf '\n==> [%(%H:%M:%S)T +%ds] %s\n' -1 "$SECONDS" "$*" >&2
 }
 step_timings() {
-  [ -n "${_step:-}" ] && step_log+=("$(printf '%5ds  %s' $((SECONDS - _step_start)) "$_step")")
-  _step=
+  _end_step
   printf '\nstep timings (total %ds):\n' "$SECONDS" >&2
   printf '  %s\n' "${step_log[@]}" >&2
 }
