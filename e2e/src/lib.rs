@@ -6,7 +6,7 @@
 
 pub mod node;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
@@ -43,9 +43,13 @@ pub fn external_operator() -> bool {
     std::env::var_os("PBFLAGS_E2E_EXTERNAL_OPERATOR").is_some()
 }
 
-/// The repository root.
+/// The repository root. Under cargo the running crate's directory (every crate sits one level below
+/// the root) is read at run time: the shared target directory may hold a test binary compiled in
+/// another checkout, whose compile-time path would point there.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("..")
 }
 
 static STARTED: OnceLock<Result<ControlPlane, String>> = OnceLock::new();

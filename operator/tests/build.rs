@@ -9,9 +9,10 @@ use pbflags_operator::build::{self, Defaults, Inputs, Tier};
 use pbflags_operator::crd::FlagEvaluator;
 
 fn fixture(name: &str) -> FlagEvaluator {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(format!("{name}.yaml"));
+    let path =
+        Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(format!("{name}.yaml"));
     serde_yaml_ng::from_str(&std::fs::read_to_string(path).expect("fixture"))
         .expect("fixture parses")
 }
@@ -51,9 +52,10 @@ fn render(fe: &FlagEvaluator, secret_hash: Option<&str>) -> String {
 
 fn check_snapshot(name: &str, secret_hash: Option<&str>) {
     let got = render(&fixture(name), secret_hash);
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/snapshots")
-        .join(format!("{name}.yaml"));
+    let path =
+        Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+            .join("tests/snapshots")
+            .join(format!("{name}.yaml"));
     if std::env::var_os("PBFLAGS_BLESS").is_some() {
         std::fs::write(&path, &got).expect("write snapshot");
     }

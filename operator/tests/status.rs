@@ -7,8 +7,10 @@ use pbflags_operator::crd::FlagEvaluator;
 use pbflags_operator::status::{self, Observed, Problem, reason};
 
 fn fe() -> FlagEvaluator {
-    let path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/root-and-proxy.yaml");
+    let path = std::path::Path::new(
+        &std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    )
+    .join("tests/fixtures/root-and-proxy.yaml");
     serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 

@@ -5,7 +5,10 @@ use std::path::Path;
 
 #[test]
 fn committed_example_descriptor_set_matches_its_source() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = std::path::PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    );
+    let root = root.as_path();
     let fresh = compile_example(root);
     let committed_path = root.join("example/descriptors.pb");
     if std::env::var_os("PBFLAGS_BLESS").is_some() {
