@@ -11,8 +11,8 @@ use std::time::Duration;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use futures_util::FutureExt as _;
 use harness::{Harness, def};
-use pbflags_evaluator::engine::cache::CacheConfig;
-use pbflags_evaluator::engine::clock::Clock;
+use pbflags_evaluator::core::cache::CacheConfig;
+use pbflags_evaluator::core::clock::Clock;
 use pbflags_proto::v1::{FlagValue, State};
 
 fn ticking() -> Clock {

@@ -11,13 +11,13 @@ mod pg;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pbflags_evaluator::engine::Engine;
-use pbflags_evaluator::engine::cache::CacheConfig;
+use pbflags_evaluator::core::cache::CacheConfig;
+use pbflags_evaluator::core::engine::Engine;
+use pbflags_evaluator::core::registry::{ContentHash, Registry, Snapshot};
 use pbflags_evaluator::metrics::{Backend, Metrics};
-use pbflags_evaluator::pg::admin::{self, StateChange};
-use pbflags_evaluator::pg::source::PgSource;
-use pbflags_evaluator::pg::{db, sync};
-use pbflags_evaluator::registry::{ContentHash, Registry, Snapshot};
+use pbflags_evaluator::sources::pg::admin::{self, StateChange};
+use pbflags_evaluator::sources::pg::source::PgSource;
+use pbflags_evaluator::sources::pg::{db, sync};
 use pbflags_proto::v1::{FlagType, FlagValue, State};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

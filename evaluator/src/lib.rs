@@ -1,19 +1,29 @@
-//! The pbflags evaluator: descriptor parsing, the flag registry and its hot reload, the evaluation
-//! engine, and the sources and servers around it.
+//! The pbflags evaluator: flags defined as protobuf options, evaluated over gRPC, gRPC-Web and
+//! Connect from PostgreSQL (root mode) or an upstream evaluator (proxy mode).
+//!
+//! # Module map
+//!
+//! | module | role |
+//! | --- | --- |
+//! | [`app`] | the binary's wiring: arguments, configuration, logging, the subcommands, `serve` |
+//! | [`server`] | the one listener: gRPC, gRPC-Web, Connect, health, metrics, TLS |
+//! | [`reload`] | background tasks that keep inputs fresh: descriptor files, the kill set |
+//! | [`sources`] | where state comes from: PostgreSQL ([`sources::pg`]) or an upstream evaluator |
+//! | [`protocol`] | wire details shared by the server and the upstream client: the Connect codec and status table, trace context |
+//! | [`core`] | descriptors, the registry, the pure precedence rules ([`core::decide`]), the caching engine |
+//! | [`metrics`] | the Prometheus registry every layer counts into |
+//!
+//! # Dependency rule
+//!
+//! Dependencies point one way, down this list: `app` → `server`, `reload`, `sources` →
+//! `protocol` → `core` → `metrics`. A module never names one above it; `tests/layers.rs` checks
+//! this on the sources. [`core::decide`] depends on nothing but the flag definitions and the
+//! protobuf types: no async, no clock, no metrics.
 
-pub mod cli;
-pub mod commands;
-pub mod config;
-pub mod descriptor;
-pub mod engine;
-pub mod list;
-pub mod logging;
+pub mod app;
+pub mod core;
 pub mod metrics;
-pub mod pg;
-pub mod poller;
-pub mod registry;
-pub mod serve;
+pub mod protocol;
+pub mod reload;
 pub mod server;
-pub mod trace_context;
-pub mod upstream;
-pub mod watcher;
+pub mod sources;

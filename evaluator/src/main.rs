@@ -4,17 +4,18 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use pbflags_evaluator::cli::{Cli, Command};
-use pbflags_evaluator::commands::{self, Failure};
-use pbflags_evaluator::{list, logging, serve, watcher};
+use pbflags_evaluator::app::cli::{Cli, Command};
+use pbflags_evaluator::app::commands::{self, Failure};
+use pbflags_evaluator::app::{descriptors, logging, serve};
+use pbflags_evaluator::reload;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => return run_serve(&args),
-        Command::Descriptors(args) => watcher::load_file(&args.descriptors)
-            .map(|s| list::render(&s, args.json))
+        Command::Descriptors(args) => reload::descriptors::load_file(&args.descriptors)
+            .map(|s| descriptors::render(&s, args.json))
             .map_err(Failure::from),
         command => match tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -43,7 +44,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_serve(args: &pbflags_evaluator::config::ServeArgs) -> ExitCode {
+fn run_serve(args: &pbflags_evaluator::app::config::ServeArgs) -> ExitCode {
     let config = match args.resolve() {
         Ok(c) => c,
         Err(e) => {

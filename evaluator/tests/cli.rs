@@ -28,7 +28,7 @@ fn ok(out: &Output) -> String {
 fn example() -> String {
     format!(
         "{}/../proto/example/descriptors.pb",
-        env!("CARGO_MANIFEST_DIR")
+        std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR")
     )
 }
 

@@ -2,7 +2,7 @@
 
 mod support;
 
-use pbflags_evaluator::descriptor::{self, ParseError, Warning};
+use pbflags_evaluator::core::descriptor::{self, ParseError, Warning};
 use pbflags_proto::v1::{FlagType, FlagValue};
 
 const HEADER: &str = "syntax = \"proto3\";\npackage t;\nimport \"pbflags/options.proto\";\n";

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use harness::{Harness, def};
-use pbflags_evaluator::engine::source::FlagState;
+use pbflags_evaluator::core::source::FlagState;
 use pbflags_proto::v1::{EvaluationSource as Src, EvaluatorStatus, FlagValue, State};
 
 fn b(v: bool) -> Option<FlagValue> {
@@ -455,7 +455,7 @@ async fn a_hundred_concurrent_misses_for_one_flag_make_one_source_call() {
 
 #[test]
 fn memory_for_high_cardinality_entities_is_bounded() {
-    let config = pbflags_evaluator::engine::cache::CacheConfig {
+    let config = pbflags_evaluator::core::cache::CacheConfig {
         override_max_entries: 500,
         last_known_max_entries: 1_000,
         ..harness::short_ttl()

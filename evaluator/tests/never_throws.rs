@@ -12,13 +12,13 @@ use std::time::Duration;
 use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
 use harness::def;
-use pbflags_evaluator::engine::Engine;
-use pbflags_evaluator::engine::cache::CacheConfig;
-use pbflags_evaluator::engine::source::{
+use pbflags_evaluator::core::cache::CacheConfig;
+use pbflags_evaluator::core::engine::Engine;
+use pbflags_evaluator::core::registry::{ContentHash, Registry, Snapshot};
+use pbflags_evaluator::core::source::{
     FlagState, Override, SourceError, SourceResult, StateSource,
 };
 use pbflags_evaluator::metrics::{Backend, Metrics};
-use pbflags_evaluator::registry::{ContentHash, Registry, Snapshot};
 use pbflags_proto::v1::{EvaluationSource as Src, FlagValue, State, flag_value};
 use proptest::prelude::*;
 

@@ -6,7 +6,7 @@ mod harness;
 
 use futures_util::FutureExt as _;
 use harness::{Harness, def};
-use pbflags_evaluator::engine::cache::CacheConfig;
+use pbflags_evaluator::core::cache::CacheConfig;
 use pbflags_proto::v1::{EvaluationSource, FlagValue, State};
 
 fn allocations_during(f: impl FnOnce()) -> u64 {

@@ -10,15 +10,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use harness::{def, short_ttl};
-use pbflags_evaluator::descriptor::FlagDef;
-use pbflags_evaluator::engine::Engine;
-use pbflags_evaluator::engine::cache::CacheConfig;
+use pbflags_evaluator::core::cache::CacheConfig;
+use pbflags_evaluator::core::descriptor::FlagDef;
+use pbflags_evaluator::core::engine::Engine;
+use pbflags_evaluator::core::registry::{ContentHash, Registry, Snapshot};
 use pbflags_evaluator::metrics::{Backend, Metrics};
-use pbflags_evaluator::pg::admin::{self, AdminError, StateChange};
-use pbflags_evaluator::pg::db;
-use pbflags_evaluator::pg::source::PgSource;
-use pbflags_evaluator::pg::sync::{self, SyncError};
-use pbflags_evaluator::registry::{ContentHash, Registry, Snapshot};
+use pbflags_evaluator::sources::pg::admin::{self, AdminError, StateChange};
+use pbflags_evaluator::sources::pg::db;
+use pbflags_evaluator::sources::pg::source::PgSource;
+use pbflags_evaluator::sources::pg::sync::{self, SyncError};
 use pbflags_proto::v1::{EvaluationSource as Src, EvaluatorStatus, FlagType, FlagValue, State};
 use pg::{PgServer, TestDb};
 use sqlx::PgPool;
@@ -480,7 +480,7 @@ async fn an_outage_serves_stale_or_default_then_recovers() {
 
     server.restart();
     sqlx::query("UPDATE feature_flags.flags SET value = $1 WHERE flag_id = 'notif/2'")
-        .bind(pbflags_evaluator::pg::values::encode_value(Some(
+        .bind(pbflags_evaluator::sources::pg::values::encode_value(Some(
             &FlagValue::string("monthly"),
         )))
         .execute(&pool)

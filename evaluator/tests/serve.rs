@@ -16,8 +16,8 @@ use axum::body::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use pbflags_evaluator::pg::admin::{self, StateChange};
-use pbflags_evaluator::pg::{db, sync};
+use pbflags_evaluator::sources::pg::admin::{self, StateChange};
+use pbflags_evaluator::sources::pg::{db, sync};
 use pbflags_proto::v1::flag_evaluator_service_client::FlagEvaluatorServiceClient;
 use pbflags_proto::v1::{
     BulkEvaluateRequest, EvaluateRequest, EvaluateResponse, EvaluationSource, EvaluatorStatus,
@@ -37,7 +37,7 @@ async fn root_db() -> pg::TestDb {
     let pool = db.pool().await;
     db::migrate(&pool).await.unwrap();
     let snapshot =
-        pbflags_evaluator::registry::Snapshot::from_bytes(pbflags_proto::EXAMPLE_DESCRIPTORS)
+        pbflags_evaluator::core::registry::Snapshot::from_bytes(pbflags_proto::EXAMPLE_DESCRIPTORS)
             .unwrap();
     let flags: Vec<_> = snapshot.flags().iter().map(|f| (**f).clone()).collect();
     sync::sync(&pool, &flags, false).await.unwrap();

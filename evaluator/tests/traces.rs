@@ -17,8 +17,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use pbflags_evaluator::config::LogFormat;
-use pbflags_evaluator::logging::{self, Tracing};
+use pbflags_evaluator::app::logging::LogFormat;
+use pbflags_evaluator::app::logging::{self, Tracing};
 use pbflags_proto::v1::EvaluateRequest;
 use pbflags_proto::v1::flag_evaluator_service_client::FlagEvaluatorServiceClient;
 use server::Running;
@@ -212,7 +212,7 @@ async fn a_single_threaded_evaluator_exports_and_flushes_its_spans() {
         .port();
     let descriptors = format!(
         "{}/../proto/example/descriptors.pb",
-        env!("CARGO_MANIFEST_DIR")
+        std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR")
     );
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pbflags-evaluator"))
         .args([

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pbflags_evaluator::core::registry::{Registry, Snapshot};
 use pbflags_evaluator::metrics::Metrics;
-use pbflags_evaluator::registry::{Registry, Snapshot};
-use pbflags_evaluator::watcher::{
+use pbflags_evaluator::reload::descriptors::{
     DescriptorWatcher, ReloadError, ReloadOutcome, Trigger, WatcherConfig,
 };
 use tokio_util::sync::CancellationToken;
@@ -94,7 +94,7 @@ async fn configmap_symlink_swap_is_seen_by_the_directory_watch() {
     wait_for("reload after ..data swap", || registry.load().len() == 5).await;
     assert_eq!(
         registry.load().hash(),
-        pbflags_evaluator::registry::ContentHash::of(&next)
+        pbflags_evaluator::core::registry::ContentHash::of(&next)
     );
     assert_eq!(metrics.reloads(true), 1);
     assert!(

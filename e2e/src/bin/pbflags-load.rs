@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use clap::{Parser, ValueEnum};
 use http_body_util::{BodyExt as _, Full};
-use pbflags_evaluator::upstream::{self, UpstreamCa};
+use pbflags_evaluator::sources::upstream::{self, UpstreamCa};
 use pbflags_proto::v1::flag_evaluator_service_client::FlagEvaluatorServiceClient;
 use pbflags_proto::v1::{BulkEvaluateRequest, EvaluateRequest};
 use prost::Message as _;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::pg::db::DatabaseArgs;
+use crate::sources::pg::db::DatabaseArgs;
 
 /// The pbflags evaluator: serves flags defined as protobuf options.
 #[derive(Debug, Parser)]
@@ -21,7 +21,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve flag evaluations (gRPC, gRPC-Web and Connect on one port), in root or proxy mode.
-    Serve(Box<crate::config::ServeArgs>),
+    Serve(Box<crate::app::config::ServeArgs>),
     /// Parse a descriptor set and list its flags, with warnings for anything suspicious.
     Descriptors(DescriptorsArgs),
     /// Apply pending database migrations and exit.

@@ -3,11 +3,11 @@
 
 use serde_json::json;
 
-use crate::cli::{FlagsAction, FlagsArgs, MigrateArgs, OverrideAction, SyncArgs};
-use crate::list::display_value;
-use crate::pg::admin::{self, StateChange};
-use crate::pg::db::{self, DatabaseArgs, DbError};
-use crate::pg::{sync, values};
+use crate::app::cli::{FlagsAction, FlagsArgs, MigrateArgs, OverrideAction, SyncArgs};
+use crate::app::descriptors::display_value;
+use crate::sources::pg::admin::{self, StateChange};
+use crate::sources::pg::db::{self, DatabaseArgs, DbError};
+use crate::sources::pg::{sync, values};
 use pbflags_proto::v1::{FlagValue, State};
 
 /// A failed command: what to print and the exit code.
@@ -54,7 +54,7 @@ pub async fn migrate(args: &MigrateArgs) -> Result<String, Failure> {
 
 /// `sync`.
 pub async fn sync(args: &SyncArgs) -> Result<String, Failure> {
-    let snapshot = crate::watcher::load_file(&args.descriptors)?;
+    let snapshot = crate::reload::descriptors::load_file(&args.descriptors)?;
     for w in snapshot.warnings() {
         eprintln!("warning: {w}");
     }
@@ -125,7 +125,7 @@ pub async fn flags(args: &FlagsArgs) -> Result<String, Failure> {
                 rows.iter()
                     .map(|r| {
                         json!({
-                            "flag_id": r.flag_id, "type": crate::descriptor::type_name(r.flag_type), "layer": r.layer,
+                            "flag_id": r.flag_id, "type": crate::core::descriptor::type_name(r.flag_type), "layer": r.layer,
                             "state": state_str(r.state), "value": value_json(r.value.as_ref()),
                             "default": value_json(r.default_value.as_ref()), "archived": r.archived, "overrides": r.overrides,
                         })
@@ -147,7 +147,7 @@ pub async fn flags(args: &FlagsArgs) -> Result<String, Failure> {
                     out.push_str(&format!(
                         "{:<32} {:<7} {:<8} {:<8} {:<16} {:<16} {}\n",
                         r.flag_id,
-                        crate::descriptor::type_name(r.flag_type),
+                        crate::core::descriptor::type_name(r.flag_type),
                         r.layer,
                         state,
                         display_value(r.value.as_ref()),
@@ -168,7 +168,7 @@ pub async fn flags(args: &FlagsArgs) -> Result<String, Failure> {
                 format!(
                     "{}\n",
                     json!({
-                        "flag_id": r.flag_id, "type": crate::descriptor::type_name(r.flag_type), "layer": r.layer,
+                        "flag_id": r.flag_id, "type": crate::core::descriptor::type_name(r.flag_type), "layer": r.layer,
                         "state": state_str(r.state), "value": value_json(r.value.as_ref()),
                         "default": value_json(r.default_value.as_ref()), "archived": r.archived,
                         "description": r.description, "overrides": o,
@@ -178,7 +178,7 @@ pub async fn flags(args: &FlagsArgs) -> Result<String, Failure> {
                 let mut out = format!(
                     "flag:        {}\ntype:        {}\nlayer:       {}\nstate:       {}{}\nvalue:       {}\ndefault:     {}\ndescription: {}\n",
                     r.flag_id,
-                    crate::descriptor::type_name(r.flag_type),
+                    crate::core::descriptor::type_name(r.flag_type),
                     r.layer,
                     state_str(r.state),
                     if r.archived { " (archived)" } else { "" },

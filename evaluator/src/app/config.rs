@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::engine::cache::CacheConfig;
-use crate::pg::db::DatabaseArgs;
+use crate::app::logging::{LogFormat, Tracing};
+use crate::core::cache::CacheConfig;
+use crate::sources::pg::db::DatabaseArgs;
 
 fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (use a duration like 500ms, 30s or 5m)"))
@@ -151,15 +152,6 @@ pub enum Mode {
     Proxy(String),
 }
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
 /// The validated configuration of `serve`.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -188,11 +180,11 @@ pub struct Config {
     /// Log filter.
     pub log_level: String,
     /// Trace export.
-    pub tracing: crate::logging::Tracing,
+    pub tracing: Tracing,
     /// Protocol of upstream calls (proxy mode).
-    pub upstream_protocol: crate::upstream::UpstreamProtocol,
+    pub upstream_protocol: crate::sources::upstream::UpstreamProtocol,
     /// CAs for an https:// upstream (proxy mode).
-    pub upstream_ca: crate::upstream::UpstreamCa,
+    pub upstream_ca: crate::sources::upstream::UpstreamCa,
     /// TLS certificate files; `None` serves cleartext.
     pub tls: Option<crate::server::tls::TlsFiles>,
     /// TLS file check interval.
@@ -379,8 +371,8 @@ impl ServeArgs {
                 .map_err(|err| bad("otlp_endpoint", format!("{e:?} is not a URL: {err}")))?;
         }
         let upstream_protocol = match self.upstream_protocol.as_deref().unwrap_or("connect") {
-            "connect" => crate::upstream::UpstreamProtocol::Connect,
-            "grpc" => crate::upstream::UpstreamProtocol::Grpc,
+            "connect" => crate::sources::upstream::UpstreamProtocol::Connect,
+            "grpc" => crate::sources::upstream::UpstreamProtocol::Grpc,
             other => {
                 return Err(bad(
                     "upstream_protocol",
@@ -389,10 +381,10 @@ impl ServeArgs {
             }
         };
         let upstream_ca = match (&self.upstream_ca, &mode) {
-            (None, _) => crate::upstream::UpstreamCa::System,
+            (None, _) => crate::sources::upstream::UpstreamCa::System,
             (Some(path), Mode::Proxy(url)) if url.starts_with("https://") => {
-                let ca = crate::upstream::UpstreamCa::File(path.clone());
-                crate::upstream::roots(&ca).map_err(|e| bad("upstream_ca", e))?;
+                let ca = crate::sources::upstream::UpstreamCa::File(path.clone());
+                crate::sources::upstream::roots(&ca).map_err(|e| bad("upstream_ca", e))?;
                 ca
             }
             (Some(_), _) => {
@@ -437,7 +429,7 @@ impl ServeArgs {
             tls,
             tls_poll_interval,
             upstream_protocol,
-            tracing: crate::logging::Tracing {
+            tracing: Tracing {
                 otlp_endpoint,
                 sample_ratio,
             },

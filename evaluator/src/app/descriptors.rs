@@ -4,8 +4,8 @@ use std::fmt::Write as _;
 
 use pbflags_proto::v1::{FlagValue, flag_value};
 
-use crate::descriptor::type_name;
-use crate::registry::Snapshot;
+use crate::core::descriptor::type_name;
+use crate::core::registry::Snapshot;
 
 /// Renders `value` for people: `true`, `"daily"`, `3`, `0.75`, or `-` when absent.
 pub fn display_value(value: Option<&FlagValue>) -> String {

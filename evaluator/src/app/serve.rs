@@ -9,23 +9,23 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Mode, resolve_listen};
-use crate::engine::Engine;
-use crate::engine::clock::Clock;
-use crate::engine::source::StateSource;
+use crate::app::config::{Config, Mode, resolve_listen};
+use crate::core::clock::Clock;
+use crate::core::engine::Engine;
+use crate::core::registry::Registry;
+use crate::core::source::StateSource;
 use crate::metrics::{Backend, Metrics};
-use crate::pg::{db, source::PgSource};
-use crate::registry::Registry;
+use crate::reload::descriptors::{self, DescriptorWatcher, WatcherConfig};
 use crate::server::{self, AppParts, Readiness, service::Evaluator};
-use crate::upstream::UpstreamSource;
-use crate::watcher::{self, DescriptorWatcher, WatcherConfig};
+use crate::sources::pg::{db, source::PgSource};
+use crate::sources::upstream::UpstreamSource;
 
 /// Why `serve` stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// The descriptors could not be loaded at start.
     #[error("load descriptors: {0}")]
-    Descriptors(#[from] watcher::ReloadError),
+    Descriptors(#[from] descriptors::ReloadError),
     /// Migrations were asked for and failed.
     #[error("{0}")]
     Db(#[from] db::DbError),
@@ -80,7 +80,7 @@ impl Prepared {
 
 /// Loads descriptors, builds the source and engine, migrates if asked, and binds the listener.
 pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
-    let snapshot = watcher::load_file(&config.descriptors)?;
+    let snapshot = descriptors::load_file(&config.descriptors)?;
     for w in snapshot.warnings() {
         tracing::warn!(warning = %w, "descriptor warning");
     }
@@ -210,7 +210,7 @@ pub async fn run(prepared: Prepared, shutdown: CancellationToken) {
             }
         })
     };
-    let poller = crate::poller::spawn(engine.clone(), tasks.clone());
+    let poller = crate::reload::kills::spawn(engine.clone(), tasks.clone());
     let watch = watcher.spawn(tasks.clone());
     let tls_watch = tls.as_ref().map(|t| {
         t.store

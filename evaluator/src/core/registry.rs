@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 
-use crate::descriptor::{self, FlagDef, ParseError, Warning};
-use crate::engine::cache::{FlagEntry, Slot};
+use crate::core::cache::{FlagEntry, Slot};
+use crate::core::descriptor::{self, FlagDef, ParseError, Warning};
 
 /// SHA-256 of a descriptor file's bytes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -391,10 +391,8 @@ mod tests {
 
     #[test]
     fn a_new_snapshot_inherits_cached_state_of_flags_it_still_declares() {
-        let caches = crate::engine::cache::Caches::new(
-            Default::default(),
-            crate::engine::clock::Clock::real(),
-        );
+        let caches =
+            crate::core::cache::Caches::new(Default::default(), crate::core::clock::Clock::real());
         let old = example();
         caches.put_slot(old.slot(0), None);
         let new = example();

@@ -25,6 +25,7 @@ pub enum Backend {
     /// An upstream evaluator (proxy mode).
     Upstream,
     /// An in-memory source (tests, benchmarks).
+    #[cfg(any(test, feature = "test-support"))]
     Memory,
 }
 
@@ -306,6 +307,7 @@ impl Metrics {
         let backend = match backend {
             Backend::Db => "db",
             Backend::Upstream => "upstream",
+            #[cfg(any(test, feature = "test-support"))]
             Backend::Memory => "memory",
         };
         let op = match op {

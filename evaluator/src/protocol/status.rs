@@ -3,7 +3,7 @@
 
 use tonic::{Code, Status};
 
-use crate::engine::source::{ErrorKind, SourceError};
+use crate::core::source::{ErrorKind, SourceError};
 
 /// The status a client sees for a state-source failure.
 pub fn from_source(e: &SourceError) -> Status {

@@ -17,9 +17,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::descriptor::ParseError;
+use crate::core::descriptor::ParseError;
+use crate::core::registry::{ContentHash, Diff, Registry, Snapshot};
 use crate::metrics::Metrics;
-use crate::registry::{ContentHash, Diff, Registry, Snapshot};
 
 /// How the watcher behaves.
 #[derive(Debug, Clone)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::Engine;
+use crate::core::engine::Engine;
 
 /// Polls once with `timeout`; returns whether it succeeded.
 pub async fn poll_once(engine: &Engine, timeout: Duration) -> bool {

@@ -18,7 +18,7 @@ use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
 use tonic::{Code, Status};
 
 use super::service::Evaluator;
-use super::status::{connect_http_status, connect_name};
+use crate::protocol::status::{connect_http_status, connect_name};
 
 /// Shared state of the Connect handler.
 #[derive(Clone)]
@@ -258,7 +258,7 @@ pub async fn handle(
             )));
         }
     };
-    let trace = crate::trace_context::carried(&headers);
+    let trace = crate::protocol::trace_context::carried(&headers);
     let call = dispatch(&state, &method, codec, body, trace);
     let result = match timeout {
         Some(t) => tokio::time::timeout(t, call).await.unwrap_or_else(|_| {

@@ -6,7 +6,6 @@
 
 pub mod connect;
 pub mod service;
-pub mod status;
 pub mod tls;
 
 use std::convert::Infallible;

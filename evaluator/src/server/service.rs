@@ -13,8 +13,8 @@ use pbflags_proto::v1::{
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
-use super::status::{connect_name, from_source};
-use crate::engine::{Engine, Evaluation};
+use crate::core::engine::{Engine, Evaluation};
+use crate::protocol::status::{connect_name, from_source};
 
 /// The service state shared by every protocol.
 #[derive(Clone)]
@@ -50,7 +50,7 @@ impl Evaluator {
             otel.name = %format_args!("pbflags.v1.FlagEvaluatorService/{method}"),
             rpc.method = method
         );
-        crate::trace_context::adopt_parent(&span, metadata.as_ref());
+        crate::protocol::trace_context::adopt_parent(&span, metadata.as_ref());
         let started = Instant::now();
         let r = call.instrument(span).await;
         let code = match &r {

@@ -20,10 +20,8 @@ use pbflags_proto::v1::{
 };
 use prost::Message;
 
-use crate::engine::source::{
-    ErrorKind, FlagState, Override, SourceError, SourceResult, StateSource,
-};
-use crate::server::status::{from_connect_name, kind_of};
+use crate::core::source::{ErrorKind, FlagState, Override, SourceError, SourceResult, StateSource};
+use crate::protocol::status::{from_connect_name, kind_of};
 
 /// Concurrent GetFlagState calls when a batch is fetched (the protocol has no batch call).
 const BATCH_CONCURRENCY: usize = 16;
@@ -133,7 +131,7 @@ fn connector(timeout: Duration, tls: tokio_rustls::rustls::ClientConfig, http2: 
 /// A tonic request carrying the current trace context.
 fn traced<T>(message: T) -> tonic::Request<T> {
     let mut headers = http::HeaderMap::new();
-    crate::trace_context::inject_current(&mut headers);
+    crate::protocol::trace_context::inject_current(&mut headers);
     tonic::Request::from_parts(
         tonic::metadata::MetadataMap::from_headers(headers),
         tonic::Extensions::default(),
@@ -218,7 +216,7 @@ impl UpstreamSource {
             .header("connect-timeout-ms", self.timeout.as_millis().to_string())
             .body(Full::new(Bytes::from(req.encode_to_vec())))
             .map_err(|e| SourceError::new(ErrorKind::Internal, format!("build request: {e}")))?;
-        crate::trace_context::inject_current(request.headers_mut());
+        crate::protocol::trace_context::inject_current(request.headers_mut());
         let resp = client
             .request(request)
             .await

@@ -5,12 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
-use pbflags_evaluator::descriptor::FlagDef;
-use pbflags_evaluator::engine::cache::CacheConfig;
-use pbflags_evaluator::engine::memory::MemorySource;
-use pbflags_evaluator::engine::{Engine, Evaluation};
+use pbflags_evaluator::core::cache::CacheConfig;
+use pbflags_evaluator::core::descriptor::FlagDef;
+use pbflags_evaluator::core::engine::{Engine, Evaluation};
+use pbflags_evaluator::core::memory::MemorySource;
+use pbflags_evaluator::core::registry::{ContentHash, Registry, Snapshot};
 use pbflags_evaluator::metrics::{Backend, Metrics};
-use pbflags_evaluator::registry::{ContentHash, Registry, Snapshot};
 use pbflags_proto::v1::{FlagType, FlagValue};
 
 /// A flag definition with the given id, layer and default.
@@ -23,7 +23,7 @@ pub fn def(flag_id: &str, layer: &str, default: Option<FlagValue>) -> FlagDef {
         name: format!("f{number}"),
         flag_type: default
             .as_ref()
-            .and_then(pbflags_evaluator::descriptor::value_type)
+            .and_then(pbflags_evaluator::core::descriptor::value_type)
             .unwrap_or(FlagType::Bool),
         layer: layer.to_owned(),
         default,
@@ -58,17 +58,13 @@ impl Harness {
     }
 
     pub fn with_config(flags: Vec<FlagDef>, config: CacheConfig) -> Self {
-        Self::with_clock(
-            flags,
-            config,
-            pbflags_evaluator::engine::clock::Clock::real(),
-        )
+        Self::with_clock(flags, config, pbflags_evaluator::core::clock::Clock::real())
     }
 
     pub fn with_clock(
         flags: Vec<FlagDef>,
         config: CacheConfig,
-        clock: pbflags_evaluator::engine::clock::Clock,
+        clock: pbflags_evaluator::core::clock::Clock,
     ) -> Self {
         let registry = Arc::new(Registry::new(Snapshot::new(
             flags,

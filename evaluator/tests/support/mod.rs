@@ -8,7 +8,9 @@ use std::path::Path;
 pub fn compile(source: &str) -> Vec<u8> {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("test.proto"), source).expect("write proto");
-    let proto_root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto");
+    let proto_root =
+        Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+            .join("../proto");
     // encode_file_descriptor_set keeps option extensions; a prost_types round trip would drop them.
     let mut compiler =
         protox::Compiler::new([dir.path(), proto_root.as_path()]).expect("include paths");

@@ -7,9 +7,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser as _;
-use pbflags_evaluator::config::{Config, ConfigError, ServeArgs};
+use pbflags_evaluator::app::config::{Config, ConfigError, ServeArgs};
+use pbflags_evaluator::app::serve;
 use pbflags_evaluator::metrics::Metrics;
-use pbflags_evaluator::serve;
 use pbflags_proto::v1::flag_evaluator_service_client::FlagEvaluatorServiceClient;
 use tokio_util::sync::CancellationToken;
 
@@ -23,7 +23,7 @@ struct Args {
 pub fn resolve(extra: &[&str]) -> Result<Config, ConfigError> {
     let descriptors = format!(
         "{}/../proto/example/descriptors.pb",
-        env!("CARGO_MANIFEST_DIR")
+        std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR")
     );
     let mut argv = vec!["t", "--descriptors", &descriptors];
     argv.extend_from_slice(extra);

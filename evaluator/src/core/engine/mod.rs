@@ -1,8 +1,9 @@
-//! The evaluation engine: precedence, caches, coalescing, health. Never fails an evaluation.
+//! The evaluation engine: gathers what [`decide`] needs from the caches or the source, and keeps the
+//! caches, coalescing and health around it. Never fails an evaluation.
 //!
-//! Precedence (as pbflags v0.6): kill set → per-entity override (non-global layers only) → global
-//! state → last-known value when the source fails → compiled default. Pure: no network, no database,
-//! no tokio; sources plug in through [`StateSource`] and bring their own timeouts.
+//! The precedence rules themselves are the pure functions of [`decide`]. The engine reads time only
+//! through its [`Clock`]; it makes no network or database calls of its own: sources plug in
+//! through [`StateSource`] and bring their own timeouts.
 //!
 //! Where v0.6 is weak, this engine differs (each is tested):
 //! - "no row" and "no override" are cached like values, so they do not hit the source every time;
@@ -12,30 +13,26 @@
 //!   the compiled default, not a stale value);
 //! - BulkEvaluate fetches what it misses in two batched calls, not one call per flag.
 
-pub mod cache;
-pub mod clock;
 pub mod coalesce;
 pub mod health;
 pub mod killset;
-pub mod memory;
-pub mod source;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
-use pbflags_proto::v1::{EvaluationSource, FlagValue, State};
+use pbflags_proto::v1::{EvaluationSource, FlagValue};
 use tracing::Instrument as _;
 
-use crate::descriptor::FlagDef;
+use crate::core::cache::{CacheConfig, Caches, FlagEntry, OverrideEntry};
+use crate::core::clock::Clock;
+use crate::core::decide::{self, Decided};
+use crate::core::registry::{Registry, Snapshot, View};
+use crate::core::source::{self, SourceError, SourceResult, StateSource};
 use crate::metrics::{Backend, Event, Metrics, Operation, Tier};
-use crate::registry::{Registry, Snapshot, View};
-use cache::{CacheConfig, Caches, FlagEntry, OverrideEntry};
-use clock::Clock;
 use coalesce::Coalescer;
 use health::Health;
 use killset::KillSet;
-use source::{SourceError, SourceResult, StateSource};
 
 /// The result of one evaluation.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,13 +73,6 @@ impl From<Decided<'_>> for Evaluation {
     }
 }
 
-/// A decided evaluation borrowing its value from the snapshot or a cache entry.
-pub type Decided<'a> = (EvaluationSource, Option<&'a FlagValue>);
-
-fn default_of(def: Option<&Arc<FlagDef>>, source: EvaluationSource) -> Decided<'_> {
-    (source, def.and_then(|d| d.default.as_ref()))
-}
-
 /// Outcome of looking something up: fresh (cache or source), last-known after a failed fetch, or
 /// nothing at all.
 enum Lookup<T> {
@@ -92,12 +82,12 @@ enum Lookup<T> {
 }
 
 impl<T> Lookup<T> {
-    /// The entry and whether it is stale.
-    fn parts(&self) -> Option<(&T, bool)> {
+    /// The row `of` reads from the entry (`None`: no row, or nothing known) and whether it is stale.
+    fn row<'s, R>(&'s self, of: impl FnOnce(&'s T) -> Option<&'s R>) -> (Option<&'s R>, bool) {
         match self {
-            Lookup::Fresh(e) => Some((e, false)),
-            Lookup::Stale(e) => Some((e, true)),
-            Lookup::Unavailable => None,
+            Lookup::Fresh(e) => (of(e), false),
+            Lookup::Stale(e) => (of(e), true),
+            Lookup::Unavailable => (None, false),
         }
     }
 }
@@ -283,27 +273,27 @@ impl Engine {
     ) -> Option<R> {
         let snapshot: &Snapshot = view.snapshot();
         let index = snapshot.index_of(flag_id);
-        let def = index.map(|i| &snapshot.flags()[i]);
+        let def = index.map(|i| &*snapshot.flags()[i]);
         let m = &self.shared.metrics;
         if self.is_killed(snapshot, index, flag_id) {
             m.count2(
                 Event::KILL_SET_HIT,
                 Event::evaluation(EvaluationSource::Killed),
             );
-            return Some(f(default_of(def, EvaluationSource::Killed)));
+            return Some(f(decide::killed(def)));
         }
         let caches = &self.shared.caches;
         let mut override_hit = false;
-        if overridable(def, entity_id) {
+        if decide::overridable(def, entity_id) {
             let entry = caches.override_entry(flag_id, entity_id)?;
             override_hit = true;
-            if let Some(d) = decide_override(&entry, false, def) {
+            if let Some(d) = decide::by_override(entry.value.as_ref(), false, def) {
                 m.count2(Event::OVERRIDE_HIT, Event::evaluation(d.0));
                 return Some(f(d));
             }
         }
         let decided = |entry: &FlagEntry| {
-            let d = decide_global(Some((entry, false)), def);
+            let d = decide::by_global(entry.state.as_ref(), false, def);
             if override_hit {
                 m.count(Event::OVERRIDE_HIT);
             }
@@ -337,23 +327,22 @@ impl Engine {
         let snapshot = self.registry.load_full();
         let index = snapshot.index_of(flag_id);
         let def = index.map(|i| snapshot.flags()[i].clone());
-        let def = def.as_ref();
+        let def = def.as_deref();
         if self.is_killed(&snapshot, index, flag_id) {
             self.shared.metrics.count(Event::KILL_SET_HIT);
-            return default_of(def, EvaluationSource::Killed).into();
+            return decide::killed(def).into();
         }
-        if overridable(def, entity_id) {
+        if decide::overridable(def, entity_id) {
             let lookup = self.override_lookup(flag_id, entity_id).await;
-            if let Some(d) = lookup
-                .parts()
-                .and_then(|(e, stale)| decide_override(e, stale, def))
-            {
+            let (row, stale) = lookup.row(|e| e.value.as_ref());
+            if let Some(d) = decide::by_override(row, stale, def) {
                 return d.into();
             }
         }
         let home = index.map_or(Home::Map, |i| Home::Slot(snapshot.clone(), i));
         let lookup = self.flag_lookup(flag_id, home).await;
-        decide_global(lookup.parts(), def).into()
+        let (row, stale) = lookup.row(|e| e.state.as_ref());
+        decide::by_global(row, stale, def).into()
     }
 
     fn cached_flag(&self, flag_id: &str, home: &Home) -> Option<Arc<FlagEntry>> {
@@ -494,16 +483,16 @@ impl Engine {
         results: &mut [Option<Evaluation>],
     ) {
         let indexes: Vec<Option<usize>> = ids.iter().map(|id| snapshot.index_of(id)).collect();
-        let def = |i: usize| indexes[i].map(|x| &snapshot.flags()[x]);
+        let def = |i: usize| indexes[i].map(|x| &*snapshot.flags()[x]);
         for (i, id) in ids.iter().enumerate() {
             if results[i].is_none() && self.is_killed(snapshot, indexes[i], id) {
                 self.shared.metrics.count(Event::KILL_SET_HIT);
-                results[i] = Some(default_of(def(i), EvaluationSource::Killed).into());
+                results[i] = Some(decide::killed(def(i)).into());
             }
         }
 
         let wants_override: Vec<usize> = (0..ids.len())
-            .filter(|&i| results[i].is_none() && overridable(def(i), entity_id))
+            .filter(|&i| results[i].is_none() && decide::overridable(def(i), entity_id))
             .collect();
         let overrides = self
             .bulk_overrides(entity_id, wants_override.iter().map(|&i| ids[i].as_str()))
@@ -512,10 +501,8 @@ impl Engine {
             let lookup = overrides.lookup(&ids[i], |id| {
                 self.shared.caches.last_known_override(id, entity_id)
             });
-            results[i] = lookup
-                .parts()
-                .and_then(|(e, stale)| decide_override(e, stale, def(i)))
-                .map(Evaluation::from);
+            let (row, stale) = lookup.row(|e| e.value.as_ref());
+            results[i] = decide::by_override(row, stale, def(i)).map(Evaluation::from);
         }
 
         let wants_global: Vec<usize> = (0..ids.len()).filter(|&i| results[i].is_none()).collect();
@@ -531,7 +518,8 @@ impl Engine {
         let states = self.bulk_flags(&homes).await;
         for (&i, (id, home)) in wants_global.iter().zip(&homes) {
             let lookup = states.lookup(id, |id| self.last_known_flag(id, home));
-            results[i] = Some(decide_global(lookup.parts(), def(i)).into());
+            let (row, stale) = lookup.row(|e| e.state.as_ref());
+            results[i] = Some(decide::by_global(row, stale, def(i)).into());
         }
     }
 
@@ -705,56 +693,4 @@ fn store_overrides(
     ids.iter()
         .map(|id| caches.put_override(id, entity_id, by_flag.remove(id)))
         .collect()
-}
-
-fn overridable(def: Option<&Arc<FlagDef>>, entity_id: &str) -> bool {
-    !entity_id.is_empty() && def.is_some_and(|d| !d.is_global_layer())
-}
-
-/// The override step: `Some` when an override decides the result, `None` to go on to global state.
-fn decide_override<'a>(
-    entry: &'a OverrideEntry,
-    stale: bool,
-    def: Option<&'a Arc<FlagDef>>,
-) -> Option<Decided<'a>> {
-    let o = entry.value.as_ref()?;
-    let value = o.value.as_ref().filter(|v| v.value.is_some());
-    match (o.state, value) {
-        (State::Enabled, Some(v)) => {
-            let source = if stale {
-                EvaluationSource::Cached
-            } else {
-                EvaluationSource::Override
-            };
-            Some((source, Some(v)))
-        }
-        (State::Enabled | State::Default | State::Killed, _) => {
-            Some(default_of(def, EvaluationSource::Default))
-        }
-        (State::Unspecified, _) => None,
-    }
-}
-
-/// The global step over a fresh or last-known entry (`None`: nothing to go on); the same rules
-/// judge both.
-fn decide_global<'a>(
-    entry: Option<(&'a FlagEntry, bool)>,
-    def: Option<&'a Arc<FlagDef>>,
-) -> Decided<'a> {
-    let Some((Some(s), stale)) = entry.map(|(e, stale)| (e.state.as_ref(), stale)) else {
-        return default_of(def, EvaluationSource::Default);
-    };
-    let Some(value) = s.value.as_ref().filter(|v| v.value.is_some()) else {
-        return default_of(def, EvaluationSource::Default);
-    };
-    let source = match (s.archived, s.state) {
-        (true, _) => EvaluationSource::Archived,
-        (false, State::Enabled) => EvaluationSource::Global,
-        _ => return default_of(def, EvaluationSource::Default),
-    };
-    if stale {
-        (EvaluationSource::Cached, Some(value))
-    } else {
-        (source, Some(value))
-    }
 }

@@ -10,7 +10,7 @@ use sqlx::Row as _;
 use sqlx::postgres::{PgPool, PgRow};
 
 use super::values::{decode_state, decode_value, encode_value, state_name, type_from_name};
-use crate::descriptor::type_name;
+use crate::core::descriptor::type_name;
 
 /// Why an administrative action was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -304,7 +304,7 @@ pub async fn set_override(
     }
     let mut tx = pool.begin().await?;
     let (flag_type, layer, _, _) = lock_flag(&mut tx, flag_id).await?;
-    if crate::descriptor::is_global_layer(&layer) {
+    if crate::core::descriptor::is_global_layer(&layer) {
         return Err(AdminError::GlobalLayer(flag_id.to_owned()));
     }
     let value = match value {

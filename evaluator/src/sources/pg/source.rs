@@ -9,9 +9,7 @@ use sqlx::Row as _;
 use sqlx::postgres::{PgPool, PgRow};
 
 use super::values::{decode_state, decode_value};
-use crate::engine::source::{
-    ErrorKind, FlagState, Override, SourceError, SourceResult, StateSource,
-};
+use crate::core::source::{ErrorKind, FlagState, Override, SourceError, SourceResult, StateSource};
 use crate::metrics::Metrics;
 use pbflags_proto::v1::State;
 

@@ -12,7 +12,7 @@ use sqlx::Row as _;
 use sqlx::postgres::PgPool;
 
 use super::values::{encode_value, layer_name, type_from_name};
-use crate::descriptor::{FlagDef, type_name};
+use crate::core::descriptor::{FlagDef, type_name};
 
 /// What a sync changed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

@@ -64,7 +64,7 @@ pub fn type_from_name(s: &str) -> FlagType {
 
 /// The stored layer of a descriptor layer: `GLOBAL` for empty or "global", else upper-cased.
 pub fn layer_name(layer: &str) -> String {
-    if crate::descriptor::is_global_layer(layer) {
+    if crate::core::descriptor::is_global_layer(layer) {
         "GLOBAL".to_owned()
     } else {
         layer.to_uppercase()

@@ -1,0 +1,5 @@
+//! Wire details the server and the upstream client share: RPC status codes and their Connect names
+//! ([`status`]), and W3C trace context in headers ([`trace_context`]).
+
+pub mod status;
+pub mod trace_context;
