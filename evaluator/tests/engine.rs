@@ -19,10 +19,6 @@ fn s(v: &str) -> Option<FlagValue> {
     Some(FlagValue::string(v))
 }
 
-fn expire() {
-    std::thread::sleep(Duration::from_millis(80));
-}
-
 // ---- v0.6 matrix -------------------------------------------------------------------------------
 
 #[test]
@@ -215,7 +211,7 @@ fn cached_override_is_served_as_cached_when_the_source_fails_after_ttl() {
     h.source
         .set_override("f/1", "u1", State::Enabled, s("stale-override"));
     assert_eq!(h.eval("f/1", "u1").source, Src::Override);
-    expire();
+    h.expire();
     h.source.set_failing(true);
     let ev = h.eval("f/1", "u1");
     assert_eq!(
@@ -229,7 +225,7 @@ fn cached_global_state_is_served_as_cached_when_the_source_fails_after_ttl() {
     let h = Harness::new(vec![def("f/1", "", b(false))]);
     h.source.set_flag("f/1", State::Enabled, b(true));
     assert_eq!(h.eval("f/1", "").source, Src::Global);
-    expire();
+    h.expire();
     h.source.set_failing(true);
     let ev = h.eval("f/1", "");
     assert_eq!((ev.value(), ev.source), (b(true).as_ref(), Src::Cached));
@@ -252,7 +248,7 @@ fn all_fetches_failing_without_history_returns_the_compiled_default() {
 
 #[test]
 fn a_changed_global_state_is_served_after_its_ttl_and_then_from_the_cache() {
-    let h = Harness::with_config(vec![def("f/1", "", s("d"))], harness::short_ttl());
+    let h = Harness::with_config(vec![def("f/1", "", s("d"))], harness::exact_ttl());
     h.source.set_flag("f/1", State::Enabled, s("one"));
     assert_eq!(h.eval("f/1", "").value(), s("one").as_ref());
     h.source.set_flag("f/1", State::Enabled, s("two"));
@@ -261,7 +257,7 @@ fn a_changed_global_state_is_served_after_its_ttl_and_then_from_the_cache() {
         s("one").as_ref(),
         "cached within the TTL"
     );
-    expire();
+    h.expire();
     assert_eq!(
         h.eval("f/1", "").value(),
         s("two").as_ref(),
@@ -329,7 +325,7 @@ fn a_removed_override_stops_applying_after_its_ttl() {
     assert_eq!(h.eval("f/1", "u1").source, Src::Override);
     assert_eq!(h.eval("f/1", "u2").source, Src::Default);
     h.source.remove_override("f/1", "u1");
-    expire();
+    h.expire();
     let ev = h.eval("f/1", "u1");
     assert_eq!((ev.value(), ev.source), (b(true).as_ref(), Src::Default));
 }
@@ -458,7 +454,7 @@ fn memory_for_high_cardinality_entities_is_bounded() {
     let config = pbflags_evaluator::core::cache::CacheConfig {
         override_max_entries: 500,
         last_known_max_entries: 1_000,
-        ..harness::short_ttl()
+        ..harness::exact_ttl()
     };
     let h = Harness::with_config(vec![def("f/1", "user", b(true))], config);
     for i in 0..20_000 {
@@ -474,7 +470,7 @@ fn a_stale_default_state_yields_the_compiled_default_not_the_stale_value() {
     let h = Harness::new(vec![def("f/1", "", s("compiled"))]);
     h.source.set_flag("f/1", State::Default, s("leftover"));
     assert_eq!(h.eval("f/1", "").value(), s("compiled").as_ref());
-    expire();
+    h.expire();
     h.source.set_failing(true);
     let ev = h.eval("f/1", "");
     assert_eq!(
@@ -489,7 +485,7 @@ fn a_stale_default_override_yields_the_compiled_default() {
     h.source
         .set_override("f/1", "u1", State::Default, s("leftover"));
     h.eval("f/1", "u1");
-    expire();
+    h.expire();
     h.source.set_failing(true);
     let ev = h.eval("f/1", "u1");
     assert_eq!(
@@ -547,7 +543,7 @@ fn bulk_falls_back_to_last_known_values_when_the_batch_fails() {
     h.source.set_override("f/1", "u1", State::Enabled, b(true));
     h.source.set_flag("f/2", State::Enabled, b(true));
     h.bulk(&["f/1", "f/2"], "u1");
-    expire();
+    h.expire();
     h.source.set_failing(true);
     let out = h.bulk(&["f/1", "f/2"], "u1");
     assert_eq!(

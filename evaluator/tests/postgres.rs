@@ -9,8 +9,9 @@ mod pg;
 use std::sync::Arc;
 use std::time::Duration;
 
-use harness::{def, short_ttl};
+use harness::{def, exact_ttl};
 use pbflags_evaluator::core::cache::CacheConfig;
+use pbflags_evaluator::core::clock::Clock;
 use pbflags_evaluator::core::descriptor::FlagDef;
 use pbflags_evaluator::core::engine::Engine;
 use pbflags_evaluator::core::registry::{ContentHash, Registry, Snapshot};
@@ -60,12 +61,13 @@ fn engine(pool: PgPool, config: CacheConfig) -> (Arc<Engine>, Metrics) {
         metrics.clone(),
     ));
     (
-        Arc::new(Engine::new(
+        Arc::new(Engine::with_clock(
             registry,
             source,
             Backend::Db,
             config,
             metrics.clone(),
+            Clock::manual(),
         )),
         metrics,
     )
@@ -87,8 +89,11 @@ fn fetches(m: &Metrics, op: &str) -> u64 {
         .map_or(0, |n| n.parse().expect("count"))
 }
 
-async fn wait_expire() {
-    tokio::time::sleep(Duration::from_millis(80)).await;
+/// Moves the engine's manual clock past every cache TTL.
+fn expire(engine: &Engine) {
+    let c = engine.caches();
+    let ttl = c.config().flag_ttl.max(c.config().override_ttl);
+    c.clock().advance(ttl + Duration::from_millis(1));
 }
 
 // ---- migrations --------------------------------------------------------------------------------
@@ -177,7 +182,7 @@ async fn concurrent_migrations_all_succeed() {
 #[tokio::test]
 async fn state_lifecycle_default_enabled_killed_default() {
     let (_db, pool) = synced().await;
-    let (engine, _) = engine(pool.clone(), short_ttl());
+    let (engine, _) = engine(pool.clone(), exact_ttl());
     let ev = engine.evaluate("notif/1", "").await;
     assert_eq!(
         (ev.value(), ev.source),
@@ -187,7 +192,7 @@ async fn state_lifecycle_default_enabled_killed_default() {
     admin::set_state(&pool, "notif/1", StateChange::Set("false".into()), "t")
         .await
         .unwrap();
-    wait_expire().await;
+    expire(&engine);
     let ev = engine.evaluate("notif/1", "").await;
     assert_eq!(
         (ev.value(), ev.source),
@@ -208,7 +213,7 @@ async fn state_lifecycle_default_enabled_killed_default() {
         .await
         .unwrap();
     engine.poll_kill_set().await.unwrap();
-    wait_expire().await;
+    expire(&engine);
     let ev = engine.evaluate("notif/1", "").await;
     assert_eq!(
         (ev.value(), ev.source),
@@ -219,7 +224,7 @@ async fn state_lifecycle_default_enabled_killed_default() {
 #[tokio::test]
 async fn override_lifecycle() {
     let (_db, pool) = synced().await;
-    let (engine, _) = engine(pool.clone(), short_ttl());
+    let (engine, _) = engine(pool.clone(), exact_ttl());
     assert_eq!(
         engine.evaluate("notif/1", "user-1").await.source,
         Src::Default
@@ -234,7 +239,7 @@ async fn override_lifecycle() {
     )
     .await
     .unwrap();
-    wait_expire().await;
+    expire(&engine);
     let ev = engine.evaluate("notif/1", "user-1").await;
     assert_eq!(
         (ev.value(), ev.source),
@@ -269,7 +274,7 @@ async fn all_four_types_read_back_from_the_database() {
             .await
             .unwrap();
     }
-    let (engine, _) = engine(pool, short_ttl());
+    let (engine, _) = engine(pool, exact_ttl());
     let want = [
         FlagValue::bool(false),
         FlagValue::string("weekly"),
@@ -289,7 +294,7 @@ async fn archived_flags_serve_their_last_value() {
         .await
         .unwrap();
     sync::sync(&pool, &flags()[..2], false).await.unwrap();
-    let (engine, _) = engine(pool, short_ttl());
+    let (engine, _) = engine(pool, exact_ttl());
     let ev = engine.evaluate("notif/3", "").await;
     assert_eq!(
         (ev.value(), ev.source),
@@ -313,7 +318,7 @@ async fn a_global_kill_beats_an_entity_override() {
     admin::set_state(&pool, "notif/1", StateChange::Kill, "t")
         .await
         .unwrap();
-    let (engine, _) = engine(pool, short_ttl());
+    let (engine, _) = engine(pool, exact_ttl());
     engine.poll_kill_set().await.unwrap();
     let ev = engine.evaluate("notif/1", "user-1").await;
     assert_eq!(
@@ -325,7 +330,7 @@ async fn a_global_kill_beats_an_entity_override() {
 #[tokio::test]
 async fn unknown_and_database_only_flags() {
     let (_db, pool) = synced().await;
-    let (engine, _) = engine(pool.clone(), short_ttl());
+    let (engine, _) = engine(pool.clone(), exact_ttl());
     let ev = engine.evaluate("nope/1", "").await;
     assert_eq!((ev.value(), ev.source), (None, Src::Default));
     sqlx::query("INSERT INTO feature_flags.flags (flag_id, feature_id, field_number, flag_type) VALUES ('notif/99', 'notif', 99, 'BOOL')")
@@ -351,7 +356,7 @@ async fn twenty_concurrent_entity_evaluations_are_correct() {
         .await
         .unwrap();
     }
-    let (engine, _) = engine(pool, short_ttl());
+    let (engine, _) = engine(pool, exact_ttl());
     let tasks: Vec<_> = (0..20)
         .map(|i| {
             let engine = engine.clone();
@@ -451,13 +456,13 @@ async fn an_outage_serves_stale_or_default_then_recovers() {
     admin::set_state(&pool, "notif/3", StateChange::Kill, "t")
         .await
         .unwrap();
-    let (engine, _) = engine(pool.clone(), short_ttl());
+    let (engine, _) = engine(pool.clone(), exact_ttl());
     engine.poll_kill_set().await.unwrap();
     assert_eq!(engine.evaluate("notif/2", "").await.source, Src::Global);
     assert_eq!(engine.health().status(), EvaluatorStatus::Serving);
 
     server.stop();
-    wait_expire().await;
+    expire(&engine);
     for _ in 0..3 {
         let ev = engine.evaluate("notif/2", "").await;
         assert_eq!(
@@ -486,7 +491,7 @@ async fn an_outage_serves_stale_or_default_then_recovers() {
         .execute(&pool)
         .await
         .unwrap();
-    wait_expire().await;
+    expire(&engine);
     let ev = engine.evaluate("notif/2", "").await;
     assert_eq!(
         (ev.value(), ev.source),
@@ -506,7 +511,7 @@ async fn evaluation_starts_without_a_database_and_connects_when_it_appears() {
         db_statement_timeout: Duration::from_secs(1),
     };
     let lazy = args.pool().expect("a lazy pool needs no server");
-    let (engine, _) = engine(lazy, short_ttl());
+    let (engine, _) = engine(lazy, exact_ttl());
     let ev = engine.evaluate("notif/2", "").await;
     assert_eq!(
         (ev.value(), ev.source),
@@ -531,7 +536,7 @@ async fn malformed_rows_are_counted_and_never_panic() {
         .execute(&pool)
         .await
         .unwrap();
-    let (engine, metrics) = engine(pool, short_ttl());
+    let (engine, metrics) = engine(pool, exact_ttl());
     let ev = engine.evaluate("notif/2", "").await;
     assert_eq!(
         (ev.value(), ev.source),

@@ -90,6 +90,8 @@ pub struct OverrideEntry {
     /// The override, or `None` for "no override".
     pub value: Option<Override>,
     ttl: Duration,
+    /// Engine-clock millisecond after which the entry is stale.
+    expires_at: u64,
 }
 
 trait Ttl {
@@ -106,7 +108,9 @@ impl Ttl for OverrideEntry {
     }
 }
 
-/// Each entry expires after its own (jittered) TTL, counted from its latest write.
+/// Each entry is dropped after its own (jittered) TTL, counted from its latest write. This bounds
+/// how long the hot maps hold memory; whether an entry is fresh is judged on the engine clock
+/// (`expires_at`), so a manual clock in tests decides every expiry.
 struct PerEntryTtl;
 
 impl<K, V: Ttl> Expiry<K, Arc<V>> for PerEntryTtl {
@@ -193,13 +197,19 @@ impl Caches {
         &self.clock
     }
 
-    fn flag_entry(&self, state: Option<FlagState>) -> Arc<FlagEntry> {
-        let ttl = jittered(self.config.flag_ttl, self.config.jitter_percent);
+    /// A jittered TTL and the clock millisecond it ends at.
+    fn expiry(&self, base: Duration) -> (Duration, u64) {
+        let ttl = jittered(base, self.config.jitter_percent);
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        (ttl, self.clock.now_ms().saturating_add(ttl_ms))
+    }
+
+    fn flag_entry(&self, state: Option<FlagState>) -> Arc<FlagEntry> {
+        let (ttl, expires_at) = self.expiry(self.config.flag_ttl);
         Arc::new(FlagEntry {
             state,
             ttl,
-            expires_at: self.clock.now_ms().saturating_add(ttl_ms),
+            expires_at,
             epoch: self.epoch.load(Ordering::Relaxed),
         })
     }
@@ -238,7 +248,7 @@ impl Caches {
     /// The hot entry for `flag_id` (flags the descriptors do not declare).
     #[inline]
     pub fn flag(&self, flag_id: &str) -> Option<Arc<FlagEntry>> {
-        self.flags.get(flag_id)
+        self.flags.get(flag_id).filter(|e| self.is_fresh(e))
     }
 
     /// Caches a fetched state (or "no row") of an undeclared flag in the hot cache and the
@@ -259,7 +269,8 @@ impl Caches {
     #[inline]
     pub fn override_entry(&self, flag_id: &str, entity_id: &str) -> Option<Arc<OverrideEntry>> {
         let e = self.overrides.get(&self.override_key(flag_id, entity_id))?;
-        (*e.flag_id == *flag_id && *e.entity_id == *entity_id).then_some(e)
+        (*e.flag_id == *flag_id && *e.entity_id == *entity_id && self.clock.now_ms() < e.expires_at)
+            .then_some(e)
     }
 
     /// Caches a fetched override (or "no override") for (flag, entity).
@@ -269,11 +280,13 @@ impl Caches {
         entity_id: &str,
         value: Option<Override>,
     ) -> Arc<OverrideEntry> {
+        let (ttl, expires_at) = self.expiry(self.config.override_ttl);
         let entry = Arc::new(OverrideEntry {
             flag_id: flag_id.into(),
             entity_id: entity_id.into(),
             value,
-            ttl: jittered(self.config.override_ttl, self.config.jitter_percent),
+            ttl,
+            expires_at,
         });
         let key = self.override_key(flag_id, entity_id);
         self.overrides.insert(key, entry.clone());
@@ -351,21 +364,32 @@ mod tests {
 
     #[test]
     fn entries_expire_after_their_ttl_but_last_known_survives() {
+        let clock = Clock::manual();
         let caches = Caches::new(
             CacheConfig {
-                flag_ttl: Duration::from_millis(50),
+                flag_ttl: Duration::from_secs(60),
+                override_ttl: Duration::from_secs(30),
                 jitter_percent: 0,
                 ..Default::default()
             },
-            Clock::real(),
+            clock.clone(),
         );
         caches.put_flag("f/1".into(), Some(state()));
-        assert!(caches.flag("f/1").is_some());
-        std::thread::sleep(Duration::from_millis(100));
-        assert!(caches.flag("f/1").is_none(), "expired");
+        caches.put_override("f/1", "u", None);
+        clock.advance(Duration::from_millis(29_999));
+        assert!(caches.flag("f/1").is_some() && caches.override_entry("f/1", "u").is_some());
+        clock.advance(Duration::from_millis(1));
         assert!(
-            caches.last_known_flag("f/1").is_some(),
-            "last known value survives the TTL"
+            caches.override_entry("f/1", "u").is_none(),
+            "override expired"
+        );
+        assert!(caches.flag("f/1").is_some(), "flag TTL is longer");
+        clock.advance(Duration::from_secs(30));
+        assert!(caches.flag("f/1").is_none(), "flag expired");
+        assert!(
+            caches.last_known_flag("f/1").is_some()
+                && caches.last_known_override("f/1", "u").is_some(),
+            "last known values survive the TTL"
         );
     }
 
@@ -442,10 +466,10 @@ mod slot_tests {
 
     #[test]
     fn a_slot_entry_expires_but_stays_as_last_known() {
-        let clock = Clock::coarse();
+        let clock = Clock::manual();
         let caches = Caches::new(
             CacheConfig {
-                flag_ttl: Duration::from_millis(30),
+                flag_ttl: Duration::from_secs(30),
                 jitter_percent: 0,
                 ..Default::default()
             },
@@ -453,13 +477,9 @@ mod slot_tests {
         );
         let slot = Slot::empty();
         caches.put_slot(&slot, None);
+        clock.advance(Duration::from_millis(29_999));
         assert!(caches.slot_fresh(&slot).is_some());
-        std::thread::sleep(Duration::from_millis(40));
-        assert!(
-            caches.slot_fresh(&slot).is_some(),
-            "a coarse clock moves only when ticked"
-        );
-        clock.tick();
+        clock.advance(Duration::from_millis(1));
         assert!(caches.slot_fresh(&slot).is_none());
         assert!(caches.slot_last(&slot).is_some());
     }

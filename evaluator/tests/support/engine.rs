@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use futures_util::FutureExt as _;
 use pbflags_evaluator::core::cache::CacheConfig;
+use pbflags_evaluator::core::clock::Clock;
 use pbflags_evaluator::core::descriptor::FlagDef;
 use pbflags_evaluator::core::engine::{Engine, Evaluation};
 use pbflags_evaluator::core::memory::MemorySource;
@@ -40,32 +41,33 @@ pub struct Harness {
     pub engine: Arc<Engine>,
     pub source: Arc<MemorySource>,
     pub metrics: Metrics,
+    /// The engine's clock: manual unless given, so only [`Harness::expire`] moves it.
+    pub clock: Clock,
 }
 
-/// Cache settings for tests: TTL 50 ms, no jitter.
-pub fn short_ttl() -> CacheConfig {
+/// Cache settings for tests: TTL 60 s, no jitter (time moves only by [`Harness::expire`]).
+pub fn exact_ttl() -> CacheConfig {
     CacheConfig {
-        flag_ttl: Duration::from_millis(50),
-        override_ttl: Duration::from_millis(50),
+        flag_ttl: TTL,
+        override_ttl: TTL,
         jitter_percent: 0,
         ..CacheConfig::default()
     }
 }
 
+/// The TTL of [`exact_ttl`].
+pub const TTL: Duration = Duration::from_secs(60);
+
 impl Harness {
     pub fn new(flags: Vec<FlagDef>) -> Self {
-        Self::with_config(flags, short_ttl())
+        Self::with_config(flags, exact_ttl())
     }
 
     pub fn with_config(flags: Vec<FlagDef>, config: CacheConfig) -> Self {
-        Self::with_clock(flags, config, pbflags_evaluator::core::clock::Clock::real())
+        Self::with_clock(flags, config, Clock::manual())
     }
 
-    pub fn with_clock(
-        flags: Vec<FlagDef>,
-        config: CacheConfig,
-        clock: pbflags_evaluator::core::clock::Clock,
-    ) -> Self {
+    pub fn with_clock(flags: Vec<FlagDef>, config: CacheConfig, clock: Clock) -> Self {
         let registry = Arc::new(Registry::new(Snapshot::new(
             flags,
             ContentHash::default(),
@@ -79,13 +81,22 @@ impl Harness {
             Backend::Memory,
             config,
             metrics.clone(),
-            clock,
+            clock.clone(),
         ));
         Self {
             engine,
             source,
             metrics,
+            clock,
         }
+    }
+
+    /// Moves the manual clock past every cache TTL, so each cached entry is stale.
+    #[allow(dead_code)] // not every test binary that includes the harness expires entries
+    pub fn expire(&self) {
+        let c = self.engine.caches().config();
+        self.clock
+            .advance(c.flag_ttl.max(c.override_ttl) + Duration::from_millis(1));
     }
 
     /// Evaluates without a runtime: the memory source answers immediately unless held.

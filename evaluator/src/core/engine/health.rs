@@ -4,10 +4,10 @@
 //! Lock-free: evaluations record outcomes on the hot path.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::Instant;
 
 use pbflags_proto::v1::EvaluatorStatus;
 
+use crate::core::clock::Clock;
 use crate::metrics::Metrics;
 
 /// Consecutive failures at which status turns DEGRADED.
@@ -21,27 +21,28 @@ const DEGRADED: u32 = EvaluatorStatus::Degraded as u32;
 pub struct Health {
     status: AtomicU32,
     failures: AtomicU32,
-    /// Milliseconds after `epoch` of the last success, plus one (0 = never).
+    /// Clock millisecond of the last success, plus one (0 = never).
     last_success: AtomicU64,
-    epoch: Instant,
+    clock: Clock,
     metrics: Option<Metrics>,
 }
 
 impl Health {
-    /// A tracker in CONNECTING state; `metrics` mirrors the failure count if given.
-    pub fn new(metrics: Option<Metrics>) -> Self {
+    /// A tracker in CONNECTING state, timing contact with `clock`; `metrics` mirrors the failure
+    /// count if given.
+    pub fn new(clock: Clock, metrics: Option<Metrics>) -> Self {
         Self {
             status: AtomicU32::new(CONNECTING),
             failures: AtomicU32::new(0),
             last_success: AtomicU64::new(0),
-            epoch: Instant::now(),
+            clock,
             metrics,
         }
     }
 
     /// A source call succeeded: SERVING, failures reset.
     pub fn record_success(&self) {
-        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        let ms = self.clock.now_ms().min(u64::MAX - 1);
         self.last_success.store(ms + 1, Ordering::Relaxed);
         // Skip the stores when already healthy: this runs on every fetch.
         if self.failures.load(Ordering::Relaxed) != 0 {
@@ -87,11 +88,7 @@ impl Health {
     pub fn seconds_since_contact(&self) -> u64 {
         match self.last_success.load(Ordering::Relaxed) {
             0 => 0,
-            t => {
-                (u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX) + 1)
-                    .saturating_sub(t)
-                    / 1000
-            }
+            t => self.clock.now_ms().saturating_add(1).saturating_sub(t) / 1000,
         }
     }
 
@@ -117,7 +114,7 @@ mod tests {
 
     #[test]
     fn starts_connecting_with_no_failures_and_no_contact() {
-        let h = Health::new(None);
+        let h = Health::new(Clock::manual(), None);
         assert_eq!(h.status(), EvaluatorStatus::Connecting);
         assert_eq!(h.consecutive_failures(), 0);
         assert_eq!(h.seconds_since_contact(), 0);
@@ -126,15 +123,29 @@ mod tests {
 
     #[test]
     fn success_makes_it_serving() {
-        let h = Health::new(None);
+        let h = Health::new(Clock::manual(), None);
         h.record_success();
         assert_eq!(h.status(), EvaluatorStatus::Serving);
-        assert!(h.seconds_since_contact() <= 1);
+        assert_eq!(h.seconds_since_contact(), 0);
+    }
+
+    #[test]
+    fn contact_age_counts_whole_seconds_on_the_clock() {
+        let clock = Clock::manual();
+        let h = Health::new(clock.clone(), None);
+        clock.advance(std::time::Duration::from_secs(7));
+        h.record_success();
+        clock.advance(std::time::Duration::from_millis(2999));
+        assert_eq!(h.seconds_since_contact(), 2);
+        clock.advance(std::time::Duration::from_millis(1));
+        assert_eq!(h.seconds_since_contact(), 3);
+        h.record_success();
+        assert_eq!(h.seconds_since_contact(), 0);
     }
 
     #[test]
     fn one_or_two_failures_keep_serving_and_three_degrade() {
-        let h = Health::new(None);
+        let h = Health::new(Clock::manual(), None);
         h.record_success();
         h.record_failure();
         h.record_failure();
@@ -145,7 +156,7 @@ mod tests {
 
     #[test]
     fn three_failures_degrade_even_while_connecting() {
-        let h = Health::new(None);
+        let h = Health::new(Clock::manual(), None);
         for _ in 0..3 {
             h.record_failure();
         }
@@ -155,7 +166,7 @@ mod tests {
     #[test]
     fn a_single_success_after_five_failures_resets() {
         let m = Metrics::new();
-        let h = Health::new(Some(m.clone()));
+        let h = Health::new(Clock::manual(), Some(m.clone()));
         for _ in 0..5 {
             h.record_failure();
         }

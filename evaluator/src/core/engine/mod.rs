@@ -172,8 +172,8 @@ impl Engine {
         let shared = Shared {
             source,
             backend,
+            health: Health::new(clock.clone(), Some(metrics.clone())),
             caches: Caches::new(config, clock),
-            health: Health::new(Some(metrics.clone())),
             metrics,
         };
         Self {
