@@ -11,6 +11,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
+/// Default key of the descriptors ConfigMap (`spec.descriptors.key`).
+pub const DEFAULT_DESCRIPTORS_KEY: &str = "descriptors.pb";
+/// Default key of the database Secret (`spec.root.database.key`).
+pub const DEFAULT_DATABASE_KEY: &str = "url";
+
 /// Runs pbflags evaluators: a root tier reading flag state from PostgreSQL and, optionally, a proxy
 /// tier in front of it (or a proxy-only tier in front of another evaluator). Descriptors come from a
 /// ConfigMap and are hot-reloaded by the evaluators when it changes.
@@ -251,7 +256,7 @@ impl DescriptorsRef {
     pub fn key(&self) -> &str {
         self.key
             .as_deref()
-            .unwrap_or(crate::build::DEFAULT_DESCRIPTORS_KEY)
+            .unwrap_or(DEFAULT_DESCRIPTORS_KEY)
     }
 }
 
@@ -260,7 +265,7 @@ impl SecretKeyRef {
     pub fn key(&self) -> &str {
         self.key
             .as_deref()
-            .unwrap_or(crate::build::DEFAULT_DATABASE_KEY)
+            .unwrap_or(DEFAULT_DATABASE_KEY)
     }
 }
 

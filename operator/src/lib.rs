@@ -1,6 +1,9 @@
 //! The pbflags operator: reconciles `FlagEvaluator` resources into evaluator Deployments, Services
-//! and PodDisruptionBudgets. `crd` is the API, `build` and `status` are pure, `controller` talks to
-//! the API server.
+//! and PodDisruptionBudgets.
+//!
+//! [`crd`] is the API; [`reconcile`] is one reconcile as a pipeline (dereference → [`build`] →
+//! apply → [`status`]), of which `build` and `status` are pure; [`controller`] runs it for every
+//! change it watches; [`lease`], [`health`] and [`metrics`] keep one replica active and observable.
 
 pub mod build;
 pub mod controller;
@@ -8,6 +11,7 @@ pub mod crd;
 pub mod health;
 pub mod lease;
 pub mod metrics;
+pub mod reconcile;
 pub mod status;
 
 /// The CRD wrapped for the Helm chart: installed when `crds.enabled`, kept on uninstall when

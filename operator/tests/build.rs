@@ -35,13 +35,13 @@ fn render(fe: &FlagEvaluator, secret_hash: Option<&str>) -> String {
     let mut docs: Vec<String> = Vec::new();
     let mut push = |v: serde_json::Value| docs.push(serde_yaml_ng::to_string(&v).expect("yaml"));
     push(serde_json::to_value(&d.service_account).expect("json"));
-    for o in &d.deployments {
+    for o in d.deployments() {
         push(serde_json::to_value(o).expect("json"));
     }
-    for o in &d.services {
+    for o in d.services() {
         push(serde_json::to_value(o).expect("json"));
     }
-    for o in &d.pdbs {
+    for o in d.pdbs() {
         push(serde_json::to_value(o).expect("json"));
     }
     if let Some(j) = &d.migration {
@@ -114,7 +114,7 @@ fn tls_serves_https_mounts_the_secret_and_points_the_proxy_at_https() {
         tls_ca: true,
     })
     .unwrap();
-    for dep in &d.deployments {
+    for dep in d.deployments() {
         let pod = dep.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
         let c = &pod.containers[0];
         for probe in [&c.liveness_probe, &c.readiness_probe] {
@@ -140,7 +140,7 @@ fn tls_serves_https_mounts_the_secret_and_points_the_proxy_at_https() {
         "https://flags-proxy.team-a.svc:9201",
         "status.endpoint"
     );
-    for svc in &d.services {
+    for svc in d.services() {
         let port = &svc.spec.as_ref().unwrap().ports.as_ref().unwrap()[0];
         assert_eq!(
             port.app_protocol.as_deref(),
@@ -172,13 +172,12 @@ fn every_object_is_owned_and_labelled() {
     })
     .unwrap();
     let metas = d
-        .deployments
-        .iter()
+        .deployments()
         .map(|o| &o.metadata)
-        .chain(d.services.iter().map(|o| &o.metadata))
-        .chain(d.pdbs.iter().map(|o| &o.metadata))
+        .chain(d.services().map(|o| &o.metadata))
+        .chain(d.pdbs().map(|o| &o.metadata))
         .chain(d.migration.iter().map(|o| &o.metadata))
-        .chain(d.service_account.iter().map(|o| &o.metadata));
+        .chain([&d.service_account.metadata]);
     for m in metas {
         let owner = &m.owner_references.as_ref().unwrap()[0];
         assert_eq!(
@@ -191,7 +190,7 @@ fn every_object_is_owned_and_labelled() {
         );
         assert_eq!(m.namespace.as_deref(), Some("team-a"));
     }
-    assert_eq!(d.pdbs.len(), 2, "both tiers have more than one replica");
+    assert_eq!(d.pdbs().count(), 2, "both tiers have more than one replica");
 }
 
 #[test]
@@ -213,12 +212,12 @@ fn a_changed_secret_changes_the_root_pod_template_only() {
     })
     .unwrap();
     assert_ne!(
-        a.deployments[0].spec.as_ref().unwrap().template,
-        b.deployments[0].spec.as_ref().unwrap().template
+        a.root.as_ref().unwrap().deployment.spec.as_ref().unwrap().template,
+        b.root.as_ref().unwrap().deployment.spec.as_ref().unwrap().template
     );
     assert_eq!(
-        a.deployments[1].spec.as_ref().unwrap().template,
-        b.deployments[1].spec.as_ref().unwrap().template
+        a.proxy.as_ref().unwrap().deployment.spec.as_ref().unwrap().template,
+        b.proxy.as_ref().unwrap().deployment.spec.as_ref().unwrap().template
     );
     assert_ne!(
         a.migration.unwrap().metadata.name,
@@ -238,7 +237,7 @@ fn the_descriptors_volume_is_a_directory_mount_so_updates_need_no_restart() {
         tls_ca: false,
     })
     .unwrap();
-    let pod = d.deployments[0]
+    let pod = d.proxy.as_ref().unwrap().deployment
         .spec
         .as_ref()
         .unwrap()

@@ -1,0 +1,277 @@
+//! `build`: a FlagEvaluator spec and what its references told → the typed [`Desired`] objects that
+//! run it. Pure: no client, no clock, no I/O, so every object can be checked by plain unit tests.
+//! By resource: [`pod`] (the evaluator container and pod spec), [`workload`] (Deployments, the
+//! migrations Job, PodDisruptionBudgets), [`network`] (Services).
+//!
+//! Per tier: a Deployment and a Service named `<name>-root` / `<name>-proxy`, a PodDisruptionBudget
+//! when replicas > 1; one ServiceAccount; a migrations Job when asked. Every object carries the
+//! `app.kubernetes.io/*` labels and a controller owner reference to the FlagEvaluator, so deleting
+//! it garbage-collects everything.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ResourceRequirements, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::{Resource, ResourceExt as _};
+
+use crate::crd::FlagEvaluator;
+
+mod network;
+mod pod;
+mod workload;
+
+pub use pod::evaluator_args;
+
+/// The evaluator's port: gRPC, gRPC-Web, Connect, metrics and probes.
+pub const PORT: i32 = 9201;
+/// Label every owned object carries; watches are scoped to it.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "pbflags-operator");
+/// Pod annotation carrying a hash of the database Secret: a change rolls the root tier.
+pub const SECRET_HASH_ANNOTATION: &str = "pbflags.dev/database-secret-hash";
+/// Where the descriptors ConfigMap is mounted (a directory, so kubelet updates reach the pods).
+pub const DESCRIPTORS_DIR: &str = "/etc/pbflags/descriptors";
+/// Where the TLS Secret is mounted (a directory, so renewed certificates reach the evaluator).
+pub const TLS_DIR: &str = "/etc/pbflags/tls";
+
+/// Operator-wide settings that specs may override.
+#[derive(Clone, Debug)]
+pub struct Defaults {
+    /// Evaluator image.
+    pub image: String,
+}
+
+/// What `build` reads besides the spec.
+pub struct Inputs<'a> {
+    /// The resource.
+    pub fe: &'a FlagEvaluator,
+    /// Operator defaults.
+    pub defaults: &'a Defaults,
+    /// Hash of the database Secret's data (root tier), so Secret changes roll the pods.
+    pub secret_hash: Option<String>,
+    /// Whether the TLS Secret (`spec.tls`) has a `ca.crt` for the proxy to check its root with.
+    pub tls_ca: bool,
+}
+
+/// The objects of one tier.
+#[derive(Debug, Clone)]
+pub struct TierObjects {
+    /// The evaluator pods.
+    pub deployment: Deployment,
+    /// Their Service, named like the Deployment.
+    pub service: Service,
+    /// Keeps one pod up through voluntary disruptions; only with more than one replica.
+    pub pdb: Option<PodDisruptionBudget>,
+}
+
+/// The objects a FlagEvaluator should have.
+#[derive(Debug, Clone)]
+pub struct Desired {
+    /// The pods' ServiceAccount.
+    pub service_account: ServiceAccount,
+    /// The PostgreSQL-backed tier (`spec.root`).
+    pub root: Option<TierObjects>,
+    /// The proxy tier (`spec.proxy`).
+    pub proxy: Option<TierObjects>,
+    /// The migrations Job (`spec.root.migrate`); the root rolls out only after it succeeds.
+    pub migration: Option<Job>,
+}
+
+impl Desired {
+    /// The tiers that exist, root first.
+    pub fn tiers(&self) -> impl Iterator<Item = (Tier, &TierObjects)> {
+        [(Tier::Root, &self.root), (Tier::Proxy, &self.proxy)]
+            .into_iter()
+            .filter_map(|(t, o)| o.as_ref().map(|o| (t, o)))
+    }
+
+    /// The Deployments, root first.
+    pub fn deployments(&self) -> impl Iterator<Item = &Deployment> {
+        self.tiers().map(|(_, t)| &t.deployment)
+    }
+
+    /// The Services, root first.
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        self.tiers().map(|(_, t)| &t.service)
+    }
+
+    /// The PodDisruptionBudgets, root first.
+    pub fn pdbs(&self) -> impl Iterator<Item = &PodDisruptionBudget> {
+        self.tiers().filter_map(|(_, t)| t.pdb.as_ref())
+    }
+}
+
+/// The names of `objects`.
+pub fn names<'a, K: Resource + 'a>(objects: impl Iterator<Item = &'a K>) -> Vec<String> {
+    objects.filter_map(|o| o.meta().name.clone()).collect()
+}
+
+/// Why objects could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The resource has no uid or namespace yet (it was not read from the API).
+    #[error("FlagEvaluator has no {0}; it must come from the API server")]
+    Incomplete(&'static str),
+}
+
+/// Which tier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tier {
+    /// PostgreSQL-backed.
+    Root,
+    /// Fronting an upstream.
+    Proxy,
+}
+
+impl Tier {
+    /// `root` / `proxy`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Root => "root",
+            Tier::Proxy => "proxy",
+        }
+    }
+}
+
+/// `<name>-root` / `<name>-proxy`.
+pub fn tier_name(fe: &FlagEvaluator, tier: Tier) -> String {
+    format!("{}-{}", fe.name_any(), tier.as_str())
+}
+
+/// The in-cluster URL of a tier's Service (`https://` with `spec.tls`).
+pub fn tier_url(fe: &FlagEvaluator, tier: Tier) -> String {
+    format!(
+        "{}://{}.{}.svc:{PORT}",
+        if fe.spec.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        },
+        tier_name(fe, tier),
+        fe.namespace().unwrap_or_default()
+    )
+}
+
+/// The URL applications should call: the proxy if there is one, else the root.
+pub fn endpoint(fe: &FlagEvaluator) -> String {
+    let tier = if fe.spec.proxy.is_some() {
+        Tier::Proxy
+    } else {
+        Tier::Root
+    };
+    tier_url(fe, tier)
+}
+
+/// Labels of every owned object; `tier` adds the component.
+pub fn labels(fe: &FlagEvaluator, tier: Option<Tier>) -> BTreeMap<String, String> {
+    let mut l = BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_owned(),
+            "pbflags-evaluator".to_owned(),
+        ),
+        ("app.kubernetes.io/instance".to_owned(), fe.name_any()),
+        ("app.kubernetes.io/part-of".to_owned(), "pbflags".to_owned()),
+        (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
+    ]);
+    if let Some(t) = tier {
+        l.insert(
+            "app.kubernetes.io/component".to_owned(),
+            t.as_str().to_owned(),
+        );
+    }
+    l
+}
+
+pub(crate) fn selector(fe: &FlagEvaluator, tier: Tier) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/instance".to_owned(), fe.name_any()),
+        (
+            "app.kubernetes.io/component".to_owned(),
+            tier.as_str().to_owned(),
+        ),
+        (
+            "app.kubernetes.io/name".to_owned(),
+            "pbflags-evaluator".to_owned(),
+        ),
+    ])
+}
+
+pub(crate) fn meta(
+    fe: &FlagEvaluator,
+    owner: &OwnerReference,
+    name: String,
+    tier: Option<Tier>,
+) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: fe.namespace(),
+        labels: Some(labels(fe, tier)),
+        owner_references: Some(vec![owner.clone()]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The name of the migrations Job for the current image and database Secret: a new image or a
+/// changed Secret gets a new Job (Job templates are immutable).
+pub fn migration_name(inputs: &Inputs<'_>) -> String {
+    use sha2::Digest as _;
+    let image = inputs
+        .fe
+        .spec
+        .image
+        .clone()
+        .unwrap_or_else(|| inputs.defaults.image.clone());
+    let digest = sha2::Sha256::digest(format!(
+        "{image}\n{}",
+        inputs.secret_hash.as_deref().unwrap_or("")
+    ));
+    format!(
+        "{}-migrate-{}",
+        inputs.fe.name_any(),
+        &hex::encode(digest)[..10]
+    )
+}
+
+/// Every object the FlagEvaluator should have.
+pub fn build(inputs: &Inputs<'_>) -> Result<Desired, BuildError> {
+    let fe = inputs.fe;
+    if fe.namespace().is_none() {
+        return Err(BuildError::Incomplete("namespace"));
+    }
+    let owner = fe
+        .controller_owner_ref(&())
+        .ok_or(BuildError::Incomplete("uid"))?;
+    let tier = |tier: Tier, replicas: Option<i32>, resources: &Option<ResourceRequirements>| {
+        let replicas = replicas.unwrap_or(1);
+        TierObjects {
+            deployment: workload::deployment(inputs, &owner, tier, replicas, resources.clone()),
+            service: network::service(fe, &owner, tier),
+            pdb: (replicas > 1).then(|| workload::pdb(fe, &owner, tier)),
+        }
+    };
+    Ok(Desired {
+        service_account: ServiceAccount {
+            metadata: meta(fe, &owner, fe.name_any(), None),
+            automount_service_account_token: Some(false),
+            ..ServiceAccount::default()
+        },
+        root: fe
+            .spec
+            .root
+            .as_ref()
+            .map(|r| tier(Tier::Root, r.replicas, &r.resources)),
+        proxy: fe
+            .spec
+            .proxy
+            .as_ref()
+            .map(|p| tier(Tier::Proxy, p.replicas, &p.resources)),
+        migration: fe
+            .spec
+            .root
+            .as_ref()
+            .is_some_and(|r| r.migrate == Some(true))
+            .then(|| workload::migration(inputs, &owner)),
+    })
+}

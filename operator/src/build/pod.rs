@@ -1,0 +1,248 @@
+//! The evaluator container and its pod: arguments, environment, probes, mounts, security context.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    HTTPGetAction, KeyToPath, PodSecurityContext, PodSpec, Probe, ResourceRequirements,
+    SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt as _;
+
+use super::{DESCRIPTORS_DIR, Inputs, PORT, SECRET_HASH_ANNOTATION, TLS_DIR, Tier, tier_url};
+use crate::crd::FlagEvaluator;
+
+/// The arguments an evaluator of `tier` runs with. The README's local commands use the same ones.
+pub fn evaluator_args(inputs: &Inputs<'_>, tier: Tier) -> Vec<String> {
+    let fe = inputs.fe;
+    let key = fe.spec.descriptors.key();
+    let mut args = vec![
+        "serve".to_owned(),
+        format!("--descriptors={DESCRIPTORS_DIR}/{key}"),
+        format!("--listen=0.0.0.0:{PORT}"),
+    ];
+    let telemetry = fe.spec.telemetry.clone().unwrap_or_default();
+    args.push(format!(
+        "--log-format={}",
+        telemetry.log_format.as_deref().unwrap_or("json")
+    ));
+    if let Some(level) = telemetry.log_level {
+        args.push(format!("--log-level={level}"));
+    }
+    if let Some(c) = &fe.spec.cache {
+        let durations = [
+            ("kill-ttl", &c.kill_ttl),
+            ("flag-ttl", &c.flag_ttl),
+            ("override-ttl", &c.override_ttl),
+            ("fetch-timeout", &c.fetch_timeout),
+        ];
+        for (flag, v) in durations {
+            if let Some(v) = v {
+                args.push(format!("--{flag}={v}"));
+            }
+        }
+        if let Some(n) = c.override_max_entries {
+            args.push(format!("--override-max-entries={n}"));
+        }
+        if let Some(n) = c.jitter_percent {
+            args.push(format!("--jitter-percent={n}"));
+        }
+    }
+    if tier == Tier::Proxy {
+        let upstream = match (
+            &fe.spec.root,
+            fe.spec.proxy.as_ref().and_then(|p| p.upstream.clone()),
+        ) {
+            (None, Some(u)) => u,
+            _ => tier_url(fe, Tier::Root),
+        };
+        args.push(format!("--server={upstream}"));
+        if fe.spec.tls.is_some() && inputs.tls_ca {
+            args.push(format!("--upstream-ca={TLS_DIR}/ca.crt"));
+        }
+    }
+    if fe.spec.tls.is_some() {
+        args.push(format!("--tls-cert={TLS_DIR}/tls.crt"));
+        args.push(format!("--tls-key={TLS_DIR}/tls.key"));
+    }
+    args
+}
+
+fn database_env(fe: &FlagEvaluator) -> Vec<EnvVar> {
+    let Some(root) = &fe.spec.root else {
+        return vec![];
+    };
+    vec![EnvVar {
+        name: "PBFLAGS_DATABASE".to_owned(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: root.database.secret_name.clone(),
+                key: root.database.key().to_owned(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }]
+}
+
+fn probe(fe: &FlagEvaluator, path: &str) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::Int(PORT),
+            // The kubelet does not verify the certificate of an HTTPS probe.
+            scheme: fe.spec.tls.as_ref().map(|_| "HTTPS".to_owned()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(10),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(3),
+        ..Probe::default()
+    }
+}
+
+pub(super) fn container(
+    inputs: &Inputs<'_>,
+    tier: Tier,
+    args: Vec<String>,
+    resources: Option<ResourceRequirements>,
+) -> Container {
+    let fe = inputs.fe;
+    let mut env = if tier == Tier::Root {
+        database_env(fe)
+    } else {
+        vec![]
+    };
+    if let Some(ep) = fe
+        .spec
+        .telemetry
+        .as_ref()
+        .and_then(|t| t.otlp_endpoint.clone())
+    {
+        env.push(EnvVar {
+            name: "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
+            value: Some(ep),
+            ..EnvVar::default()
+        });
+    }
+    Container {
+        name: "evaluator".to_owned(),
+        image: Some(
+            fe.spec
+                .image
+                .clone()
+                .unwrap_or_else(|| inputs.defaults.image.clone()),
+        ),
+        image_pull_policy: fe.spec.image_pull_policy.clone(),
+        args: Some(args),
+        env: (!env.is_empty()).then_some(env),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".to_owned()),
+            container_port: PORT,
+            ..ContainerPort::default()
+        }]),
+        liveness_probe: Some(probe(fe, "/healthz")),
+        readiness_probe: Some(probe(fe, "/readyz")),
+        resources,
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_owned()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(
+            std::iter::once(("descriptors", DESCRIPTORS_DIR))
+                .chain(fe.spec.tls.as_ref().map(|_| ("tls", TLS_DIR)))
+                .map(|(name, path)| VolumeMount {
+                    name: name.to_owned(),
+                    mount_path: path.to_owned(),
+                    read_only: Some(true),
+                    ..VolumeMount::default()
+                })
+                .collect(),
+        ),
+        ..Container::default()
+    }
+}
+
+pub(super) fn pod_spec(
+    inputs: &Inputs<'_>,
+    containers: Vec<Container>,
+    restart_policy: Option<String>,
+) -> PodSpec {
+    let fe = inputs.fe;
+    let placement = fe.spec.placement.clone().unwrap_or_default();
+    let key = fe.spec.descriptors.key().to_owned();
+    PodSpec {
+        service_account_name: Some(fe.name_any()),
+        automount_service_account_token: Some(false),
+        containers,
+        restart_policy,
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(65532),
+            run_as_group: Some(65532),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".to_owned(),
+                ..SeccompProfile::default()
+            }),
+            ..PodSecurityContext::default()
+        }),
+        // Mounted as a directory (no subPath), so the kubelet's ..data swap reaches the evaluator's
+        // watcher and descriptor updates need no restart.
+        // The TLS Secret likewise (renewals are reloaded, not restarted).
+        volumes: Some(
+            std::iter::once(Volume {
+                name: "descriptors".to_owned(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: fe.spec.descriptors.config_map_name.clone(),
+                    items: Some(vec![KeyToPath {
+                        key: key.clone(),
+                        path: key,
+                        mode: None,
+                    }]),
+                    optional: Some(false),
+                    ..ConfigMapVolumeSource::default()
+                }),
+                ..Volume::default()
+            })
+            .chain(fe.spec.tls.as_ref().map(|tls| Volume {
+                name: "tls".to_owned(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(tls.secret_name.clone()),
+                    optional: Some(false),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            }))
+            .collect(),
+        ),
+        node_selector: placement.node_selector,
+        tolerations: placement.tolerations,
+        affinity: placement.affinity,
+        priority_class_name: placement.priority_class_name,
+        ..PodSpec::default()
+    }
+}
+
+pub(super) fn pod_annotations(inputs: &Inputs<'_>, tier: Tier) -> Option<BTreeMap<String, String>> {
+    let mut a = inputs
+        .fe
+        .spec
+        .placement
+        .as_ref()
+        .and_then(|p| p.pod_annotations.clone())
+        .unwrap_or_default();
+    if tier == Tier::Root
+        && let Some(h) = &inputs.secret_hash
+    {
+        a.insert(SECRET_HASH_ANNOTATION.to_owned(), h.clone());
+    }
+    (!a.is_empty()).then_some(a)
+}

@@ -1,0 +1,108 @@
+//! Workloads: a tier's Deployment and PodDisruptionBudget, and the migrations Job.
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{PodTemplateSpec, ResourceRequirements};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::pod::{container, pod_annotations, pod_spec};
+use super::{Inputs, Tier, evaluator_args, labels, meta, migration_name, selector, tier_name};
+use crate::crd::FlagEvaluator;
+
+pub(super) fn deployment(
+    inputs: &Inputs<'_>,
+    owner: &OwnerReference,
+    tier: Tier,
+    replicas: i32,
+    resources: Option<ResourceRequirements>,
+) -> Deployment {
+    let fe = inputs.fe;
+    let pod_labels = labels(fe, Some(tier));
+    Deployment {
+        metadata: meta(fe, owner, tier_name(fe, tier), Some(tier)),
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector(fe, tier)),
+                ..LabelSelector::default()
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".to_owned()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_unavailable: Some(IntOrString::Int(0)),
+                    max_surge: Some(IntOrString::Int(1)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: pod_annotations(inputs, tier),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod_spec(
+                    inputs,
+                    vec![container(
+                        inputs,
+                        tier,
+                        evaluator_args(inputs, tier),
+                        resources,
+                    )],
+                    None,
+                )),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    }
+}
+
+pub(super) fn pdb(fe: &FlagEvaluator, owner: &OwnerReference, tier: Tier) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: meta(fe, owner, tier_name(fe, tier), Some(tier)),
+        spec: Some(PodDisruptionBudgetSpec {
+            min_available: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector(fe, tier)),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    }
+}
+
+pub(super) fn migration(inputs: &Inputs<'_>, owner: &OwnerReference) -> Job {
+    let fe = inputs.fe;
+    let mut c = container(inputs, Tier::Root, vec!["migrate".to_owned()], None);
+    c.liveness_probe = None;
+    c.readiness_probe = None;
+    c.ports = None;
+    // The Job only talks to the database: it needs no TLS files.
+    if let Some(mounts) = c.volume_mounts.as_mut() {
+        mounts.retain(|m| m.name != "tls");
+    }
+    let mut pod = pod_spec(inputs, vec![c], Some("OnFailure".to_owned()));
+    if let Some(volumes) = pod.volumes.as_mut() {
+        volumes.retain(|v| v.name != "tls");
+    }
+    Job {
+        metadata: meta(fe, owner, migration_name(inputs), Some(Tier::Root)),
+        spec: Some(JobSpec {
+            backoff_limit: Some(4),
+            ttl_seconds_after_finished: Some(86_400),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(fe, None)),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod),
+            },
+            ..JobSpec::default()
+        }),
+        ..Job::default()
+    }
+}

@@ -1,0 +1,112 @@
+//! The API calls a reconcile makes, in one namespace: read, server-side apply under one field
+//! manager, prune what the operator owns and no longer wants. Every failure says what was done.
+
+use k8s_openapi::NamespaceResourceScope;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Client, Resource, ResourceExt as _};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::Error;
+use crate::build::MANAGED_BY;
+
+/// The one field manager of every write.
+pub const FIELD_MANAGER: &str = "pbflags-operator";
+
+/// A client bound to one namespace.
+pub struct Cluster<'a> {
+    client: &'a Client,
+    ns: &'a str,
+}
+
+fn api_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Api { what, source }
+}
+
+fn kind<K: Resource>() -> String
+where
+    K::DynamicType: Default,
+{
+    K::kind(&K::DynamicType::default()).into_owned()
+}
+
+impl<'a> Cluster<'a> {
+    /// Calls in `ns`.
+    pub fn new(client: &'a Client, ns: &'a str) -> Self {
+        Self { client, ns }
+    }
+
+    /// The namespace.
+    pub fn namespace(&self) -> &str {
+        self.ns
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), self.ns)
+    }
+
+    /// The object named `name`, if it exists.
+    pub async fn get<K>(&self, name: &str) -> Result<Option<K>, Error>
+    where
+        K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        self.api::<K>()
+            .get_opt(name)
+            .await
+            .map_err(api_err(format!("get {} {}/{name}", kind::<K>(), self.ns)))
+    }
+
+    /// Server-side applies `obj` (forcing ownership of its fields); returns what the server holds.
+    pub async fn apply<K>(&self, obj: &K) -> Result<K, Error>
+    where
+        K: Resource<Scope = NamespaceResourceScope>
+            + Clone
+            + Serialize
+            + DeserializeOwned
+            + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        let name = obj.meta().name.clone().unwrap_or_default();
+        self.api::<K>()
+            .patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(obj),
+            )
+            .await
+            .map_err(api_err(format!("apply {} {}/{name}", kind::<K>(), self.ns)))
+    }
+
+    /// Deletes the objects of kind `K` this operator made for `instance` whose names are not in
+    /// `keep`.
+    pub async fn prune<K>(&self, instance: &str, keep: &[String]) -> Result<(), Error>
+    where
+        K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        let api = self.api::<K>();
+        let selector = format!(
+            "{}={},app.kubernetes.io/instance={instance}",
+            MANAGED_BY.0, MANAGED_BY.1
+        );
+        let list = api
+            .list_metadata(&ListParams::default().labels(&selector))
+            .await
+            .map_err(api_err(format!("list owned {}s", kind::<K>())))?;
+        for obj in list {
+            let name = obj.name_any();
+            if !keep.contains(&name) {
+                api.delete(&name, &DeleteParams::background())
+                    .await
+                    .map_err(api_err(format!("delete {} {}/{name}", kind::<K>(), self.ns)))?;
+            }
+        }
+        Ok(())
+    }
+}

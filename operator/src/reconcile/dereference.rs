@@ -1,0 +1,122 @@
+//! Step one: read the objects a FlagEvaluator references — the descriptors ConfigMap, the database
+//! Secret (root tier), the TLS Secret — and tell `build` what it needs of them, or say what is
+//! missing.
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use sha2::Digest as _;
+
+use super::Error;
+use super::cluster::Cluster;
+use crate::crd::FlagEvaluator;
+use crate::status::{Problem, reason};
+
+/// What the referenced objects tell the builders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct References {
+    /// Hash of the database Secret's value (root tier), so a changed Secret rolls the root pods.
+    pub secret_hash: Option<String>,
+    /// The TLS Secret has a `ca.crt` for the proxy to check its root with.
+    pub tls_ca: bool,
+}
+
+/// Why dereferencing stopped: a reference the user must fix, or a failed API call.
+#[derive(Debug)]
+pub enum Stop {
+    /// A referenced object or key is missing; reported in the status, not retried quickly.
+    Blocked(Problem),
+    /// The API server failed; the reconcile fails and is retried.
+    Failed(Error),
+}
+
+impl From<Error> for Stop {
+    fn from(e: Error) -> Self {
+        Stop::Failed(e)
+    }
+}
+
+fn blocked<T>(reason: &'static str, message: String) -> Result<T, Stop> {
+    Err(Stop::Blocked(Problem { reason, message }))
+}
+
+/// Reads every reference of `fe`, in the order a user fixes them: descriptors, database, TLS.
+pub async fn dereference(fe: &FlagEvaluator, api: &Cluster<'_>) -> Result<References, Stop> {
+    check_descriptors(fe, api).await?;
+    Ok(References {
+        secret_hash: database_hash(fe, api).await?,
+        tls_ca: check_tls(fe, api).await?,
+    })
+}
+
+async fn check_descriptors(fe: &FlagEvaluator, api: &Cluster<'_>) -> Result<(), Stop> {
+    let ns = api.namespace();
+    let name = &fe.spec.descriptors.config_map_name;
+    let key = fe.spec.descriptors.key();
+    let Some(cm) = api.get::<ConfigMap>(name).await? else {
+        return blocked(
+            reason::CONFIG_MAP_MISSING,
+            format!("ConfigMap {ns}/{name} (spec.descriptors.configMapName) does not exist"),
+        );
+    };
+    let has = cm.binary_data.as_ref().is_some_and(|d| d.contains_key(key))
+        || cm.data.as_ref().is_some_and(|d| d.contains_key(key));
+    if !has {
+        return blocked(
+            reason::CONFIG_MAP_KEY_MISSING,
+            format!("ConfigMap {ns}/{name} has no key {key:?} (spec.descriptors.key)"),
+        );
+    }
+    Ok(())
+}
+
+/// The database Secret's value hash (root tier only).
+async fn database_hash(fe: &FlagEvaluator, api: &Cluster<'_>) -> Result<Option<String>, Stop> {
+    let Some(root) = &fe.spec.root else {
+        return Ok(None);
+    };
+    let ns = api.namespace();
+    let name = &root.database.secret_name;
+    let key = root.database.key();
+    let Some(secret) = api.get::<Secret>(name).await? else {
+        return blocked(
+            reason::SECRET_MISSING,
+            format!("Secret {ns}/{name} (spec.root.database.secretName) does not exist"),
+        );
+    };
+    let Some(value) = secret.data.as_ref().and_then(|d| d.get(key)) else {
+        return blocked(
+            reason::SECRET_KEY_MISSING,
+            format!("Secret {ns}/{name} has no key {key:?} (spec.root.database.key)"),
+        );
+    };
+    Ok(Some(hex::encode(&sha2::Sha256::digest(&value.0)[..8])))
+}
+
+/// The TLS Secret (`spec.tls`) must have `tls.crt` and `tls.key`; returns whether it has `ca.crt`.
+async fn check_tls(fe: &FlagEvaluator, api: &Cluster<'_>) -> Result<bool, Stop> {
+    let Some(tls) = &fe.spec.tls else {
+        return Ok(false);
+    };
+    let ns = api.namespace();
+    let name = &tls.secret_name;
+    let Some(secret) = api.get::<Secret>(name).await? else {
+        return blocked(
+            reason::TLS_SECRET_MISSING,
+            format!("Secret {ns}/{name} (spec.tls.secretName) does not exist"),
+        );
+    };
+    let data = secret.data.unwrap_or_default();
+    let missing: Vec<&str> = ["tls.crt", "tls.key"]
+        .into_iter()
+        .filter(|k| !data.contains_key(*k))
+        .collect();
+    if !missing.is_empty() {
+        return blocked(
+            reason::TLS_SECRET_KEY_MISSING,
+            format!(
+                "Secret {ns}/{name} (spec.tls.secretName) has no {}",
+                missing.join(" and no ")
+            ),
+        );
+    }
+    Ok(data.contains_key("ca.crt"))
+}
