@@ -24,7 +24,7 @@ cleanup+=("scripts/pg.sh stop '$pg_dir'; rm -rf '$pg_dir'")
 
 step "unit, in-process and PostgreSQL tests"
 cargo test --workspace --locked --exclude pbflags-e2e --exclude pbflags-operator
-cargo test --locked -p pbflags-operator --lib --bins --test crd --test build --test status
+cargo test --locked -p pbflags-operator --lib --bins --test crd --test build --test status --test reconcile
 
 [ "${1:-}" = "--quick" ] && exit 0
 

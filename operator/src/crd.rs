@@ -254,18 +254,14 @@ pub struct FlagEvaluatorStatus {
 impl DescriptorsRef {
     /// The ConfigMap key, defaulted.
     pub fn key(&self) -> &str {
-        self.key
-            .as_deref()
-            .unwrap_or(DEFAULT_DESCRIPTORS_KEY)
+        self.key.as_deref().unwrap_or(DEFAULT_DESCRIPTORS_KEY)
     }
 }
 
 impl SecretKeyRef {
     /// The Secret key, defaulted.
     pub fn key(&self) -> &str {
-        self.key
-            .as_deref()
-            .unwrap_or(DEFAULT_DATABASE_KEY)
+        self.key.as_deref().unwrap_or(DEFAULT_DATABASE_KEY)
     }
 }
 

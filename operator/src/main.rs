@@ -6,10 +6,10 @@ use std::sync::Arc;
 use clap::Parser;
 use pbflags_operator::build::Defaults;
 use pbflags_operator::controller;
-use pbflags_operator::reconcile::Context;
 use pbflags_operator::health::{self, Readiness};
 use pbflags_operator::lease::{self, LeaseConfig};
 use pbflags_operator::metrics::Metrics;
+use pbflags_operator::reconcile::Context;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 

@@ -212,12 +212,40 @@ fn a_changed_secret_changes_the_root_pod_template_only() {
     })
     .unwrap();
     assert_ne!(
-        a.root.as_ref().unwrap().deployment.spec.as_ref().unwrap().template,
-        b.root.as_ref().unwrap().deployment.spec.as_ref().unwrap().template
+        a.root
+            .as_ref()
+            .unwrap()
+            .deployment
+            .spec
+            .as_ref()
+            .unwrap()
+            .template,
+        b.root
+            .as_ref()
+            .unwrap()
+            .deployment
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
     );
     assert_eq!(
-        a.proxy.as_ref().unwrap().deployment.spec.as_ref().unwrap().template,
-        b.proxy.as_ref().unwrap().deployment.spec.as_ref().unwrap().template
+        a.proxy
+            .as_ref()
+            .unwrap()
+            .deployment
+            .spec
+            .as_ref()
+            .unwrap()
+            .template,
+        b.proxy
+            .as_ref()
+            .unwrap()
+            .deployment
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
     );
     assert_ne!(
         a.migration.unwrap().metadata.name,
@@ -237,7 +265,11 @@ fn the_descriptors_volume_is_a_directory_mount_so_updates_need_no_restart() {
         tls_ca: false,
     })
     .unwrap();
-    let pod = d.proxy.as_ref().unwrap().deployment
+    let pod = d
+        .proxy
+        .as_ref()
+        .unwrap()
+        .deployment
         .spec
         .as_ref()
         .unwrap()

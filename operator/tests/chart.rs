@@ -14,9 +14,9 @@ use kube::api::{Api, PostParams};
 use pbflags_e2e::{ControlPlane, TestNamespace};
 use pbflags_operator::build::Defaults;
 use pbflags_operator::controller;
-use pbflags_operator::reconcile::Context;
 use pbflags_operator::crd::FlagEvaluator;
 use pbflags_operator::metrics::Metrics;
+use pbflags_operator::reconcile::Context;
 use tokio_util::sync::CancellationToken;
 
 fn chart() -> PathBuf {

@@ -17,10 +17,10 @@ use kube::{Client, ResourceExt as _};
 use pbflags_e2e::{ControlPlane, TestNamespace};
 use pbflags_operator::build::Defaults;
 use pbflags_operator::controller;
-use pbflags_operator::reconcile::Context;
 use pbflags_operator::crd::FlagEvaluator;
 use pbflags_operator::health::{self, Readiness};
 use pbflags_operator::metrics::Metrics;
+use pbflags_operator::reconcile::Context;
 use tokio_util::sync::CancellationToken;
 
 /// One operator for the whole test binary, on a thread of its own (tests come and go with their

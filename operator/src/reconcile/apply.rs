@@ -119,7 +119,10 @@ mod tests {
             ..JobStatus::default()
         };
         assert_eq!(migration_gate("ns", "j", None), Gate::Migrating);
-        assert_eq!(migration_gate("ns", "j", Some(&status(0, 4))), Gate::Migrating);
+        assert_eq!(
+            migration_gate("ns", "j", Some(&status(0, 4))),
+            Gate::Migrating
+        );
         assert_eq!(migration_gate("ns", "j", Some(&status(1, 4))), Gate::Open);
         assert_eq!(migration_gate("ns", "j", Some(&status(1, 9))), Gate::Open);
         let Gate::Failed(p) = migration_gate("ns", "j", Some(&status(0, 5))) else {

@@ -56,10 +56,11 @@ impl<'a> Cluster<'a> {
         K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
         K::DynamicType: Default,
     {
-        self.api::<K>()
-            .get_opt(name)
-            .await
-            .map_err(api_err(format!("get {} {}/{name}", kind::<K>(), self.ns)))
+        self.api::<K>().get_opt(name).await.map_err(api_err(format!(
+            "get {} {}/{name}",
+            kind::<K>(),
+            self.ns
+        )))
     }
 
     /// Server-side applies `obj` (forcing ownership of its fields); returns what the server holds.
@@ -104,7 +105,11 @@ impl<'a> Cluster<'a> {
             if !keep.contains(&name) {
                 api.delete(&name, &DeleteParams::background())
                     .await
-                    .map_err(api_err(format!("delete {} {}/{name}", kind::<K>(), self.ns)))?;
+                    .map_err(api_err(format!(
+                        "delete {} {}/{name}",
+                        kind::<K>(),
+                        self.ns
+                    )))?;
             }
         }
         Ok(())
