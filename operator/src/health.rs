@@ -60,7 +60,7 @@ impl Readiness {
     ) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
-            loop {
+            pbflags_runtime::periodic::repeat(&stop, || async {
                 let r = match tokio::time::timeout(timeout, client.apiserver_version()).await {
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err(e)) => Err(e.to_string()),
@@ -70,14 +70,10 @@ impl Readiness {
                     tracing::warn!(error = %e, "API server check failed");
                 }
                 me.record(r);
-                tokio::select! {
-                    () = stop.cancelled() => {
-                        me.stopping.store(true, Ordering::SeqCst);
-                        return;
-                    }
-                    () = tokio::time::sleep(every) => {}
-                }
-            }
+                every
+            })
+            .await;
+            me.stopping.store(true, Ordering::SeqCst);
         })
     }
 }

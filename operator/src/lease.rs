@@ -3,6 +3,7 @@
 //! is older than its duration. Writes use the Lease's resourceVersion, so two contenders never both
 //! win. A holder that cannot renew within the duration gives up (its process should exit).
 
+use pbflags_runtime::periodic::sleep_or_stop;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -117,9 +118,8 @@ pub async fn acquire(
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "lease: cannot read or write the lease"),
         }
-        tokio::select! {
-            () = shutdown.cancelled() => return None,
-            () = tokio::time::sleep(cfg.renew) => {}
+        if sleep_or_stop(&shutdown, cfg.renew).await {
+            return None;
         }
     }
     tracing::info!(lease = %cfg.name, identity = %cfg.identity, "lease acquired; this replica reconciles");
@@ -128,14 +128,11 @@ pub async fn acquire(
     tokio::spawn(async move {
         let mut last_ok = std::time::Instant::now();
         loop {
-            tokio::select! {
-                () = shutdown.cancelled() => {
-                    if let Err(e) = release(&client, &cfg).await {
-                        tracing::warn!(error = %e, "lease: release failed; it expires on its own");
-                    }
-                    return;
+            if sleep_or_stop(&shutdown, cfg.renew).await {
+                if let Err(e) = release(&client, &cfg).await {
+                    tracing::warn!(error = %e, "lease: release failed; it expires on its own");
                 }
-                () = tokio::time::sleep(cfg.renew) => {}
+                return;
             }
             match try_acquire(&client, &cfg).await {
                 Ok(true) => last_ok = std::time::Instant::now(),

@@ -1,8 +1,6 @@
 //! Operator metrics: reconciles, failures by category, duration, status writes.
 
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
 
 /// The operator's metrics, on a registry of their own.
 #[derive(Clone)]
@@ -73,9 +71,7 @@ impl Metrics {
 
     /// Prometheus text.
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
-        String::from_utf8(buf).unwrap_or_default()
+        pbflags_runtime::render_metrics(&self.registry)
     }
 }
 

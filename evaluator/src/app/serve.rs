@@ -200,14 +200,10 @@ pub async fn run(prepared: Prepared, shutdown: CancellationToken) {
     let ticker = {
         let (clock, tasks) = (clock.clone(), tasks.clone());
         tokio::spawn(async move {
-            let mut every = tokio::time::interval(Duration::from_millis(5));
-            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            loop {
-                tokio::select! {
-                    () = tasks.cancelled() => return,
-                    _ = every.tick() => clock.tick(),
-                }
-            }
+            pbflags_runtime::periodic::every(Duration::from_millis(5), &tasks, || async {
+                clock.tick();
+            })
+            .await;
         })
     };
     let poller = crate::reload::kills::spawn(engine.clone(), tasks.clone());

@@ -53,19 +53,22 @@ pub fn startup_interval(kill_ttl: Duration) -> Duration {
 pub fn spawn(engine: Arc<Engine>, shutdown: CancellationToken) -> JoinHandle<()> {
     tokio::spawn(async move {
         let config = engine.caches().config().clone();
-        let mut known = false;
-        loop {
-            known |= poll_once(&engine, config.fetch_timeout).await;
-            let wait = if known {
-                next_interval(config.kill_ttl, engine.health().backoff_multiplier())
-            } else {
-                startup_interval(config.kill_ttl)
-            };
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(wait) => {}
+        // Whether a poll has succeeded yet.
+        let known = std::sync::atomic::AtomicBool::new(false);
+        pbflags_runtime::periodic::repeat(&shutdown, || {
+            let (engine, config, known) = (&engine, &config, &known);
+            async move {
+                if poll_once(engine, config.fetch_timeout).await {
+                    known.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                if known.load(std::sync::atomic::Ordering::Relaxed) {
+                    next_interval(config.kill_ttl, engine.health().backoff_multiplier())
+                } else {
+                    startup_interval(config.kill_ttl)
+                }
             }
-        }
+        })
+        .await;
     })
 }
 

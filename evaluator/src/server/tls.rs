@@ -194,14 +194,7 @@ impl CertStore {
     ) -> tokio::task::JoinHandle<()> {
         let store = self.clone();
         tokio::spawn(async move {
-            let mut every = tokio::time::interval(interval);
-            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            every.tick().await;
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    _ = every.tick() => {}
-                }
+            pbflags_runtime::periodic::every(interval, &stop, || async {
                 let s = store.clone();
                 let r = tokio::task::spawn_blocking(move || s.check())
                     .await
@@ -211,7 +204,8 @@ impl CertStore {
                     Reload::Reloaded => metrics.tls_reload(true),
                     Reload::Failed => metrics.tls_reload(false),
                 }
-            }
+            })
+            .await;
         })
     }
 }
