@@ -1,5 +1,5 @@
 //! `pbflags-evaluator`: parse arguments, run the subcommand, map errors to exit codes
-//! (64 for bad configuration, 1 for other failures).
+//! (64 for bad arguments or configuration, 1 for other failures).
 
 use std::process::ExitCode;
 
@@ -11,7 +11,19 @@ use pbflags_evaluator::reload;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version print to stdout and succeed; a bad argument or value (from a
+            // flag or its PBFLAGS_* variable) is a usage error, 64 like every invalid setting.
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(64)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     let result = match cli.command {
         Command::Serve(args) => return run_serve(&args),
         Command::Descriptors(args) => reload::descriptors::load_file(&args.descriptors)

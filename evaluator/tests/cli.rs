@@ -126,6 +126,9 @@ fn serve_with_bad_configuration_exits_64_naming_the_setting_before_binding() {
         ("--worker-threads", "0", "worker_threads"),
         ("--tls-cert", "/nonexistent.crt", "tls_key"),
         ("--upstream-ca", "/nonexistent.pem", "upstream_ca"),
+        ("--log-format", "xml", "--log-format"),
+        ("--upstream-protocol", "http3", "--upstream-protocol"),
+        ("--kill-ttl", "soon", "--kill-ttl"),
     ] {
         let out = run(
             None,

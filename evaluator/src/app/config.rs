@@ -10,39 +10,66 @@ use serde::Deserialize;
 
 use crate::app::logging::{LogFormat, Tracing};
 use crate::core::cache::CacheConfig;
+use crate::server::tls::TlsFiles;
 use crate::sources::pg::db::DatabaseArgs;
+use crate::sources::upstream::{UpstreamCa, UpstreamProtocol};
 
 fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (use a duration like 500ms, 30s or 5m)"))
 }
 
-/// Arguments of `serve`. Every setting is optional here so the file can fill what flags and the
-/// environment leave unset; defaults are applied last.
+/// Arguments of `serve`, in groups. Every setting is optional here so the file can fill what flags
+/// and the environment leave unset; defaults are applied last.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
     /// YAML configuration file (keys of pbflags v0.6: descriptors, server, listen, database, cache.*).
     #[arg(long, env = "PBFLAGS_CONFIG")]
     pub config: Option<PathBuf>,
+    /// What to serve and where state comes from.
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Caches.
+    #[command(flatten)]
+    pub cache: CacheArgs,
+    /// The listener and its limits.
+    #[command(flatten)]
+    pub listener: ListenerArgs,
+    /// TLS on the listener.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// Logs and traces.
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
+/// The descriptors, and the state source: a database (root mode) or an upstream (proxy mode).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SourceArgs {
     /// The descriptor set to serve (hot-reloaded).
     #[arg(long, env = "PBFLAGS_DESCRIPTORS")]
     pub descriptors: Option<PathBuf>,
     /// Upstream evaluator base URL (proxy mode), e.g. `http://pbflags-root:9201`.
     #[arg(long, visible_alias = "upstream", env = "PBFLAGS_SERVER")]
     pub server: Option<String>,
-    /// Protocol of the upstream calls in proxy mode: connect (binary proto over HTTP/1.1, as v0.6
-    /// proxies) or grpc (HTTP/2) [default: connect].
-    #[arg(long, env = "PBFLAGS_UPSTREAM_PROTOCOL")]
-    pub upstream_protocol: Option<String>,
+    /// Protocol of the upstream calls in proxy mode: connect is binary proto over HTTP/1.1, as v0.6
+    /// proxies call; grpc is HTTP/2.
+    #[arg(long, env = "PBFLAGS_UPSTREAM_PROTOCOL", value_enum, default_value_t)]
+    pub upstream_protocol: UpstreamProtocol,
     /// PEM bundle of the CAs an https:// upstream is checked against [default: the system trust
     /// store].
     #[arg(long, env = "PBFLAGS_UPSTREAM_CA")]
     pub upstream_ca: Option<PathBuf>,
-    /// Listen address for gRPC, gRPC-Web, Connect, /metrics and health [default: localhost:9201].
-    #[arg(long, env = "PBFLAGS_LISTEN")]
-    pub listen: Option<String>,
     /// Apply database migrations before serving (root mode).
     #[arg(long, env = "PBFLAGS_MIGRATE")]
     pub migrate: bool,
+    /// The database (root mode).
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+}
+
+/// The `cache:` settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CacheArgs {
     /// Kill-set poll interval [default: 30s].
     #[arg(long, env = "PBFLAGS_CACHE_KILL_TTL", value_parser = duration)]
     pub kill_ttl: Option<Duration>,
@@ -64,6 +91,14 @@ pub struct ServeArgs {
     /// Capacity of each last-known-value store [default: 100000].
     #[arg(long, env = "PBFLAGS_CACHE_LAST_KNOWN_MAX_ENTRIES")]
     pub last_known_max_entries: Option<u64>,
+}
+
+/// The listener, request limits, shutdown and reload timing, the runtime.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ListenerArgs {
+    /// Listen address for gRPC, gRPC-Web, Connect, /metrics and health [default: localhost:9201].
+    #[arg(long, env = "PBFLAGS_LISTEN")]
+    pub listen: Option<String>,
     /// Largest accepted request body, bytes [default: 4194304].
     #[arg(long, env = "PBFLAGS_MAX_REQUEST_BYTES")]
     pub max_request_bytes: Option<usize>,
@@ -76,6 +111,15 @@ pub struct ServeArgs {
     /// How often the descriptor file's hash is compared [default: 30s].
     #[arg(long, env = "PBFLAGS_DESCRIPTOR_POLL_INTERVAL", value_parser = duration)]
     pub descriptor_poll_interval: Option<Duration>,
+    /// Runtime worker threads; 1 runs everything on one thread (the least CPU per request)
+    /// [default: the CPUs available to the process, cgroup quota included].
+    #[arg(long, env = "PBFLAGS_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
+}
+
+/// TLS on the listener.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TlsArgs {
     /// PEM certificate chain to serve TLS with (needs --tls-key); unset: cleartext.
     #[arg(long, env = "PBFLAGS_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -85,13 +129,14 @@ pub struct ServeArgs {
     /// How often the TLS files are checked for a renewed certificate [default: 10s].
     #[arg(long, env = "PBFLAGS_TLS_POLL_INTERVAL", value_parser = duration)]
     pub tls_poll_interval: Option<Duration>,
-    /// Runtime worker threads; 1 runs everything on one thread (the least CPU per request)
-    /// [default: the CPUs available to the process, cgroup quota included].
-    #[arg(long, env = "PBFLAGS_WORKER_THREADS")]
-    pub worker_threads: Option<usize>,
-    /// Log format: text or json [default: text].
-    #[arg(long, env = "PBFLAGS_LOG_FORMAT")]
-    pub log_format: Option<String>,
+}
+
+/// Logs and traces.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TelemetryArgs {
+    /// Log format.
+    #[arg(long, env = "PBFLAGS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// Log level or filter, e.g. info or pbflags_evaluator=debug [default: info].
     #[arg(long, env = "PBFLAGS_LOG_LEVEL")]
     pub log_level: Option<String>,
@@ -101,9 +146,6 @@ pub struct ServeArgs {
     /// Fraction of traces sampled, 0 to 1 (parent-based) [default: 1].
     #[arg(long, env = "PBFLAGS_TRACE_SAMPLE_RATIO")]
     pub trace_sample_ratio: Option<f64>,
-    /// The database (root mode).
-    #[command(flatten)]
-    pub db: DatabaseArgs,
 }
 
 /// The YAML file. Unknown keys are errors, except v0.6's admin-UI keys, which are ignored.
@@ -182,11 +224,11 @@ pub struct Config {
     /// Trace export.
     pub tracing: Tracing,
     /// Protocol of upstream calls (proxy mode).
-    pub upstream_protocol: crate::sources::upstream::UpstreamProtocol,
+    pub upstream_protocol: UpstreamProtocol,
     /// CAs for an https:// upstream (proxy mode).
-    pub upstream_ca: crate::sources::upstream::UpstreamCa,
+    pub upstream_ca: UpstreamCa,
     /// TLS certificate files; `None` serves cleartext.
-    pub tls: Option<crate::server::tls::TlsFiles>,
+    pub tls: Option<TlsFiles>,
     /// TLS file check interval.
     pub tls_poll_interval: Duration,
     /// Runtime worker threads (1: a single-threaded runtime).
@@ -214,7 +256,8 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
 }
 
 impl ServeArgs {
-    /// Merges flags and environment (already in `self`) over the file over defaults, and validates.
+    /// Merges flags and environment (already in `self`) over the file over defaults, and validates
+    /// each group.
     pub fn resolve(&self) -> Result<Config, ConfigError> {
         let file = match &self.config {
             Some(p) => read_file(p)?,
@@ -232,8 +275,118 @@ impl ServeArgs {
                 );
             }
         }
+        let source = self.source.resolve(&file)?;
+        let listener = self.listener.resolve(&file)?;
+        let telemetry = self.telemetry.resolve()?;
+        let (tls, tls_poll_interval) = self.tls.resolve(&file.tls)?;
+        Ok(Config {
+            descriptors: source.descriptors,
+            mode: source.mode,
+            db: source.db,
+            migrate: self.source.migrate,
+            upstream_protocol: self.source.upstream_protocol,
+            upstream_ca: source.upstream_ca,
+            cache: self.cache.resolve(&file.cache)?,
+            listen: listener.listen,
+            max_request_bytes: listener.max_request_bytes,
+            max_bulk_flags: listener.max_bulk_flags,
+            shutdown_timeout: listener.shutdown_timeout,
+            descriptor_poll_interval: listener.descriptor_poll_interval,
+            worker_threads: listener.worker_threads,
+            tls,
+            tls_poll_interval,
+            log_format: self.telemetry.log_format,
+            log_level: telemetry.0,
+            tracing: telemetry.1,
+        })
+    }
+}
+
+/// What [`SourceArgs`] resolve to.
+struct Source {
+    descriptors: PathBuf,
+    mode: Mode,
+    db: DatabaseArgs,
+    upstream_ca: UpstreamCa,
+}
+
+impl SourceArgs {
+    fn resolve(&self, file: &FileConfig) -> Result<Source, ConfigError> {
+        let descriptors = self
+            .descriptors
+            .clone()
+            .or_else(|| file.descriptors.clone())
+            .ok_or_else(|| bad("descriptors", "required (--descriptors, PBFLAGS_DESCRIPTORS or `descriptors:` in the config file)"))?;
+        let mut db = self.db.clone();
+        if db.database.is_none() && db.database_file.is_none() {
+            db.database.clone_from(&file.database);
+        }
+        let has_db = db.database.as_deref().is_some_and(|u| !u.trim().is_empty())
+            || db.database_file.is_some();
+        let server = self
+            .server
+            .clone()
+            .or_else(|| file.server.clone())
+            .filter(|s| !s.trim().is_empty());
+        let mode = match (has_db, server) {
+            (true, Some(_)) => {
+                return Err(bad(
+                    "database / server",
+                    "set one: a database (root mode) or an upstream server (proxy mode), not both",
+                ));
+            }
+            (true, None) => Mode::Root,
+            (false, Some(url)) => Mode::Proxy(upstream_url(&url)?),
+            (false, None) => {
+                return Err(bad(
+                    "database / server",
+                    "one is required: a database (root mode) or an upstream server (proxy mode)",
+                ));
+            }
+        };
+        if mode == Mode::Root {
+            db.validate().map_err(|e| bad("database", e))?;
+        }
+        if self.migrate && mode != Mode::Root {
+            return Err(bad("--migrate", "needs a database (root mode)"));
+        }
+        let upstream_ca = match (&self.upstream_ca, &mode) {
+            (None, _) => UpstreamCa::System,
+            (Some(path), Mode::Proxy(url)) if url.starts_with("https://") => {
+                let ca = UpstreamCa::File(path.clone());
+                crate::sources::upstream::roots(&ca).map_err(|e| bad("upstream_ca", e))?;
+                ca
+            }
+            (Some(_), _) => {
+                return Err(bad("upstream_ca", "only used with an https:// server"));
+            }
+        };
+        Ok(Source {
+            descriptors,
+            mode,
+            db,
+            upstream_ca,
+        })
+    }
+}
+
+/// An upstream base URL: http:// or https:// with a host; the trailing slash is dropped.
+fn upstream_url(url: &str) -> Result<String, ConfigError> {
+    let parsed: http::Uri = url
+        .parse()
+        .map_err(|e| bad("server", format!("{url:?} is not a URL: {e}")))?;
+    if !matches!(parsed.scheme_str(), Some("http" | "https")) || parsed.host().is_none() {
+        return Err(bad(
+            "server",
+            format!("{url:?} must be an http:// or https:// URL with a host"),
+        ));
+    }
+    Ok(url.trim_end_matches('/').to_owned())
+}
+
+impl CacheArgs {
+    fn resolve(&self, fc: &FileCache) -> Result<CacheConfig, ConfigError> {
         let d = CacheConfig::default();
-        let fc = &file.cache;
         let cache = CacheConfig {
             kill_ttl: self
                 .kill_ttl
@@ -289,70 +442,28 @@ impl ServeArgs {
         if cache.fetch_timeout.is_zero() {
             return Err(bad("cache.fetch_timeout", "must be greater than zero"));
         }
+        Ok(cache)
+    }
+}
 
-        let descriptors = self
-            .descriptors
-            .clone()
-            .or(file.descriptors)
-            .ok_or_else(|| bad("descriptors", "required (--descriptors, PBFLAGS_DESCRIPTORS or `descriptors:` in the config file)"))?;
-        let mut db = self.db.clone();
-        if db.database.is_none() && db.database_file.is_none() {
-            db.database = file.database;
-        }
-        let has_db = db.database.as_deref().is_some_and(|u| !u.trim().is_empty())
-            || db.database_file.is_some();
-        let server = self
-            .server
-            .clone()
-            .or(file.server)
-            .filter(|s| !s.trim().is_empty());
-        let mode = match (has_db, server) {
-            (true, Some(_)) => {
-                return Err(bad(
-                    "database / server",
-                    "set one: a database (root mode) or an upstream server (proxy mode), not both",
-                ));
-            }
-            (true, None) => Mode::Root,
-            (false, Some(url)) => {
-                let parsed: http::Uri = url
-                    .parse()
-                    .map_err(|e| bad("server", format!("{url:?} is not a URL: {e}")))?;
-                if !matches!(parsed.scheme_str(), Some("http" | "https")) || parsed.host().is_none()
-                {
-                    return Err(bad(
-                        "server",
-                        format!("{url:?} must be an http:// or https:// URL with a host"),
-                    ));
-                }
-                Mode::Proxy(url.trim_end_matches('/').to_owned())
-            }
-            (false, None) => {
-                return Err(bad(
-                    "database / server",
-                    "one is required: a database (root mode) or an upstream server (proxy mode)",
-                ));
-            }
-        };
-        if mode == Mode::Root {
-            db.validate().map_err(|e| bad("database", e))?;
-        }
-        if self.migrate && mode != Mode::Root {
-            return Err(bad("--migrate", "needs a database (root mode)"));
-        }
+/// What [`ListenerArgs`] resolve to.
+struct Listener {
+    listen: String,
+    max_request_bytes: usize,
+    max_bulk_flags: usize,
+    shutdown_timeout: Duration,
+    descriptor_poll_interval: Duration,
+    worker_threads: usize,
+}
+
+impl ListenerArgs {
+    fn resolve(&self, file: &FileConfig) -> Result<Listener, ConfigError> {
         let listen = self
             .listen
             .clone()
-            .or(file.listen)
+            .or_else(|| file.listen.clone())
             .unwrap_or_else(|| "localhost:9201".to_owned());
         resolve_listen(&listen).map_err(|e| bad("listen", e))?;
-        let log_format = match self.log_format.as_deref().unwrap_or("text") {
-            "text" => LogFormat::Text,
-            "json" => LogFormat::Json,
-            other => return Err(bad("log_format", format!("{other:?} is not text or json"))),
-        };
-        let log_level = self.log_level.clone().unwrap_or_else(|| "info".to_owned());
-        tracing_subscriber::EnvFilter::try_new(&log_level).map_err(|e| bad("log_level", e))?;
         let max_request_bytes = self.max_request_bytes.unwrap_or(4 << 20);
         let max_bulk_flags = self.max_bulk_flags.unwrap_or(1000);
         if max_request_bytes == 0 || max_bulk_flags == 0 {
@@ -361,6 +472,62 @@ impl ServeArgs {
                 "must be at least 1",
             ));
         }
+        let worker_threads = match self.worker_threads {
+            Some(0) => return Err(bad("worker_threads", "must be at least 1")),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        };
+        Ok(Listener {
+            listen,
+            max_request_bytes,
+            max_bulk_flags,
+            shutdown_timeout: self.shutdown_timeout.unwrap_or(Duration::from_secs(10)),
+            descriptor_poll_interval: self
+                .descriptor_poll_interval
+                .unwrap_or(Duration::from_secs(30)),
+            worker_threads,
+        })
+    }
+}
+
+impl TlsArgs {
+    /// The certificate files (checked to load) and the file check interval.
+    fn resolve(&self, ft: &FileTls) -> Result<(Option<TlsFiles>, Duration), ConfigError> {
+        let tls = match (
+            self.tls_cert.clone().or_else(|| ft.cert_file.clone()),
+            self.tls_key.clone().or_else(|| ft.key_file.clone()),
+        ) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => {
+                let files = TlsFiles { cert, key };
+                crate::server::tls::load(&files).map_err(|e| bad("tls", e))?;
+                Some(files)
+            }
+            (Some(_), None) => return Err(bad("tls_key", "required with tls_cert")),
+            (None, Some(_)) => return Err(bad("tls_cert", "required with tls_key")),
+        };
+        let poll = match self.tls_poll_interval {
+            Some(d) => d,
+            None => ft
+                .poll_interval
+                .as_deref()
+                .map(duration)
+                .transpose()
+                .map_err(|e| bad("tls.poll_interval (config file)", e))?
+                .unwrap_or(Duration::from_secs(10)),
+        };
+        if poll < Duration::from_millis(100) {
+            return Err(bad("tls_poll_interval", "must be at least 100ms"));
+        }
+        Ok((tls, poll))
+    }
+}
+
+impl TelemetryArgs {
+    /// The log filter (checked to parse) and the trace export settings.
+    fn resolve(&self) -> Result<(String, Tracing), ConfigError> {
+        let log_level = self.log_level.clone().unwrap_or_else(|| "info".to_owned());
+        tracing_subscriber::EnvFilter::try_new(&log_level).map_err(|e| bad("log_level", e))?;
         let sample_ratio = self.trace_sample_ratio.unwrap_or(1.0);
         if !(0.0..=1.0).contains(&sample_ratio) {
             return Err(bad("trace_sample_ratio", "must be between 0 and 1"));
@@ -370,84 +537,13 @@ impl ServeArgs {
             e.parse::<http::Uri>()
                 .map_err(|err| bad("otlp_endpoint", format!("{e:?} is not a URL: {err}")))?;
         }
-        let upstream_protocol = match self.upstream_protocol.as_deref().unwrap_or("connect") {
-            "connect" => crate::sources::upstream::UpstreamProtocol::Connect,
-            "grpc" => crate::sources::upstream::UpstreamProtocol::Grpc,
-            other => {
-                return Err(bad(
-                    "upstream_protocol",
-                    format!("{other:?} is not connect or grpc"),
-                ));
-            }
-        };
-        let upstream_ca = match (&self.upstream_ca, &mode) {
-            (None, _) => crate::sources::upstream::UpstreamCa::System,
-            (Some(path), Mode::Proxy(url)) if url.starts_with("https://") => {
-                let ca = crate::sources::upstream::UpstreamCa::File(path.clone());
-                crate::sources::upstream::roots(&ca).map_err(|e| bad("upstream_ca", e))?;
-                ca
-            }
-            (Some(_), _) => {
-                return Err(bad("upstream_ca", "only used with an https:// server"));
-            }
-        };
-        let tls = match (
-            self.tls_cert.clone().or(file.tls.cert_file),
-            self.tls_key.clone().or(file.tls.key_file),
-        ) {
-            (None, None) => None,
-            (Some(cert), Some(key)) => {
-                let files = crate::server::tls::TlsFiles { cert, key };
-                crate::server::tls::load(&files).map_err(|e| bad("tls", e))?;
-                Some(files)
-            }
-            (Some(_), None) => return Err(bad("tls_key", "required with tls_cert")),
-            (None, Some(_)) => return Err(bad("tls_cert", "required with tls_key")),
-        };
-        let tls_poll_interval = match self.tls_poll_interval {
-            Some(d) => d,
-            None => file
-                .tls
-                .poll_interval
-                .as_deref()
-                .map(duration)
-                .transpose()
-                .map_err(|e| bad("tls.poll_interval (config file)", e))?
-                .unwrap_or(Duration::from_secs(10)),
-        };
-        if tls_poll_interval < Duration::from_millis(100) {
-            return Err(bad("tls_poll_interval", "must be at least 100ms"));
-        }
-        let worker_threads = match self.worker_threads {
-            Some(0) => return Err(bad("worker_threads", "must be at least 1")),
-            Some(n) => n,
-            None => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
-        };
-        Ok(Config {
-            worker_threads,
-            upstream_ca,
-            tls,
-            tls_poll_interval,
-            upstream_protocol,
-            tracing: Tracing {
+        Ok((
+            log_level,
+            Tracing {
                 otlp_endpoint,
                 sample_ratio,
             },
-            descriptors,
-            mode,
-            listen,
-            db,
-            migrate: self.migrate,
-            cache,
-            max_request_bytes,
-            max_bulk_flags,
-            shutdown_timeout: self.shutdown_timeout.unwrap_or(Duration::from_secs(10)),
-            descriptor_poll_interval: self
-                .descriptor_poll_interval
-                .unwrap_or(Duration::from_secs(30)),
-            log_format,
-            log_level,
-        })
+        ))
     }
 }
 
@@ -587,17 +683,6 @@ mod tests {
                     "nonsense",
                 ],
                 "listen",
-            ),
-            (
-                &[
-                    "--descriptors",
-                    "d",
-                    "--server",
-                    "http://x:1",
-                    "--log-format",
-                    "xml",
-                ],
-                "log_format",
             ),
             (
                 &["--descriptors", "d", "--server", "http://x:1", "--migrate"],

@@ -40,22 +40,26 @@ impl<T> Known<T> {
 }
 
 /// The compiled default of `def` (none for an undeclared flag), from `source`.
+#[inline]
 pub fn default_of(def: Option<&FlagDef>, source: EvaluationSource) -> Decided<'_> {
     (source, def.and_then(|d| d.default.as_ref()))
 }
 
 /// The answer for a flag in the kill set: its compiled default.
+#[inline]
 pub fn killed(def: Option<&FlagDef>) -> Decided<'_> {
     default_of(def, EvaluationSource::Killed)
 }
 
 /// Whether the override step applies: an entity is given and the flag is declared in a non-global
 /// layer. Undeclared flags and global-layer flags skip it (no override fetch).
+#[inline]
 pub fn overridable(def: Option<&FlagDef>, entity_id: &str) -> bool {
     !entity_id.is_empty() && def.is_some_and(|d| !d.is_global_layer())
 }
 
 /// The override step: `Some` when the override decides the answer, `None` to go on to global state.
+#[inline]
 pub fn by_override<'a>(
     row: Option<&'a Override>,
     stale: bool,
@@ -74,6 +78,7 @@ pub fn by_override<'a>(
 }
 
 /// The global step over the flag's row (`None`: no row, or nothing known).
+#[inline]
 pub fn by_global<'a>(
     row: Option<&'a FlagState>,
     stale: bool,

@@ -1,5 +1,7 @@
-//! Wire details the server and the upstream client share: RPC status codes and their Connect names
-//! ([`status`]), and W3C trace context in headers ([`trace_context`]).
+//! Wire details the server and the upstream client share: the Connect protocol ([`connect`]), RPC
+//! status codes and their Connect names ([`status`]), and W3C trace context in headers
+//! ([`trace_context`]).
 
+pub mod connect;
 pub mod status;
 pub mod trace_context;

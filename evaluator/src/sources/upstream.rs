@@ -21,7 +21,8 @@ use pbflags_proto::v1::{
 use prost::Message;
 
 use crate::core::source::{ErrorKind, FlagState, Override, SourceError, SourceResult, StateSource};
-use crate::protocol::status::{from_connect_name, kind_of};
+use crate::protocol::connect;
+use crate::protocol::status::kind_of;
 
 /// Concurrent GetFlagState calls when a batch is fetched (the protocol has no batch call).
 const BATCH_CONCURRENCY: usize = 16;
@@ -29,7 +30,7 @@ const BATCH_CONCURRENCY: usize = 16;
 const MAX_RESPONSE_BYTES: usize = 16 << 20;
 
 /// How a proxy talks to its upstream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum UpstreamProtocol {
     /// Connect, binary protobuf over HTTP/1.1 (as pbflags v0.6 proxies call).
     #[default]
@@ -209,14 +210,8 @@ impl UpstreamSource {
         method: &str,
         req: &Req,
     ) -> SourceResult<Resp> {
-        let uri = format!("{}/pbflags.v1.FlagEvaluatorService/{method}", self.base);
-        let mut request = http::Request::post(&uri)
-            .header(http::header::CONTENT_TYPE, "application/proto")
-            .header("connect-protocol-version", "1")
-            .header("connect-timeout-ms", self.timeout.as_millis().to_string())
-            .body(Full::new(Bytes::from(req.encode_to_vec())))
+        let request = connect::request(&self.base, method, req.encode_to_vec(), self.timeout)
             .map_err(|e| SourceError::new(ErrorKind::Internal, format!("build request: {e}")))?;
-        crate::protocol::trace_context::inject_current(request.headers_mut());
         let resp = client
             .request(request)
             .await
@@ -232,17 +227,8 @@ impl UpstreamSource {
                 SourceError::new(ErrorKind::Internal, format!("upstream {method}: {e}"))
             });
         }
-        // A Connect error: {"code": "...", "message": "..."}; anything else is judged by HTTP status.
-        let parsed: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
-        let code = parsed
-            .as_ref()
-            .and_then(|v| v["code"].as_str())
-            .map(from_connect_name);
-        let message = parsed
-            .as_ref()
-            .and_then(|v| v["message"].as_str())
-            .unwrap_or("")
-            .to_owned();
+        // A Connect error names its code; anything else is judged by HTTP status.
+        let (code, message) = connect::error_of(&body);
         let kind = match code {
             Some(c) => kind_of(c),
             None if status == http::StatusCode::NOT_FOUND => ErrorKind::Unimplemented,
