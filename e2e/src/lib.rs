@@ -52,6 +52,33 @@ pub fn repo_root() -> PathBuf {
         .join("..")
 }
 
+/// The directory of the tools the tests run (`helm`, `kubectl`): the one
+/// `e2e/controlplane/build.sh` builds into, or, with `PBFLAGS_E2E_KUBECONFIG` set (an outside
+/// cluster such as kind), the `PATH` directory holding `helm`. Starts nothing.
+pub fn tool_dir() -> anyhow::Result<PathBuf> {
+    if std::env::var_os("PBFLAGS_E2E_KUBECONFIG").is_some() {
+        return std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).find(|d| d.join("helm").is_file()))
+            .unwrap_or_default()
+            .context("PBFLAGS_E2E_KUBECONFIG is set but helm is not on PATH");
+    }
+    let dir = PathBuf::from(
+        script_output(
+            Command::new("bash")
+                .arg(repo_root().join("e2e/controlplane/build.sh"))
+                .arg("--print-bin"),
+        )?
+        .trim(),
+    );
+    if !dir.join("helm").is_file() {
+        bail!(
+            "{} has no helm; run e2e/controlplane/build.sh first",
+            dir.display()
+        );
+    }
+    Ok(dir)
+}
+
 static STARTED: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
 
 impl ControlPlane {
@@ -59,13 +86,9 @@ impl ControlPlane {
     /// `PBFLAGS_E2E_KUBECONFIG` set, uses that cluster instead (e.g. kind) and `helm` from `PATH`.
     pub fn ensure() -> anyhow::Result<ControlPlane> {
         if let Some(kubeconfig) = std::env::var_os("PBFLAGS_E2E_KUBECONFIG") {
-            let helm_dir = std::env::var_os("PATH")
-                .map(|p| std::env::split_paths(&p).find(|d| d.join("helm").is_file()))
-                .unwrap_or_default()
-                .context("PBFLAGS_E2E_KUBECONFIG is set but helm is not on PATH")?;
             return Ok(ControlPlane {
                 kubeconfig: PathBuf::from(kubeconfig),
-                bin: helm_dir,
+                bin: tool_dir()?,
             });
         }
         Self::ensure_tier(Tier::C)
@@ -210,4 +233,34 @@ fn rand_suffix() -> u32 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     nanos ^ std::process::id().rotate_left(16)
+}
+
+/// Polls `f` every 200 ms until it returns a value; an error after `timeout`, naming `what`. Tests
+/// wait for what they can observe with this instead of sleeping.
+pub async fn wait_for<T>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut f: impl AsyncFnMut() -> Option<T>,
+) -> anyhow::Result<T> {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if start.elapsed() > timeout {
+            anyhow::bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// [`wait_for`] a condition; returns how long it took.
+pub async fn eventually(
+    what: &str,
+    timeout: std::time::Duration,
+    mut f: impl AsyncFnMut() -> bool,
+) -> anyhow::Result<std::time::Duration> {
+    let start = std::time::Instant::now();
+    wait_for(what, timeout, async || f().await.then_some(())).await?;
+    Ok(start.elapsed())
 }

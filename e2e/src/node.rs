@@ -414,19 +414,3 @@ pub fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
     }
     Ok(body.to_owned())
 }
-
-/// Polls `f` every 200 ms until it returns true; an error after `timeout`, naming `what`.
-pub async fn eventually(
-    what: &str,
-    timeout: Duration,
-    mut f: impl AsyncFnMut() -> bool,
-) -> anyhow::Result<Duration> {
-    let start = Instant::now();
-    while !f().await {
-        if start.elapsed() > timeout {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Ok(start.elapsed())
-}

@@ -14,9 +14,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
+use pbflags_e2e::eventually;
 use pbflags_e2e::node::{
-    self, ClientPod, Images, LoopSummary, NODE_IP, container_pid, evaluator_command, eventually,
-    is_ready, tier_pods,
+    self, ClientPod, Images, LoopSummary, NODE_IP, container_pid, evaluator_command, is_ready,
+    tier_pods,
 };
 use pbflags_e2e::{ControlPlane, TestNamespace, Tier, repo_root};
 

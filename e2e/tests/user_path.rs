@@ -15,9 +15,10 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
+use pbflags_e2e::eventually;
 use pbflags_e2e::node::{
-    self, ClientPod, Images, NODE_IP, OPERATOR_NAMESPACE, evaluator_command, eventually, is_ready,
-    pod_ip, served_descriptor_sha, tier_pods,
+    self, ClientPod, Images, NODE_IP, OPERATOR_NAMESPACE, evaluator_command, is_ready, pod_ip,
+    served_descriptor_sha, tier_pods,
 };
 use pbflags_e2e::{ControlPlane, TestNamespace, Tier, repo_root};
 use sha2::Digest as _;

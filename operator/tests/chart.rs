@@ -1,13 +1,14 @@
-//! The Helm chart: lint, rendered output for the main value combinations, the schema, a server-side
-//! dry run, and an install into the local control plane whose ServiceAccount runs the operator (its
-//! RBAC is enough, and no more), then an uninstall that leaves nothing behind.
+//! The Helm chart on the local control plane: a server-side dry run, and an install whose
+//! ServiceAccount runs the operator (its RBAC is enough, and no more), then an uninstall that leaves
+//! nothing behind. `chart_templates.rs` covers lint, rendering and the schema without a cluster.
 
-#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use std::path::PathBuf;
-use std::process::Command;
+#[path = "support/helm.rs"]
+mod support;
+
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, PostParams};
@@ -17,187 +18,8 @@ use pbflags_operator::controller;
 use pbflags_operator::crd::FlagEvaluator;
 use pbflags_operator::metrics::Metrics;
 use pbflags_operator::reconcile::Context;
+use support::{chart, helm, run};
 use tokio_util::sync::CancellationToken;
-
-fn chart() -> PathBuf {
-    pbflags_e2e::repo_root().join("charts/pbflags-operator")
-}
-
-fn helm(cp: &ControlPlane) -> Command {
-    let mut c = Command::new(cp.bin.join("helm"));
-    c.env("KUBECONFIG", &cp.kubeconfig).env(
-        "HELM_CACHE_HOME",
-        std::env::temp_dir().join("pbflags-helm-cache"),
-    );
-    c
-}
-
-fn run(mut c: Command) -> String {
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{:?} failed: {}",
-        c,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn render(cp: &ControlPlane, set: &[&str]) -> Vec<serde_json::Value> {
-    let mut c = helm(cp);
-    c.args(["template", "r"])
-        .arg(chart())
-        .args(["--namespace", "ops"]);
-    for s in set {
-        c.args(["--set", s]);
-    }
-    let text = run(c);
-    text.split("\n---")
-        .filter_map(|d| serde_yaml_ng::from_str::<serde_json::Value>(d).ok())
-        .filter(|v| v.is_object())
-        .collect()
-}
-
-fn kinds(docs: &[serde_json::Value]) -> Vec<String> {
-    let mut k: Vec<String> = docs
-        .iter()
-        .map(|d| d["kind"].as_str().unwrap_or("").to_owned())
-        .collect();
-    k.sort();
-    k
-}
-
-#[test]
-fn the_chart_lints_and_its_crd_template_is_fresh() {
-    let cp = ControlPlane::ensure().unwrap();
-    let mut c = helm(&cp);
-    c.arg("lint").arg(chart());
-    run(c);
-    let committed = std::fs::read_to_string(chart().join("templates/crd.yaml")).unwrap();
-    assert!(
-        committed == pbflags_operator::crd_helm_template(),
-        "charts/pbflags-operator/templates/crd.yaml is stale; regenerate with \
-         `cargo run -p pbflags-operator --bin crdgen -- --helm > charts/pbflags-operator/templates/crd.yaml`"
-    );
-}
-
-#[test]
-fn default_values_install_cluster_wide_with_a_kept_crd_and_a_hardened_pod() {
-    let cp = ControlPlane::ensure().unwrap();
-    let docs = render(&cp, &[]);
-    assert_eq!(
-        kinds(&docs),
-        [
-            "ClusterRole",
-            "ClusterRoleBinding",
-            "CustomResourceDefinition",
-            "Deployment",
-            "Role",
-            "RoleBinding",
-            "Service",
-            "ServiceAccount"
-        ]
-    );
-    let crd = docs
-        .iter()
-        .find(|d| d["kind"] == "CustomResourceDefinition")
-        .unwrap();
-    assert_eq!(
-        crd["metadata"]["annotations"]["helm.sh/resource-policy"],
-        "keep"
-    );
-    let dep = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
-    let c = &dep["spec"]["template"]["spec"]["containers"][0];
-    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
-    assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
-    assert_eq!(
-        dep["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"],
-        true
-    );
-    assert!(
-        c["args"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|a| !a.as_str().unwrap().starts_with("--watch-namespaces"))
-    );
-}
-
-#[test]
-fn listed_namespaces_get_roles_and_the_operator_watches_only_them() {
-    let cp = ControlPlane::ensure().unwrap();
-    let docs = render(
-        &cp,
-        &["rbac.watchNamespaces={team-a,team-b}", "crds.keep=false"],
-    );
-    assert!(!kinds(&docs).contains(&"ClusterRole".to_owned()));
-    let roles: Vec<&str> = docs
-        .iter()
-        .filter(|d| {
-            d["kind"] == "Role"
-                && !d["metadata"]["name"]
-                    .as_str()
-                    .unwrap()
-                    .ends_with("leader-election")
-        })
-        .map(|d| d["metadata"]["namespace"].as_str().unwrap())
-        .collect();
-    assert_eq!(roles, ["team-a", "team-b"]);
-    let dep = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
-    let args = &dep["spec"]["template"]["spec"]["containers"][0]["args"];
-    assert!(
-        args.as_array()
-            .unwrap()
-            .iter()
-            .any(|a| a == "--watch-namespaces=team-a,team-b"),
-        "{args}"
-    );
-    let crd = docs
-        .iter()
-        .find(|d| d["kind"] == "CustomResourceDefinition")
-        .unwrap();
-    assert!(
-        crd["metadata"]["annotations"]
-            .get("helm.sh/resource-policy")
-            .is_none()
-    );
-}
-
-#[test]
-fn optional_objects_follow_their_values() {
-    let cp = ControlPlane::ensure().unwrap();
-    let docs = render(
-        &cp,
-        &[
-            "crds.enabled=false",
-            "metrics.serviceMonitor.enabled=true",
-            "networkPolicy.enabled=true",
-        ],
-    );
-    let k = kinds(&docs);
-    assert!(!k.contains(&"CustomResourceDefinition".to_owned()));
-    assert!(k.contains(&"ServiceMonitor".to_owned()) && k.contains(&"NetworkPolicy".to_owned()));
-}
-
-#[test]
-fn the_schema_rejects_wrong_types_naming_the_value() {
-    let cp = ControlPlane::ensure().unwrap();
-    for (set, path) in [
-        ("replicaCount=many", "/replicaCount"),
-        ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
-        ("nope=1", "nope"),
-    ] {
-        let out = helm(&cp)
-            .args(["template", "r"])
-            .arg(chart())
-            .args(["--set", set])
-            .output()
-            .unwrap();
-        assert!(!out.status.success(), "{set} was accepted");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(path), "{set}: {err}");
-    }
-}
 
 #[tokio::test]
 async fn installed_chart_rbac_runs_the_operator_and_uninstall_leaves_nothing() {
@@ -228,7 +50,7 @@ async fn installed_chart_rbac_runs_the_operator_and_uninstall_leaves_nothing() {
 
     // A server-side dry run of the full chart, CRD included.
     let rendered = run({
-        let mut c = helm(&cp);
+        let mut c = helm(&cp.bin, Some(&cp.kubeconfig));
         c.args(["template", &release])
             .arg(chart())
             .args(["--namespace", &ops.name]);
@@ -243,7 +65,7 @@ async fn installed_chart_rbac_runs_the_operator_and_uninstall_leaves_nothing() {
     });
 
     run({
-        let mut c = helm(&cp);
+        let mut c = helm(&cp.bin, Some(&cp.kubeconfig));
         c.args(["install", &release]).arg(chart()).args([
             "--namespace",
             &ops.name,
@@ -354,29 +176,25 @@ async fn installed_chart_rbac_runs_the_operator_and_uninstall_leaves_nothing() {
         c
     });
     let fes = Api::<FlagEvaluator>::namespaced(admin.clone(), &apps.name);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let fe = fes.get("flags").await.unwrap();
-        let ready = fe
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
-            .map(|c| c.status.clone());
-        if ready.as_deref() == Some("True") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "sample FlagEvaluator not Ready: {:?}",
+    pbflags_e2e::wait_for(
+        "the sample FlagEvaluator Ready",
+        Duration::from_secs(120),
+        async || {
+            let fe = fes.get("flags").await.unwrap();
             fe.status
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+                .as_ref()
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+                .is_some_and(|c| c.status == "True")
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
     stop.cancel();
     let _ = task.await;
 
     run({
-        let mut c = helm(&cp);
+        let mut c = helm(&cp.bin, Some(&cp.kubeconfig));
         c.args(["uninstall", &release, "--namespace", &ops.name, "--wait"]);
         c
     });
@@ -402,19 +220,18 @@ async fn installed_chart_rbac_runs_the_operator_and_uninstall_leaves_nothing() {
             .unwrap();
         !out.status.success()
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !crd_gone() {
-        assert!(
-            Instant::now() < deadline,
-            "crds.keep=false: the CRD must go with the release"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    pbflags_e2e::eventually(
+        "crds.keep=false: the CRD goes with the release",
+        Duration::from_secs(60),
+        async || crd_gone(),
+    )
+    .await
+    .unwrap();
 
     // crds.keep=true (the default): the CRD, and so every FlagEvaluator, survives an uninstall.
     let kept = format!("{release}-k");
     run({
-        let mut c = helm(&cp);
+        let mut c = helm(&cp.bin, Some(&cp.kubeconfig));
         c.args(["install", &kept]).arg(chart()).args([
             "--namespace",
             &ops.name,
@@ -424,7 +241,7 @@ async fn installed_chart_rbac_runs_the_operator_and_uninstall_leaves_nothing() {
         c
     });
     run({
-        let mut c = helm(&cp);
+        let mut c = helm(&cp.bin, Some(&cp.kubeconfig));
         c.args(["uninstall", &kept, "--namespace", &ops.name, "--wait"]);
         c
     });

@@ -150,18 +150,11 @@ async fn create_fe(
         .await
 }
 
-async fn wait_for<T>(what: &str, secs: u64, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {secs}s waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+/// Waits up to `secs` for `f` to return a value; panics naming `what` after that.
+async fn wait_for<T>(what: &str, secs: u64, f: impl AsyncFnMut() -> Option<T>) -> T {
+    pbflags_e2e::wait_for(what, Duration::from_secs(secs), f)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn condition(fe: &FlagEvaluator, type_: &str) -> Option<(String, String)> {
@@ -671,9 +664,9 @@ async fn a_restarted_operator_makes_no_writes_to_a_settled_resource() {
     .await
     .unwrap();
     wait_condition(&client, &ns.name, "Ready", "True", None).await;
-    // Let the settling reconciles (status after pods turned ready) finish.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let versions = async || {
+    // What the operator last wrote to each object: its managed-fields entries. Other writers (the
+    // Deployment controller's status updates) do not change them, so no settling time is needed.
+    let own_writes = async || {
         let d = Api::<Deployment>::namespaced(client.clone(), &ns.name)
             .get("flags-root")
             .await
@@ -686,15 +679,30 @@ async fn a_restarted_operator_makes_no_writes_to_a_settled_resource() {
             .get("flags")
             .await
             .unwrap();
-        (
-            d.resource_version(),
-            s.resource_version(),
-            f.resource_version(),
-        )
+        let ours = |m: &kube::api::ObjectMeta| -> String {
+            let entries: Vec<_> = m
+                .managed_fields
+                .iter()
+                .flatten()
+                .filter(|e| e.manager.as_deref() == Some("pbflags-operator"))
+                .map(|e| {
+                    (
+                        e.operation.clone(),
+                        e.subresource.clone(),
+                        e.time.clone(),
+                        e.fields_v1.clone(),
+                    )
+                })
+                .collect();
+            assert!(!entries.is_empty(), "the operator wrote {:?}", m.name);
+            format!("{entries:?}")
+        };
+        (ours(&d.metadata), ours(&s.metadata), ours(&f.metadata))
     };
-    let before = versions().await;
+    let before = own_writes().await;
 
-    // A second operator process: it lists everything and reconciles every FlagEvaluator once.
+    // A second operator process for this namespace: it lists everything there and reconciles the
+    // FlagEvaluator once; the metric counts a reconcile when it has finished, writes included.
     let metrics = Metrics::new();
     let ctx = Arc::new(Context::new(
         cp.client().await.unwrap(),
@@ -704,22 +712,21 @@ async fn a_restarted_operator_makes_no_writes_to_a_settled_resource() {
         metrics.clone(),
     ));
     let stop = CancellationToken::new();
-    let task = tokio::spawn(controller::run(ctx, stop.clone()));
+    let namespaces = vec![ns.name.clone()];
+    let task = tokio::spawn(async move {
+        controller::run_namespaces(ctx, &namespaces, stop.clone()).await;
+    });
     wait_for("second operator reconciled", 60, async || {
-        (metrics
-            .render()
-            .contains("pbflags_operator_reconciles_total")
-            && !metrics
-                .render()
-                .contains("pbflags_operator_reconciles_total 0"))
+        let text = metrics.render();
+        (text.contains("pbflags_operator_reconciles_total")
+            && !text.contains("pbflags_operator_reconciles_total 0"))
         .then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.cancel();
+    task.abort();
     let _ = task.await;
     assert_eq!(
-        versions().await,
+        own_writes().await,
         before,
         "a settled FlagEvaluator is not written again"
     );
@@ -894,12 +901,15 @@ async fn only_one_replica_holds_the_lease() {
         try_acquire(&client, &cfg("b")).await.unwrap(),
         "b takes over a released lease"
     );
-    // An expired lease can be taken over without a release.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // An expired lease can be taken over without a release: c succeeds once b's lease runs out.
     assert!(
-        try_acquire(&client, &cfg("c")).await.unwrap(),
-        "c takes over an expired lease"
+        !try_acquire(&client, &cfg("c")).await.unwrap(),
+        "c must wait while b's lease is live"
     );
+    wait_for("c takes over the expired lease", 30, async || {
+        try_acquire(&client, &cfg("c")).await.unwrap().then_some(())
+    })
+    .await;
     assert!(!try_acquire(&client, &cfg("b")).await.unwrap());
     ns.delete(&client).await.unwrap();
 }
