@@ -12,6 +12,17 @@ step() {
   _step=$*; _step_start=$SECONDS
   printf '\n==> [%(%H:%M:%S)T +%ds] %s\n' -1 "$SECONDS" "$*" >&2
 }
+# within MINUTES CMD...: runs CMD, failing the run with a clear message if it takes longer (a hung
+# tier must not use up the CI budget silently).
+within() {
+  local minutes=$1 rc=0
+  shift
+  timeout --kill-after=60 "${minutes}m" "$@" || rc=$?
+  if [ "$rc" = 124 ]; then
+    printf '\n!!! step "%s" exceeded its %s-minute limit: %s\n' "${_step:-?}" "$minutes" "$*" >&2
+  fi
+  return "$rc"
+}
 step_timings() {
   _end_step
   printf '\nstep timings (total %ds):\n' "$SECONDS" >&2

@@ -11,7 +11,7 @@ step "formatting"
 cargo fmt --all --check
 
 step "clippy (warnings are errors)"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+within 30 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 cleanup=()
 trap 'rc=$?; step_timings; for c in "${cleanup[@]}"; do eval "$c"; done; exit $rc' EXIT
@@ -22,19 +22,19 @@ PBFLAGS_TEST_PG_URL=$(scripts/pg.sh start "$pg_dir")
 export PBFLAGS_TEST_PG_URL
 cleanup+=("scripts/pg.sh stop '$pg_dir'; rm -rf '$pg_dir'")
 
-step "unit, in-process and PostgreSQL tests"
-cargo test --workspace --locked --exclude pbflags-e2e --exclude pbflags-operator
-cargo test --locked -p pbflags-operator --lib --bins --test crd --test build --test status --test reconcile
+step "unit, in-process and PostgreSQL tests; reconcile decisions against a fake API server"
+within 30 cargo test --workspace --locked --exclude pbflags-e2e --exclude pbflags-operator
+within 10 cargo test --locked -p pbflags-operator --lib --bins --test crd --test build --test status --test reconcile
 
 [ "${1:-}" = "--quick" ] && exit 0
 
 step "the main job: root + proxy stack on its own PostgreSQL (scripts/stack.sh --once)"
 stack_dir=$(mktemp -d /tmp/pbflags-test-stack.XXXXXX)
 cleanup+=("rm -rf '$stack_dir'")
-PBFLAGS_STACK_DIR=$stack_dir PBFLAGS_ROOT_PORT=19201 PBFLAGS_PROXY_PORT=19202 scripts/stack.sh --once
+PBFLAGS_STACK_DIR=$stack_dir PBFLAGS_ROOT_PORT=19201 PBFLAGS_PROXY_PORT=19202 within 25 scripts/stack.sh --once
 
 step "interop: connect-go over Connect, gRPC and gRPC-Web against a root and a proxy, cleartext and TLS; curl"
-e2e/interop/run.sh
+within 20 e2e/interop/run.sh
 
 step "local Kubernetes control plane (built from Go modules; cached after the first build)"
 cp_run=${E2E_CP_RUN:-/tmp/pbflags-e2e-cp}
@@ -42,24 +42,27 @@ cp_run=${E2E_CP_RUN:-/tmp/pbflags-e2e-cp}
 if ! { [ -f "$cp_run/pids/kube-apiserver" ] && kill -0 "$(cat "$cp_run/pids/kube-apiserver")" 2>/dev/null; }; then
   cleanup+=("e2e/controlplane/stop.sh")
 fi
-e2e/controlplane/build.sh
-e2e/controlplane/start.sh C
-e2e/controlplane/smoke.sh
-cargo test --locked -p pbflags-e2e --lib --bins --test controlplane
+within 45 e2e/controlplane/build.sh
+step "the Helm chart without a cluster: lint, rendered templates, values schema"
+within 10 cargo test --locked -p pbflags-operator --test chart_templates
+step "control plane tier C: start, smoke, e2e library tests"
+within 5 e2e/controlplane/start.sh C
+within 5 e2e/controlplane/smoke.sh
+within 15 cargo test --locked -p pbflags-e2e --lib --test controlplane
 step "the operator against the control plane"
-cargo test --locked -p pbflags-operator --test controlplane
-step "the Helm chart: lint, templates, dry run, install with least privilege, uninstall"
-cargo test --locked -p pbflags-operator --test chart
+within 25 cargo test --locked -p pbflags-operator --test controlplane
+step "the Helm chart on the control plane: dry run, install with least privilege, uninstall"
+within 15 cargo test --locked -p pbflags-operator --test chart
 
 [ "${PBFLAGS_TEST_NODE:-1}" = 0 ] && exit 0
 
 step "tier D: a real node (kubelet, containerd, runc, CNI bridge, kube-proxy, CoreDNS); images built without Docker"
 # Tier D replaces a running tier C: both use the same run directory and ports.
 cleanup+=("e2e/controlplane/stop.sh")
-e2e/images/build.sh evaluator >/dev/null
-e2e/images/build.sh operator >/dev/null
-e2e/controlplane/start.sh D
+within 30 e2e/images/build.sh evaluator >/dev/null
+within 10 e2e/images/build.sh operator >/dev/null
+within 10 e2e/controlplane/start.sh D
 step "the README's path and day-two operations on the real node"
-cargo test --locked -p pbflags-e2e --test user_path --test node -- --test-threads=1
+within 25 cargo test --locked -p pbflags-e2e --test user_path --test node -- --test-threads=1
 step "stopping the real node leaves nothing on the host"
-e2e/controlplane/stop.sh --check
+within 5 e2e/controlplane/stop.sh --check
