@@ -29,8 +29,9 @@ step_timings() {
   printf '  %s\n' "${step_log[@]}" >&2
 }
 
-# The release binaries of both shipped crates in one cargo invocation: features resolve once, so the
-# main job, the images and a later build of either find them fresh. Run from a test, cargo would
+# The release binaries of both shipped crates in one cargo invocation over the whole workspace:
+# features resolve as for any other workspace build (scripts/load.sh's too), so the main job, the
+# images and a later build of either find them fresh. Run from a test, cargo would
 # inherit what cargo test sets (CARGO_PKG_*, LD_LIBRARY_PATH, RUSTUP_TOOLCHAIN, …) and judge the
 # binaries stale against a build from a shell: that is dropped.
 release_build() {
@@ -39,7 +40,7 @@ release_build() {
     case $v in CARGO | CARGO_PKG_* | CARGO_MANIFEST_* | CARGO_BIN_EXE_* | CARGO_CRATE_NAME | CARGO_PRIMARY_PACKAGE | \
       LD_LIBRARY_PATH | RUSTUP_TOOLCHAIN* | RUST_RECURSION_COUNT | OUT_DIR) clean+=(-u "$v") ;; esac
   done
-  "${clean[@]}" cargo build --release --locked -p pbflags-evaluator -p pbflags-operator \
+  "${clean[@]}" cargo build --release --locked --workspace \
     --bin pbflags-evaluator --bin pbflags-operator >&2
 }
 

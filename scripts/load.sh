@@ -10,7 +10,7 @@ duration=${1:-10s}
 dir=$(mktemp -d /tmp/pbflags-load.XXXXXX)
 port=${PBFLAGS_LOAD_PORT:-19301}
 
-cargo build --release --locked -p pbflags-evaluator -p pbflags-load --bin pbflags-evaluator --bin pbflags-load
+cargo build --release --locked --workspace --bin pbflags-evaluator --bin pbflags-load
 bin=$CARGO_TARGET_DIR/release
 url=$(scripts/pg.sh start "$dir/pg")
 server=""

@@ -22,9 +22,21 @@ PBFLAGS_TEST_PG_URL=$(scripts/pg.sh start "$pg_dir")
 export PBFLAGS_TEST_PG_URL
 cleanup+=("scripts/pg.sh stop '$pg_dir'; rm -rf '$pg_dir'")
 
+# Every cargo test below selects the whole workspace and picks test targets by name, so features
+# resolve the same way each time and the tiers share one build. Test target names are unique across
+# the workspace; the ones that need a cluster (or helm) are named here, every other one is quick.
+cluster_tests=(chart_templates controlplane cluster chart user_path node)
+all_tests=$(ls ./*/tests/*.rs | xargs -n1 basename | sed 's/\.rs$//' | sort)
+dups=$(uniq -d <<<"$all_tests")
+[ -z "$dups" ] || { echo "test target names must be unique across the workspace: $dups" >&2; exit 1; }
+quick_tests=()
+for t in $all_tests; do
+  [[ " ${cluster_tests[*]} " == *" $t "* ]] || quick_tests+=(--test "$t")
+done
+tests() { within "$1" cargo test --workspace --locked "${@:2}"; }
+
 step "unit, in-process and PostgreSQL tests; reconcile decisions against a fake API server"
-within 30 cargo test --workspace --locked --exclude pbflags-e2e --exclude pbflags-operator
-within 10 cargo test --locked -p pbflags-operator --lib --bins --test crd --test build --test status --test reconcile
+tests 30 --lib --bins "${quick_tests[@]}"
 
 [ "${1:-}" = "--quick" ] && exit 0
 
@@ -44,15 +56,15 @@ if ! { [ -f "$cp_run/pids/kube-apiserver" ] && kill -0 "$(cat "$cp_run/pids/kube
 fi
 within 45 e2e/controlplane/build.sh
 step "the Helm chart without a cluster: lint, rendered templates, values schema"
-within 10 cargo test --locked -p pbflags-operator --test chart_templates
+tests 10 --test chart_templates
 step "control plane tier C: start, smoke, e2e library tests"
 within 5 e2e/controlplane/start.sh C
 within 5 e2e/controlplane/smoke.sh
-within 15 cargo test --locked -p pbflags-e2e --lib --test controlplane
+tests 15 --test controlplane
 step "the operator against the control plane"
-within 25 cargo test --locked -p pbflags-operator --test controlplane
+tests 25 --test cluster
 step "the Helm chart on the control plane: dry run, install with least privilege, uninstall"
-within 15 cargo test --locked -p pbflags-operator --test chart
+tests 15 --test chart
 
 [ "${PBFLAGS_TEST_NODE:-1}" = 0 ] && exit 0
 
@@ -63,6 +75,6 @@ within 30 e2e/images/build.sh evaluator >/dev/null
 within 10 e2e/images/build.sh operator >/dev/null
 within 10 e2e/controlplane/start.sh D
 step "the README's path and day-two operations on the real node"
-within 25 cargo test --locked -p pbflags-e2e --test user_path --test node -- --test-threads=1
+tests 25 --test user_path --test node -- --test-threads=1
 step "stopping the real node leaves nothing on the host"
 within 5 e2e/controlplane/stop.sh --check

@@ -26,8 +26,7 @@ helm upgrade --install pbflags charts/pbflags-operator -n pbflags-system --creat
 # The shared tests: same code as on the local control plane, with the chart's operator.
 export PBFLAGS_E2E_KUBECONFIG=$kubeconfig PBFLAGS_E2E_EXTERNAL_OPERATOR=1
 # The tier D tests (user_path, node) use the local node itself: its containerd, its bridge address.
-cargo test --locked -p pbflags-e2e --lib --test controlplane
-cargo test --locked -p pbflags-operator --test controlplane --test chart
+cargo test --workspace --locked --test controlplane --test cluster --test chart_templates --test chart
 
 [ "${1:-}" = "--delete" ] && kind delete cluster --name "$cluster"
 exit 0
