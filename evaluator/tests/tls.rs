@@ -201,6 +201,27 @@ async fn a_renewed_certificate_is_served_without_a_restart_and_a_broken_one_is_n
     server.stop().await;
 }
 
+#[tokio::test]
+async fn a_renewal_is_seen_from_file_events_without_waiting_for_the_poll() {
+    let ca = Ca::new();
+    let connector = ca.connector(&[b"h2", b"http/1.1"]);
+    let (cert_a, key_a, der_a) = ca.leaf();
+    let f = files(&cert_a, &key_a);
+    let mut args = tls_args(&f.cert, &f.key);
+    args[7] = "1h"; // the poll never fires during the test: only a file event can bring B in
+    let server = Running::start(&args).await;
+    assert_eq!(served_leaf(&server, &connector).await, der_a);
+    let (cert_b, key_b, der_b) = ca.leaf();
+    replace(&f.key, &key_b);
+    replace(&f.cert, &cert_b);
+    wait_until(
+        "the renewed certificate, from file events alone",
+        async || served_leaf(&server, &connector).await == der_b,
+    )
+    .await;
+    server.stop().await;
+}
+
 fn config_error(cert: &Path, key: &Path) -> String {
     server::resolve(&tls_args(cert, key))
         .unwrap_err()

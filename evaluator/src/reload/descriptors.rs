@@ -1,22 +1,18 @@
-//! Descriptor hot reload: watches the descriptor file's directory, polls a content hash, and reloads
-//! on SIGHUP.
-//!
-//! The directory, not the file, is watched: a ConfigMap volume updates by writing a new timestamped
-//! directory, pointing a `..data_tmp` symlink at it and renaming that over `..data`; the file path
-//! itself (`descriptors.pb -> ..data/descriptors.pb`) never changes, so a watch on it sees nothing.
-//! Events are debounced; every trigger then compares the SHA-256 of the file with the serving one, so
-//! noise costs one read. A file that fails to load never replaces a good snapshot: the failure is
-//! logged with its reason and counted, and the same bad content is not retried until it changes.
+//! Descriptor hot reload, on the triggers of [`super::files::FileWatch`] (file events in the
+//! descriptor file's directory, a periodic poll, SIGHUP). Every trigger compares the SHA-256 of the
+//! file with the serving one, so noise costs one read. A file that fails to load never replaces a
+//! good snapshot: the failure is logged with its reason and counted, and the same bad content is
+//! not retried until it changes.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::files::FileWatch;
+pub use super::files::Trigger;
 use crate::core::descriptor::ParseError;
 use crate::core::registry::{ContentHash, Diff, Registry, Snapshot};
 use crate::metrics::Metrics;
@@ -45,30 +41,6 @@ impl WatcherConfig {
             debounce: Duration::from_millis(250),
             fs_events: true,
             sighup: true,
-        }
-    }
-}
-
-/// What started a reload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
-    /// A file event in the watched directory.
-    FileEvent,
-    /// The periodic hash poll.
-    Poll,
-    /// SIGHUP.
-    Signal,
-    /// An explicit call.
-    Manual,
-}
-
-impl Trigger {
-    fn as_str(self) -> &'static str {
-        match self {
-            Trigger::FileEvent => "file_event",
-            Trigger::Poll => "poll",
-            Trigger::Signal => "sighup",
-            Trigger::Manual => "manual",
         }
     }
 }
@@ -226,82 +198,18 @@ impl DescriptorWatcher {
     /// Starts watching. File-event and SIGHUP subscriptions are in place when this returns, so a
     /// change made after it is seen. The task ends when `shutdown` is cancelled.
     pub fn spawn(self, shutdown: CancellationToken) -> JoinHandle<()> {
-        let this = Arc::new(self);
-        let (tx, rx) = mpsc::channel::<()>(1);
-        let fs_watcher = if this.config.fs_events {
-            this.watch_directory(tx)
-        } else {
-            None
+        let watch = FileWatch {
+            paths: vec![self.config.path.clone()],
+            poll_interval: self.config.poll_interval,
+            debounce: self.config.debounce,
+            fs_events: self.config.fs_events,
+            sighup: self.config.sighup,
         };
-        let hup = if this.config.sighup {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for SIGHUP; reload by file events and polling only");
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        tokio::spawn(this.run(rx, hup, fs_watcher, shutdown))
-    }
-
-    fn watch_directory(&self, tx: mpsc::Sender<()>) -> Option<RecommendedWatcher> {
-        let dir = match self.config.path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-            _ => PathBuf::from("."),
-        };
-        let handler = move |res: notify::Result<notify::Event>| {
-            if res.is_ok() {
-                // A full channel already holds a pending wake-up; dropping this one loses nothing.
-                let _ = tx.try_send(());
-            }
-        };
-        let result = notify::recommended_watcher(handler)
-            .and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|()| w));
-        match result {
-            Ok(w) => Some(w),
-            Err(e) => {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch descriptor directory; polling only");
-                None
-            }
-        }
-    }
-
-    async fn run(
-        self: Arc<Self>,
-        mut events: mpsc::Receiver<()>,
-        mut hup: Option<tokio::signal::unix::Signal>,
-        _fs_watcher: Option<RecommendedWatcher>,
-        shutdown: CancellationToken,
-    ) {
-        let mut poll = tokio::time::interval(self.config.poll_interval);
-        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        poll.tick().await; // the first tick is immediate; the start-up load already happened
-        loop {
-            let trigger = tokio::select! {
-                () = shutdown.cancelled() => return,
-                Some(()) = events.recv() => {
-                    // Debounce: wait until events stop for `debounce`.
-                    while let Ok(Some(())) = tokio::time::timeout(self.config.debounce, events.recv()).await {}
-                    Trigger::FileEvent
-                }
-                _ = poll.tick() => Trigger::Poll,
-                Some(()) = recv_signal(&mut hup) => Trigger::Signal,
-            };
-            let this = self.clone();
-            // Reading and parsing a large set takes milliseconds: keep it off the async workers.
-            if let Err(e) = tokio::task::spawn_blocking(move || this.reload(trigger)).await {
-                tracing::error!(error = %e, "descriptor reload task failed");
-            }
-        }
-    }
-}
-
-async fn recv_signal(sig: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
-    match sig {
-        Some(s) => s.recv().await,
-        None => std::future::pending().await,
+        watch.spawn(
+            move |trigger| {
+                self.reload(trigger);
+            },
+            shutdown,
+        )
     }
 }

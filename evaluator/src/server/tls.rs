@@ -18,6 +18,7 @@ use tokio_rustls::rustls;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use crate::reload::files::FileWatch;
 
 /// The certificate files.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,8 +185,8 @@ impl CertStore {
         self.current.load().cert.first().cloned()
     }
 
-    /// Checks the files every `interval` until `stop`, counting reloads in
-    /// `pbflags_tls_reloads_total`.
+    /// Re-checks the files on the triggers of [`FileWatch`] (events in their directories, and every
+    /// `interval` regardless) until `stop`, counting reloads in `pbflags_tls_reloads_total`.
     pub fn spawn_watch(
         self: &Arc<Self>,
         interval: Duration,
@@ -193,19 +194,20 @@ impl CertStore {
         stop: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
         let store = self.clone();
-        tokio::spawn(async move {
-            pbflags_runtime::periodic::every(interval, &stop, || async {
-                let s = store.clone();
-                let r = tokio::task::spawn_blocking(move || s.check())
-                    .await
-                    .unwrap_or(Reload::Unchanged);
-                match r {
-                    Reload::Unchanged => {}
-                    Reload::Reloaded => metrics.tls_reload(true),
-                    Reload::Failed => metrics.tls_reload(false),
-                }
-            })
-            .await;
-        })
+        let watch = FileWatch {
+            paths: vec![self.files.cert.clone(), self.files.key.clone()],
+            poll_interval: interval,
+            debounce: Duration::from_millis(250),
+            fs_events: true,
+            sighup: false,
+        };
+        watch.spawn(
+            move |_| match store.check() {
+                Reload::Unchanged => {}
+                Reload::Reloaded => metrics.tls_reload(true),
+                Reload::Failed => metrics.tls_reload(false),
+            },
+            stop,
+        )
     }
 }
