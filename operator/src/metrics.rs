@@ -64,6 +64,11 @@ impl Metrics {
         self.duration.observe(seconds);
     }
 
+    /// Successful reconciles so far.
+    pub fn reconciles(&self) -> u64 {
+        self.reconciles.get()
+    }
+
     /// A reconcile failed.
     pub fn failed(&self, category: &str) {
         self.failures.with_label_values(&[category]).inc();

@@ -150,6 +150,33 @@ async fn create_fe(
         .await
 }
 
+/// A second operator process watching `ns` only, with metrics of its own: its reconcile count is a
+/// signal that a change there has been handled (a reconcile is counted when it has finished,
+/// writes included). Abort the task to stop it.
+async fn scoped_operator(cp: &ControlPlane, ns: &str) -> (tokio::task::JoinHandle<()>, Metrics) {
+    let metrics = Metrics::new();
+    let ctx = Arc::new(Context::new(
+        cp.client().await.unwrap(),
+        Defaults {
+            image: "pbflags-evaluator:test".into(),
+        },
+        metrics.clone(),
+    ));
+    let namespaces = vec![ns.to_owned()];
+    let task = tokio::spawn(async move {
+        controller::run_namespaces(ctx, &namespaces, CancellationToken::new()).await;
+    });
+    (task, metrics)
+}
+
+/// Waits until `metrics` count more than `after` reconciles.
+async fn reconciled_past(metrics: &Metrics, after: u64) {
+    wait_for("a reconcile", 60, async || {
+        (metrics.reconciles() > after).then_some(())
+    })
+    .await;
+}
+
 /// Waits up to `secs` for `f` to return a value; panics naming `what` after that.
 async fn wait_for<T>(what: &str, secs: u64, f: impl AsyncFnMut() -> Option<T>) -> T {
     pbflags_e2e::wait_for(what, Duration::from_secs(secs), f)
@@ -701,28 +728,10 @@ async fn a_restarted_operator_makes_no_writes_to_a_settled_resource() {
     };
     let before = own_writes().await;
 
-    // A second operator process for this namespace: it lists everything there and reconciles the
-    // FlagEvaluator once; the metric counts a reconcile when it has finished, writes included.
-    let metrics = Metrics::new();
-    let ctx = Arc::new(Context::new(
-        cp.client().await.unwrap(),
-        Defaults {
-            image: "pbflags-evaluator:test".into(),
-        },
-        metrics.clone(),
-    ));
-    let stop = CancellationToken::new();
-    let namespaces = vec![ns.name.clone()];
-    let task = tokio::spawn(async move {
-        controller::run_namespaces(ctx, &namespaces, stop.clone()).await;
-    });
-    wait_for("second operator reconciled", 60, async || {
-        let text = metrics.render();
-        (text.contains("pbflags_operator_reconciles_total")
-            && !text.contains("pbflags_operator_reconciles_total 0"))
-        .then_some(())
-    })
-    .await;
+    // A second operator process for this namespace lists everything there and reconciles the
+    // FlagEvaluator once.
+    let (task, metrics) = scoped_operator(&cp, &ns.name).await;
+    reconciled_past(&metrics, 0).await;
     task.abort();
     let _ = task.await;
     assert_eq!(
@@ -735,7 +744,7 @@ async fn a_restarted_operator_makes_no_writes_to_a_settled_resource() {
 
 #[tokio::test]
 async fn a_secret_change_rolls_the_root_but_a_descriptors_update_touches_no_deployment() {
-    let (_cp, client, ns, _) = setup("fe-roll").await;
+    let (cp, client, ns, _) = setup("fe-roll").await;
     references(&client, &ns.name).await;
     create_fe(
         &client,
@@ -766,13 +775,19 @@ async fn a_secret_change_rolls_the_root_but_a_descriptors_update_touches_no_depl
     let root_before = deployments.get("flags-root").await.unwrap();
     let proxy_before = deployments.get("flags-proxy").await.unwrap();
 
-    // New descriptors: the evaluators hot-reload the mounted file; no Deployment changes.
+    // New descriptors: the evaluators hot-reload the mounted file; no Deployment changes. A
+    // namespace-scoped operator's reconcile count says when the change has been handled.
+    let (task, metrics) = scoped_operator(&cp, &ns.name).await;
+    reconciled_past(&metrics, 0).await;
+    let handled = metrics.reconciles();
     let cms = Api::<ConfigMap>::namespaced(client.clone(), &ns.name);
     let patch = serde_json::json!({ "binaryData": { "descriptors.pb": k8s_openapi::ByteString(pbflags_proto_bytes()), "extra": k8s_openapi::ByteString(vec![1]) } });
     cms.patch("flags", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    reconciled_past(&metrics, handled).await;
+    task.abort();
+    let _ = task.await;
     assert_eq!(
         deployments
             .get("flags-root")
