@@ -193,6 +193,12 @@ fn every_object_is_owned_and_labelled() {
     assert_eq!(d.pdbs().count(), 2, "both tiers have more than one replica");
 }
 
+/// The pod template of `tier`'s Deployment.
+fn pod_template(d: &build::Desired, tier: Tier) -> &k8s_openapi::api::core::v1::PodTemplateSpec {
+    let (_, objects) = d.tiers().find(|(t, _)| *t == tier).unwrap();
+    &objects.deployment.spec.as_ref().unwrap().template
+}
+
 #[test]
 fn a_changed_secret_changes_the_root_pod_template_only() {
     let fe = fixture("root-and-proxy");
@@ -211,42 +217,8 @@ fn a_changed_secret_changes_the_root_pod_template_only() {
         tls_ca: false,
     })
     .unwrap();
-    assert_ne!(
-        a.root
-            .as_ref()
-            .unwrap()
-            .deployment
-            .spec
-            .as_ref()
-            .unwrap()
-            .template,
-        b.root
-            .as_ref()
-            .unwrap()
-            .deployment
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-    );
-    assert_eq!(
-        a.proxy
-            .as_ref()
-            .unwrap()
-            .deployment
-            .spec
-            .as_ref()
-            .unwrap()
-            .template,
-        b.proxy
-            .as_ref()
-            .unwrap()
-            .deployment
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-    );
+    assert_ne!(pod_template(&a, Tier::Root), pod_template(&b, Tier::Root));
+    assert_eq!(pod_template(&a, Tier::Proxy), pod_template(&b, Tier::Proxy));
     assert_ne!(
         a.migration.unwrap().metadata.name,
         b.migration.unwrap().metadata.name,
