@@ -129,6 +129,11 @@ fn serve_with_bad_configuration_exits_64_naming_the_setting_before_binding() {
         ("--log-format", "xml", "--log-format"),
         ("--upstream-protocol", "http3", "--upstream-protocol"),
         ("--kill-ttl", "soon", "--kill-ttl"),
+        (
+            "--descriptor-poll-interval",
+            "0s",
+            "descriptor_poll_interval",
+        ),
     ] {
         let out = run(
             None,

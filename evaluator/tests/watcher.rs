@@ -243,3 +243,70 @@ fn identical_content_is_not_reloaded() {
     ));
     assert_eq!(metrics.reloads(true) + metrics.reloads(false), 0);
 }
+
+/// `EXAMPLE_DESCRIPTORS` cut right after the `pbflags/options.proto` entry: a valid set that
+/// declares no flags (what a slow or interrupted writer leaves behind).
+fn truncated_after_options_proto() -> Vec<u8> {
+    use prost::Message as _;
+    let set = prost_types::FileDescriptorSet::decode(pbflags_proto::EXAMPLE_DESCRIPTORS)
+        .expect("example set");
+    let at = set
+        .file
+        .iter()
+        .position(|f| f.name() == "pbflags/options.proto")
+        .expect("the example carries options.proto");
+    let cut = prost_types::FileDescriptorSet {
+        file: set.file[..=at].to_vec(),
+    }
+    .encode_to_vec();
+    assert!(
+        pbflags_proto::EXAMPLE_DESCRIPTORS.starts_with(&cut)
+            && cut.len() < pbflags_proto::EXAMPLE_DESCRIPTORS.len(),
+        "a byte prefix of the real file"
+    );
+    assert_eq!(Snapshot::from_bytes(&cut).expect("still loads").len(), 0);
+    cut
+}
+
+#[test]
+fn a_truncated_file_without_flags_never_replaces_a_set_with_flags() {
+    let mut volume = ConfigMapVolume::new(pbflags_proto::EXAMPLE_DESCRIPTORS);
+    let (registry, metrics, watcher, _) = setup(&volume.path());
+    let before = registry.load().hash();
+    volume.update(&truncated_after_options_proto());
+    match watcher.reload(Trigger::FileEvent) {
+        ReloadOutcome::Failed(e @ ReloadError::Empty { serving: 4, .. }) => {
+            assert!(e.to_string().contains("--allow-empty-descriptors"), "{e}");
+        }
+        other => panic!("expected the empty set to be refused, got {other:?}"),
+    }
+    assert_eq!((registry.load().hash(), registry.load().len()), (before, 4));
+    assert_eq!(metrics.reloads(false), 1);
+    // The same content is not retried until it changes; the whole file then loads.
+    assert!(matches!(
+        watcher.reload(Trigger::Poll),
+        ReloadOutcome::Unchanged
+    ));
+    volume.update(&support::many_flags("whole", 3));
+    assert!(matches!(
+        watcher.reload(Trigger::FileEvent),
+        ReloadOutcome::Reloaded { .. }
+    ));
+    assert_eq!(registry.load().len(), 3);
+}
+
+#[test]
+fn an_empty_set_replaces_the_serving_one_only_when_allowed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("d.pb");
+    std::fs::write(&path, truncated_after_options_proto()).expect("write");
+    let (registry, metrics, _, mut config) = setup(&path);
+    config.allow_empty = true;
+    let watcher = DescriptorWatcher::new(config, registry.clone(), metrics.clone());
+    assert!(matches!(
+        watcher.reload(Trigger::Manual),
+        ReloadOutcome::Reloaded { .. }
+    ));
+    assert_eq!(registry.load().len(), 0);
+    assert_eq!(metrics.reloads(true), 1);
+}

@@ -62,6 +62,10 @@ pub struct SourceArgs {
     /// Apply database migrations before serving (root mode).
     #[arg(long, env = "PBFLAGS_MIGRATE")]
     pub migrate: bool,
+    /// Let a reloaded descriptor set that declares no flags replace one that declares some (by
+    /// default such a set is refused as a likely truncated file).
+    #[arg(long, env = "PBFLAGS_ALLOW_EMPTY_DESCRIPTORS")]
+    pub allow_empty_descriptors: bool,
     /// The database (root mode).
     #[command(flatten)]
     pub db: DatabaseArgs,
@@ -207,6 +211,8 @@ pub struct Config {
     pub db: DatabaseArgs,
     /// Run migrations first.
     pub migrate: bool,
+    /// A reloaded set without flags may replace one with flags.
+    pub allow_empty_descriptors: bool,
     /// Cache settings.
     pub cache: CacheConfig,
     /// Largest request body.
@@ -284,6 +290,7 @@ impl ServeArgs {
             mode: source.mode,
             db: source.db,
             migrate: self.source.migrate,
+            allow_empty_descriptors: self.source.allow_empty_descriptors,
             upstream_protocol: self.source.upstream_protocol,
             upstream_ca: source.upstream_ca,
             cache: self.cache.resolve(&file.cache)?,
@@ -472,6 +479,12 @@ impl ListenerArgs {
                 "must be at least 1",
             ));
         }
+        let descriptor_poll_interval = self
+            .descriptor_poll_interval
+            .unwrap_or(Duration::from_secs(30));
+        if descriptor_poll_interval < Duration::from_millis(100) {
+            return Err(bad("descriptor_poll_interval", "must be at least 100ms"));
+        }
         let worker_threads = match self.worker_threads {
             Some(0) => return Err(bad("worker_threads", "must be at least 1")),
             Some(n) => n,
@@ -482,9 +495,7 @@ impl ListenerArgs {
             max_request_bytes,
             max_bulk_flags,
             shutdown_timeout: self.shutdown_timeout.unwrap_or(Duration::from_secs(10)),
-            descriptor_poll_interval: self
-                .descriptor_poll_interval
-                .unwrap_or(Duration::from_secs(30)),
+            descriptor_poll_interval,
             worker_threads,
         })
     }

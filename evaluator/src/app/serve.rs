@@ -156,6 +156,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
     };
     let mut wc = WatcherConfig::new(&config.descriptors);
     wc.poll_interval = config.descriptor_poll_interval;
+    wc.allow_empty = config.allow_empty_descriptors;
     let watcher = DescriptorWatcher::new(wc, registry, metrics.clone());
     Ok(Prepared {
         tls,

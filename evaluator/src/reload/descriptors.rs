@@ -30,6 +30,9 @@ pub struct WatcherConfig {
     pub fs_events: bool,
     /// Reload on SIGHUP.
     pub sighup: bool,
+    /// Let a set declaring no flags replace one that declares some (off: such a set is refused as
+    /// a likely truncated or wrong file).
+    pub allow_empty: bool,
 }
 
 impl WatcherConfig {
@@ -41,6 +44,7 @@ impl WatcherConfig {
             debounce: Duration::from_millis(250),
             fs_events: true,
             sighup: true,
+            allow_empty: false,
         }
     }
 }
@@ -56,6 +60,17 @@ pub enum ReloadError {
         /// The I/O error.
         #[source]
         source: std::io::Error,
+    },
+    /// The file declares no flags while the serving set declares some.
+    #[error(
+        "{path} declares no flags while {serving} are serving (a truncated or wrong file?); \
+         refused: set --allow-empty-descriptors to allow it"
+    )]
+    Empty {
+        /// The descriptor file.
+        path: PathBuf,
+        /// Flags in the serving set.
+        serving: usize,
     },
     /// The file was read but is not a loadable descriptor set.
     #[error("parse {path}: {source}")]
@@ -151,6 +166,17 @@ impl DescriptorWatcher {
                 );
             }
         };
+        let serving = self.registry.load().len();
+        if next.is_empty() && serving > 0 && !self.config.allow_empty {
+            return self.failed(
+                trigger,
+                Some(hash),
+                ReloadError::Empty {
+                    path: path.clone(),
+                    serving,
+                },
+            );
+        }
         for w in next.warnings() {
             tracing::warn!(warning = %w, "descriptor warning");
         }
@@ -159,6 +185,13 @@ impl DescriptorWatcher {
         let old = self.registry.swap(next);
         let diff = self.registry.load().diff(&old);
         *self.last_failed.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        if diff.removed.len() * 2 > serving {
+            tracing::warn!(
+                removed = diff.removed.len(),
+                serving_before = serving,
+                "the new descriptors remove most of the serving flags"
+            );
+        }
         self.metrics.reload(true);
         self.metrics.descriptors(&hash.to_string(), flags);
         tracing::info!(
