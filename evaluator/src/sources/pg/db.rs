@@ -127,9 +127,7 @@ impl DatabaseArgs {
 
     /// Checks that a URL is given and parses, without connecting.
     pub fn validate(&self) -> Result<(), DbError> {
-        let url = self.url()?;
-        PgConnectOptions::from_str(url.expose())
-            .map_err(|e| DbError::InvalidUrl(redact(&e.to_string())))?;
+        connect_options(self.url()?.expose())?;
         Ok(())
     }
 
@@ -138,8 +136,7 @@ impl DatabaseArgs {
     pub fn pool(&self) -> Result<PgPool, DbError> {
         let url = self.url()?;
         let statement_ms = self.db_statement_timeout.as_millis().to_string();
-        let options = PgConnectOptions::from_str(url.expose())
-            .map_err(|e| DbError::InvalidUrl(redact(&e.to_string())))?
+        let options = connect_options(url.expose())?
             .application_name("pbflags-evaluator")
             .options([("statement_timeout", statement_ms.as_str())]);
         Ok(PgPoolOptions::new()
@@ -147,6 +144,24 @@ impl DatabaseArgs {
             .acquire_timeout(self.db_connect_timeout)
             .connect_lazy_with(options))
     }
+}
+
+/// Parses a PostgreSQL URL; any other scheme (`mysql://`, a bare host) is refused by name.
+fn connect_options(url: &str) -> Result<PgConnectOptions, DbError> {
+    match url.split_once("://") {
+        Some(("postgres" | "postgresql", _)) => {}
+        Some((scheme, _)) => {
+            return Err(DbError::InvalidUrl(format!(
+                "{scheme}:// is not PostgreSQL; use a postgres:// or postgresql:// URL"
+            )));
+        }
+        None => {
+            return Err(DbError::InvalidUrl(
+                "not a URL; use postgres://user:password@host:5432/database".to_owned(),
+            ));
+        }
+    }
+    PgConnectOptions::from_str(url).map_err(|e| DbError::InvalidUrl(redact(&e.to_string())))
 }
 
 /// The migrations in `migrations/`, embedded at build time.
@@ -212,6 +227,28 @@ mod tests {
             "postgres://db/flags?user=a&password=***&x=1"
         );
         assert_eq!(redact("postgres://app@db/flags"), "postgres://app@db/flags");
+    }
+
+    #[test]
+    fn only_postgresql_urls_are_accepted() {
+        let args = |url: &str| DatabaseArgs {
+            database: Some(url.to_owned()),
+            database_file: None,
+            db_pool_size: 1,
+            db_connect_timeout: Duration::from_secs(1),
+            db_statement_timeout: Duration::from_secs(1),
+        };
+        for ok in ["postgres://a@b/c", "postgresql://a:pw@b:5432/c?sslmode=disable"] {
+            assert!(args(ok).validate().is_ok(), "{ok}");
+        }
+        for (bad, says) in [
+            ("mysql://root:hunter2@db/flags", "mysql:// is not PostgreSQL"),
+            ("db.example:5432/flags", "not a URL"),
+        ] {
+            let e = args(bad).validate().unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+            assert!(!e.contains("hunter2"), "{e}");
+        }
     }
 
     #[test]
