@@ -14,6 +14,7 @@ use http::Method;
 use pbflags_operator::build::Defaults;
 use pbflags_operator::crd::FlagEvaluator;
 use pbflags_operator::metrics::Metrics;
+use pbflags_operator::reconcile::dereference::keyed_hash;
 use pbflags_operator::reconcile::{Context, reconcile};
 use serde_json::{Value, json};
 
@@ -38,7 +39,7 @@ fn references(api: &FakeApi) {
     api.insert(
         "secrets",
         json!({"apiVersion": "v1", "kind": "Secret",
-               "metadata": {"name": "flags-db", "namespace": NS},
+               "metadata": {"name": "flags-db", "namespace": NS, "uid": "db-uid-1"},
                "data": {"url": "cG9zdGdyZXM6Ly8="}}),
     );
 }
@@ -203,10 +204,15 @@ async fn after_migrations_every_tier_is_applied_and_ready() {
     assert_eq!(condition(&fe, "Ready"), ("True", "AllReplicasReady"));
     let applied = api.get(&deployment("flags-root")).unwrap();
     let pod = &applied["spec"]["template"];
-    assert!(
-        pod["metadata"]["annotations"]["pbflags.dev/database-secret-hash"].is_string(),
-        "the Secret's hash reaches the root's pods: {pod}"
-    );
+    let stored = pod["metadata"]["annotations"]["pbflags.dev/database-secret-hash"]
+        .as_str()
+        .expect("the Secret's hash reaches the root's pods");
+    // Keyed with the Secret's uid: the plain hash of the value (which anyone reading the Deployment
+    // could compare password guesses with) is not what is stored.
+    let value = b"postgres://";
+    let plain = hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(value)[..8]);
+    assert_ne!(stored, plain);
+    assert_eq!(stored, keyed_hash("db-uid-1", value));
     let order: Vec<String> = api
         .requests()
         .into_iter()

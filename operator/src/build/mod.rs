@@ -29,7 +29,8 @@ pub use pod::evaluator_args;
 pub const PORT: i32 = 9201;
 /// Label every owned object carries; watches are scoped to it.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "pbflags-operator");
-/// Pod annotation carrying a hash of the database Secret: a change rolls the root tier.
+/// Pod annotation carrying a keyed hash of the database Secret (it reveals nothing about the value):
+/// a change rolls the root tier.
 pub const SECRET_HASH_ANNOTATION: &str = "pbflags.dev/database-secret-hash";
 /// Where the descriptors ConfigMap is mounted (a directory, so kubelet updates reach the pods).
 pub const DESCRIPTORS_DIR: &str = "/etc/pbflags/descriptors";

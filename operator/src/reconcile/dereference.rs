@@ -13,7 +13,8 @@ use crate::status::{Problem, reason};
 /// What the referenced objects tell the builders.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct References {
-    /// Hash of the database Secret's value (root tier), so a changed Secret rolls the root pods.
+    /// Keyed hash of the database Secret's value (root tier), so a changed Secret rolls the root
+    /// pods; see [`keyed_hash`].
     pub secret_hash: Option<String>,
     /// The TLS Secret has a `ca.crt` for the proxy to check its root with.
     pub tls_ca: bool,
@@ -68,7 +69,9 @@ async fn check_descriptors(fe: &FlagEvaluator, api: &Cluster<'_>) -> Result<(), 
     Ok(())
 }
 
-/// The database Secret's value hash (root tier only).
+/// A hash of the database Secret's value keyed with the Secret's uid (root tier only): it changes
+/// when the value does (or the Secret is recreated), and whoever can read the Deployment but not the
+/// Secret cannot test password guesses against it, since the key is the Secret's own random uid.
 async fn database_hash(fe: &FlagEvaluator, api: &Cluster<'_>) -> Result<Option<String>, Stop> {
     let Some(root) = &fe.spec.root else {
         return Ok(None);
@@ -88,7 +91,17 @@ async fn database_hash(fe: &FlagEvaluator, api: &Cluster<'_>) -> Result<Option<S
             format!("Secret {ns}/{name} has no key {key:?} (spec.root.database.key)"),
         );
     };
-    Ok(Some(hex::encode(&sha2::Sha256::digest(&value.0)[..8])))
+    let uid = secret.metadata.uid.as_deref().unwrap_or_default();
+    Ok(Some(keyed_hash(uid, &value.0)))
+}
+
+/// The first 8 bytes of SHA-256(`key` ‖ 0 ‖ `value`), in hex.
+pub fn keyed_hash(key: &str, value: &[u8]) -> String {
+    let mut h = sha2::Sha256::new();
+    h.update(key.as_bytes());
+    h.update([0]);
+    h.update(value);
+    hex::encode(&h.finalize()[..8])
 }
 
 /// The TLS Secret (`spec.tls`) must have `tls.crt` and `tls.key`; returns whether it has `ca.crt`.

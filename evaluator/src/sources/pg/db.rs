@@ -238,11 +238,17 @@ mod tests {
             db_connect_timeout: Duration::from_secs(1),
             db_statement_timeout: Duration::from_secs(1),
         };
-        for ok in ["postgres://a@b/c", "postgresql://a:pw@b:5432/c?sslmode=disable"] {
+        for ok in [
+            "postgres://a@b/c",
+            "postgresql://a:pw@b:5432/c?sslmode=disable",
+        ] {
             assert!(args(ok).validate().is_ok(), "{ok}");
         }
         for (bad, says) in [
-            ("mysql://root:hunter2@db/flags", "mysql:// is not PostgreSQL"),
+            (
+                "mysql://root:hunter2@db/flags",
+                "mysql:// is not PostgreSQL",
+            ),
             ("db.example:5432/flags", "not a URL"),
         ] {
             let e = args(bad).validate().unwrap_err().to_string();
