@@ -222,6 +222,27 @@ async fn state_lifecycle_default_enabled_killed_default() {
 }
 
 #[tokio::test]
+async fn ids_postgresql_cannot_store_are_answered_without_a_query_and_keep_health() {
+    let (_db, pool) = synced().await;
+    let (engine, metrics) = engine(pool, exact_ttl());
+    assert_eq!(engine.evaluate("notif/2", "").await.source, Src::Default);
+    let queries = fetches(&metrics, "flag_state") + fetches(&metrics, "overrides");
+    for (flag, entity) in [("no\0such", ""), ("notif/1", "us\0er"), ("x\0", "y\0")] {
+        let ev = engine.evaluate(flag, entity).await;
+        assert_eq!(ev.source, Src::Default, "{flag:?} {entity:?}");
+    }
+    let ids = vec!["a\0".to_owned(), "notif/1".to_owned()];
+    let bulk = engine.bulk_evaluate(&ids, "e\0").await;
+    assert_eq!(bulk.len(), 2);
+    assert_eq!(engine.health().consecutive_failures(), 0);
+    assert_eq!(engine.health().status(), EvaluatorStatus::Serving);
+    assert!(
+        fetches(&metrics, "flag_state") + fetches(&metrics, "overrides") > queries,
+        "the engine still asked its source, which answered without failing"
+    );
+}
+
+#[tokio::test]
 async fn override_lifecycle() {
     let (_db, pool) = synced().await;
     let (engine, _) = engine(pool.clone(), exact_ttl());

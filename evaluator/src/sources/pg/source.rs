@@ -111,10 +111,25 @@ macro_rules! flag_columns {
 const OVERRIDES: &str = "SELECT flag_id, entity_id, state, value FROM feature_flags.flag_overrides WHERE entity_id = $1";
 const OVERRIDES_FOR_FLAGS: &str = "SELECT flag_id, entity_id, state, value FROM feature_flags.flag_overrides WHERE entity_id = $1 AND flag_id = ANY($2)";
 
+/// PostgreSQL text cannot hold a NUL character, so no stored id has one: an id with one is answered
+/// as absent without a query (which would fail, and count against health, while the database is
+/// fine).
+fn storable(id: &str) -> bool {
+    !id.contains('\0')
+}
+
+/// The ids of `ids` that can be stored.
+fn storable_ids(ids: &[String]) -> Vec<String> {
+    ids.iter().filter(|id| storable(id)).cloned().collect()
+}
+
 impl StateSource for PgSource {
     fn flag_state(&self, flag_id: &str) -> BoxFuture<'_, SourceResult<Option<FlagState>>> {
         let flag_id = flag_id.to_owned();
         Box::pin(async move {
+            if !storable(&flag_id) {
+                return Ok(None);
+            }
             let sql = flag_columns!("WHERE flag_id = $1");
             let row = self
                 .timed(sqlx::query(sql).bind(&flag_id).fetch_optional(&self.pool))
@@ -130,9 +145,13 @@ impl StateSource for PgSource {
         flag_ids: &'a [String],
     ) -> BoxFuture<'a, SourceResult<HashMap<String, FlagState>>> {
         Box::pin(async move {
+            let flag_ids = storable_ids(flag_ids);
+            if flag_ids.is_empty() {
+                return Ok(HashMap::new());
+            }
             let sql = flag_columns!("WHERE flag_id = ANY($1)");
             let rows = self
-                .timed(sqlx::query(sql).bind(flag_ids).fetch_all(&self.pool))
+                .timed(sqlx::query(sql).bind(&flag_ids).fetch_all(&self.pool))
                 .await?;
             rows.iter()
                 .map(|r| self.flag_row(r))
@@ -147,12 +166,17 @@ impl StateSource for PgSource {
         flag_ids: &'a [String],
     ) -> BoxFuture<'a, SourceResult<Vec<Override>>> {
         Box::pin(async move {
+            // An empty `flag_ids` asks for every flag; ids that cannot be stored are dropped first.
+            let wanted = storable_ids(flag_ids);
+            if !storable(entity_id) || (!flag_ids.is_empty() && wanted.is_empty()) {
+                return Ok(Vec::new());
+            }
             let query = if flag_ids.is_empty() {
                 sqlx::query(OVERRIDES).bind(entity_id)
             } else {
                 sqlx::query(OVERRIDES_FOR_FLAGS)
                     .bind(entity_id)
-                    .bind(flag_ids)
+                    .bind(wanted)
             };
             let rows = self.timed(query.fetch_all(&self.pool)).await?;
             rows.iter()
