@@ -154,6 +154,37 @@ fn serve_with_bad_configuration_exits_64_naming_the_setting_before_binding() {
 }
 
 #[test]
+fn invalid_environment_values_and_urls_exit_64_naming_the_setting() {
+    for (var, value, named) in [
+        ("PBFLAGS_LOG_FORMAT", "xml", "--log-format"),
+        ("PBFLAGS_CACHE_FLAG_TTL", "forever", "--flag-ttl"),
+        ("PBFLAGS_MAX_BULK_FLAGS", "-1", "--max-bulk-flags"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_pbflags-evaluator"))
+            .args([
+                "serve",
+                "--descriptors",
+                &example(),
+                "--server",
+                "http://127.0.0.1:1",
+            ])
+            .env(var, value)
+            .output()
+            .expect("run binary");
+        assert_eq!(out.status.code(), Some(64), "{var}={value}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(named), "{var}: {stderr}");
+    }
+    let out = run(Some("mysql://root:hunter2@127.0.0.1/flags"), &["migrate"]);
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("mysql:// is not PostgreSQL") && !stderr.contains("hunter2"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn serve_drains_and_exits_cleanly_on_sigterm() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
