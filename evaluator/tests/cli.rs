@@ -5,7 +5,7 @@ mod pg;
 
 use std::process::{Command, Output};
 
-fn run(url: Option<&str>, args: &[&str]) -> Output {
+fn run<S: AsRef<std::ffi::OsStr>>(url: Option<&str>, args: &[S]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_pbflags-evaluator"));
     c.args(args)
         .env_remove("PBFLAGS_DATABASE")
@@ -135,22 +135,27 @@ fn serve_with_bad_configuration_exits_64_naming_the_setting_before_binding() {
             "descriptor_poll_interval",
         ),
     ] {
-        let out = run(
-            None,
-            &[
-                "serve",
-                "--descriptors",
-                &example(),
-                "--server",
-                "https://127.0.0.1:1",
-                flag,
-                value,
-            ],
-        );
-        assert_eq!(out.status.code(), Some(64), "{flag}");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains(setting), "{flag}: {stderr}");
+        let out = run(None, &serve_args(&[flag, value]));
+        assert_usage_error(&out, setting);
     }
+}
+
+/// `serve` of the example descriptors as a proxy of a closed port, plus `extra`.
+fn serve_args(extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["serve", "--descriptors", &example(), "--server"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    args.push("https://127.0.0.1:1".to_owned());
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    args
+}
+
+/// `out` is a configuration error: exit 64, and stderr names `setting`.
+fn assert_usage_error(out: &Output, setting: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{setting}: {stderr}");
+    assert!(stderr.contains(setting), "{setting}: {stderr}");
 }
 
 #[test]
@@ -161,27 +166,15 @@ fn invalid_environment_values_and_urls_exit_64_naming_the_setting() {
         ("PBFLAGS_MAX_BULK_FLAGS", "-1", "--max-bulk-flags"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_pbflags-evaluator"))
-            .args([
-                "serve",
-                "--descriptors",
-                &example(),
-                "--server",
-                "http://127.0.0.1:1",
-            ])
+            .args(serve_args(&[]))
             .env(var, value)
             .output()
             .expect("run binary");
-        assert_eq!(out.status.code(), Some(64), "{var}={value}");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains(named), "{var}: {stderr}");
+        assert_usage_error(&out, named);
     }
     let out = run(Some("mysql://root:hunter2@127.0.0.1/flags"), &["migrate"]);
-    assert_eq!(out.status.code(), Some(64));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("mysql:// is not PostgreSQL") && !stderr.contains("hunter2"),
-        "{stderr}"
-    );
+    assert_usage_error(&out, "mysql:// is not PostgreSQL");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("hunter2"));
 }
 
 #[test]
