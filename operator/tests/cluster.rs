@@ -150,6 +150,12 @@ async fn create_fe(
         .await
 }
 
+/// Creates the FlagEvaluator `flags` with `spec` and waits until it is Ready.
+async fn create_ready(client: &Client, ns: &str, spec: serde_json::Value) -> FlagEvaluator {
+    create_fe(client, ns, spec).await.unwrap();
+    wait_condition(client, ns, "Ready", "True", None).await
+}
+
 /// A second operator process watching `ns` only, with metrics of its own: its reconcile count is a
 /// signal that a change there has been handled (a reconcile is counted when it has finished,
 /// writes included). Abort the task to stop it.
@@ -553,7 +559,7 @@ async fn tls_waits_for_a_complete_secret_then_serves_https_on_every_tier() {
 async fn drift_is_repaired_proxy_is_switched_off_and_deletion_collects_everything() {
     let (_cp, client, ns, _) = setup("fe-drift").await;
     descriptors(&client, &ns.name).await;
-    create_fe(
+    create_ready(
         &client,
         &ns.name,
         serde_json::json!({
@@ -561,9 +567,7 @@ async fn drift_is_repaired_proxy_is_switched_off_and_deletion_collects_everythin
             "proxy": { "upstream": "http://root.elsewhere.svc:9201", "replicas": 2 }
         }),
     )
-    .await
-    .unwrap();
-    wait_condition(&client, &ns.name, "Ready", "True", None).await;
+    .await;
     let deployments = Api::<Deployment>::namespaced(client.clone(), &ns.name);
 
     // Someone scales the owned Deployment by hand: the operator puts it back.
@@ -630,7 +634,7 @@ async fn drift_is_repaired_proxy_is_switched_off_and_deletion_collects_everythin
 async fn switching_the_proxy_off_removes_it_and_points_the_endpoint_at_the_root() {
     let (_cp, client, ns, _) = setup("fe-proxy").await;
     references(&client, &ns.name).await;
-    create_fe(
+    create_ready(
         &client,
         &ns.name,
         serde_json::json!({
@@ -639,9 +643,7 @@ async fn switching_the_proxy_off_removes_it_and_points_the_endpoint_at_the_root(
             "proxy": {}
         }),
     )
-    .await
-    .unwrap();
-    wait_condition(&client, &ns.name, "Ready", "True", None).await;
+    .await;
     let fes = Api::<FlagEvaluator>::namespaced(client.clone(), &ns.name);
     fes.patch(
         "flags",
@@ -680,7 +682,7 @@ async fn switching_the_proxy_off_removes_it_and_points_the_endpoint_at_the_root(
 async fn a_restarted_operator_makes_no_writes_to_a_settled_resource() {
     let (cp, client, ns, _) = setup("fe-quiet").await;
     references(&client, &ns.name).await;
-    create_fe(
+    create_ready(
         &client,
         &ns.name,
         serde_json::json!({
@@ -688,9 +690,7 @@ async fn a_restarted_operator_makes_no_writes_to_a_settled_resource() {
             "root": { "database": { "secretName": "db" } }
         }),
     )
-    .await
-    .unwrap();
-    wait_condition(&client, &ns.name, "Ready", "True", None).await;
+    .await;
     // What the operator last wrote to each object: its managed-fields entries. Other writers (the
     // Deployment controller's status updates) do not change them, so no settling time is needed.
     let own_writes = async || {
@@ -746,7 +746,7 @@ async fn a_restarted_operator_makes_no_writes_to_a_settled_resource() {
 async fn a_secret_change_rolls_the_root_but_a_descriptors_update_touches_no_deployment() {
     let (cp, client, ns, _) = setup("fe-roll").await;
     references(&client, &ns.name).await;
-    create_fe(
+    create_ready(
         &client,
         &ns.name,
         serde_json::json!({
@@ -755,9 +755,7 @@ async fn a_secret_change_rolls_the_root_but_a_descriptors_update_touches_no_depl
             "proxy": {}
         }),
     )
-    .await
-    .unwrap();
-    wait_condition(&client, &ns.name, "Ready", "True", None).await;
+    .await;
     let deployments = Api::<Deployment>::namespaced(client.clone(), &ns.name);
     let hash = |d: &Deployment| {
         d.spec
