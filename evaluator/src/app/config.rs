@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::app::logging::{LogFormat, Tracing};
 use crate::core::cache::CacheConfig;
+use crate::server::conn::Limits as ConnLimits;
 use crate::server::tls::TlsFiles;
 use crate::sources::pg::db::DatabaseArgs;
 use crate::sources::upstream::{UpstreamCa, UpstreamProtocol};
@@ -119,6 +120,24 @@ pub struct ListenerArgs {
     /// [default: the CPUs available to the process, cgroup quota included].
     #[arg(long, env = "PBFLAGS_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
+    /// Longest wait for a request's HTTP/1.1 headers [default: 10s].
+    #[arg(long, env = "PBFLAGS_HEADER_READ_TIMEOUT", value_parser = duration)]
+    pub header_read_timeout: Option<Duration>,
+    /// Longest wait for a complete request body [default: 10s].
+    #[arg(long, env = "PBFLAGS_BODY_READ_TIMEOUT", value_parser = duration)]
+    pub body_read_timeout: Option<Duration>,
+    /// A connection with no request in flight for this long is closed [default: 120s].
+    #[arg(long, env = "PBFLAGS_IDLE_TIMEOUT", value_parser = duration)]
+    pub idle_timeout: Option<Duration>,
+    /// HTTP/2 PING interval to find dead peers [default: 30s].
+    #[arg(long, env = "PBFLAGS_HTTP2_KEEPALIVE_INTERVAL", value_parser = duration)]
+    pub http2_keepalive_interval: Option<Duration>,
+    /// How long an HTTP/2 PING may go unanswered before the connection is closed [default: 20s].
+    #[arg(long, env = "PBFLAGS_HTTP2_KEEPALIVE_TIMEOUT", value_parser = duration)]
+    pub http2_keepalive_timeout: Option<Duration>,
+    /// Most client connections served at once; more are closed on accept [default: 10000].
+    #[arg(long, env = "PBFLAGS_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
 }
 
 /// TLS on the listener.
@@ -239,6 +258,8 @@ pub struct Config {
     pub tls_poll_interval: Duration,
     /// Runtime worker threads (1: a single-threaded runtime).
     pub worker_threads: usize,
+    /// Timeouts and the connection cap.
+    pub connections: ConnLimits,
 }
 
 /// A setting that is missing or invalid; the message names it. Exit code 64.
@@ -300,6 +321,7 @@ impl ServeArgs {
             shutdown_timeout: listener.shutdown_timeout,
             descriptor_poll_interval: listener.descriptor_poll_interval,
             worker_threads: listener.worker_threads,
+            connections: listener.connections,
             tls,
             tls_poll_interval,
             log_format: self.telemetry.log_format,
@@ -461,6 +483,7 @@ struct Listener {
     shutdown_timeout: Duration,
     descriptor_poll_interval: Duration,
     worker_threads: usize,
+    connections: ConnLimits,
 }
 
 impl ListenerArgs {
@@ -497,7 +520,47 @@ impl ListenerArgs {
             shutdown_timeout: self.shutdown_timeout.unwrap_or(Duration::from_secs(10)),
             descriptor_poll_interval,
             worker_threads,
+            connections: self.connections()?,
         })
+    }
+
+    fn connections(&self) -> Result<ConnLimits, ConfigError> {
+        let d = ConnLimits::default();
+        let positive = |name: &str, v: Option<Duration>, default: Duration| match v {
+            Some(v) if v.is_zero() => Err(bad(name, "must be greater than zero")),
+            v => Ok(v.unwrap_or(default)),
+        };
+        let limits = ConnLimits {
+            header_read_timeout: positive(
+                "header_read_timeout",
+                self.header_read_timeout,
+                d.header_read_timeout,
+            )?,
+            body_read_timeout: positive(
+                "body_read_timeout",
+                self.body_read_timeout,
+                d.body_read_timeout,
+            )?,
+            idle_timeout: positive("idle_timeout", self.idle_timeout, d.idle_timeout)?,
+            keepalive_interval: positive(
+                "http2_keepalive_interval",
+                self.http2_keepalive_interval,
+                d.keepalive_interval,
+            )?,
+            keepalive_timeout: positive(
+                "http2_keepalive_timeout",
+                self.http2_keepalive_timeout,
+                d.keepalive_timeout,
+            )?,
+            max_connections: match self.max_connections {
+                Some(0) => return Err(bad("max_connections", "must be at least 1")),
+                Some(n) if n > tokio::sync::Semaphore::MAX_PERMITS => {
+                    return Err(bad("max_connections", "too large"));
+                }
+                v => v.unwrap_or(d.max_connections),
+            },
+        };
+        Ok(limits)
     }
 }
 

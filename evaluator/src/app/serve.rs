@@ -211,7 +211,7 @@ pub async fn run(prepared: Prepared, shutdown: CancellationToken) {
     let watch = watcher.spawn(tasks.clone());
     let tls_watch = tls.as_ref().map(|t| {
         t.store
-            .spawn_watch(config.tls_poll_interval, metrics, tasks.clone())
+            .spawn_watch(config.tls_poll_interval, metrics.clone(), tasks.clone())
     });
 
     let addr = listener
@@ -244,6 +244,8 @@ pub async fn run(prepared: Prepared, shutdown: CancellationToken) {
             listener,
             app,
             tls.map(|t| t.config),
+            &config.connections,
+            metrics.clone(),
             server_token.clone(),
             config.shutdown_timeout,
         );

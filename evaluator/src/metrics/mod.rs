@@ -114,6 +114,12 @@ pub struct Metrics {
     rpc_duration: HistogramVec,
     /// `pbflags_descriptor_flags`: flags in the serving snapshot.
     pub descriptor_flags: IntGauge,
+    /// `pbflags_connections_open`: client connections being served.
+    pub connections_open: IntGauge,
+    /// `pbflags_connections_rejected_total`: connections closed at accept (connection cap).
+    pub connections_rejected: IntCounter,
+    /// `pbflags_connections_idle_closed_total`: connections closed after the idle timeout.
+    pub connections_idle_closed: IntCounter,
     descriptor_info: IntGaugeVec,
 }
 
@@ -279,6 +285,18 @@ impl Metrics {
             descriptor_flags: int_gauge(
                 "pbflags_descriptor_flags",
                 "Flags in the serving descriptor set.",
+            ),
+            connections_open: int_gauge(
+                "pbflags_connections_open",
+                "Client connections being served.",
+            ),
+            connections_rejected: int_counter(
+                "pbflags_connections_rejected_total",
+                "Connections closed as soon as accepted because --max-connections were open.",
+            ),
+            connections_idle_closed: int_counter(
+                "pbflags_connections_idle_closed_total",
+                "Connections closed after --idle-timeout without a request in flight.",
             ),
             descriptor_info,
             registry,

@@ -139,12 +139,7 @@ pub async fn handle(
     };
     let body = match axum::body::to_bytes(body, state.max_request_bytes).await {
         Ok(b) => b,
-        Err(_) => {
-            return error_response(&Status::resource_exhausted(format!(
-                "request body exceeds {} bytes",
-                state.max_request_bytes
-            )));
-        }
+        Err(e) => return error_response(&body_error(&e, state.max_request_bytes)),
     };
     let trace = crate::protocol::trace_context::carried(&headers);
     let call = dispatch(&state, &method, codec, body, trace);
@@ -168,4 +163,21 @@ pub async fn handle(
         }
         Err(s) => error_response(&s),
     }
+}
+
+/// The status for a request body that could not be read: too large, too slow, or broken off.
+fn body_error(e: &axum::Error, max_request_bytes: usize) -> Status {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.is::<http_body_util::LengthLimitError>() {
+            return Status::resource_exhausted(format!(
+                "request body exceeds {max_request_bytes} bytes"
+            ));
+        }
+        if let Some(t) = c.downcast_ref::<super::conn::BodyTimeout>() {
+            return Status::deadline_exceeded(t.to_string());
+        }
+        cause = c.source();
+    }
+    Status::invalid_argument(format!("request body could not be read: {e}"))
 }

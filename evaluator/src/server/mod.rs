@@ -4,6 +4,7 @@
 //! Requests whose content type is `application/grpc*` go to the tonic services (gRPC-Web translated
 //! by tonic-web); everything else goes to the HTTP router (Connect handlers, metrics, health).
 
+pub mod conn;
 pub mod connect;
 pub mod service;
 pub mod tls;
@@ -25,6 +26,7 @@ use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
+use crate::metrics::Metrics;
 use connect::ConnectState;
 use service::Evaluator;
 
@@ -146,19 +148,23 @@ pub fn router(parts: AppParts) -> Router {
     }))
 }
 
-/// Serves `app` on `listener` (over TLS when `tls` is given) until `shutdown` is cancelled, then
-/// lets in-flight requests finish for at most `drain`: HTTP/2 connections get GOAWAY, HTTP/1.1
-/// connections close after their current response. Returns whether draining finished in time.
+/// Serves `app` on `listener` (over TLS when `tls` is given) under `limits` until `shutdown` is
+/// cancelled, then lets in-flight requests finish for at most `drain`: HTTP/2 connections get
+/// GOAWAY, HTTP/1.1 connections close after their current response. Returns whether draining
+/// finished in time.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    limits: &conn::Limits,
+    metrics: Metrics,
     shutdown: CancellationToken,
     drain: Duration,
 ) -> bool {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let builder = Arc::new(connection_builder());
+    let connections = tokio_util::task::TaskTracker::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let builder = Arc::new(connection_builder(limits));
     loop {
         let (tcp, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -172,40 +178,29 @@ pub async fn serve(
                 }
             },
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics.connections_rejected.inc();
+            tracing::debug!(%peer, max_connections = limits.max_connections, "connection refused: at the connection cap");
+            continue;
+        };
         // Small responses must not wait for the client's delayed ACK (Nagle's algorithm): that
         // costs tens of milliseconds on multi-frame gRPC responses.
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let watcher = graceful.watcher();
-        let (builder, acceptor) = (builder.clone(), acceptor.clone());
-        tokio::spawn(async move {
-            let io = match acceptor {
-                None => Either::Left(tcp),
-                Some(acceptor) => {
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => Either::Right(tls),
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
-                    }
-                }
-            };
-            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(io), service);
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
+        let (builder, acceptor, app) = (builder.clone(), acceptor.clone(), app.clone());
+        let (shutdown, metrics, limits) = (shutdown.clone(), metrics.clone(), limits.clone());
+        connections.spawn(async move {
+            let _slot = slot;
+            metrics.connections_open.inc();
+            serve_connection(tcp, peer, acceptor, &builder, app, &limits, &metrics, &shutdown).await;
+            metrics.connections_open.dec();
         });
     }
     drop(listener);
+    connections.close();
     tokio::select! {
-        () = graceful.shutdown() => true,
+        () = connections.wait() => true,
         () = tokio::time::sleep(drain) => {
             tracing::warn!(drain_seconds = drain.as_secs_f64(), "drain deadline reached; closing remaining connections");
             false
@@ -213,13 +208,77 @@ pub async fn serve(
     }
 }
 
+/// One connection, from the TLS handshake to its close.
+#[allow(clippy::too_many_arguments)]
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    builder: &hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    app: Router,
+    limits: &conn::Limits,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) {
+    let io = match acceptor {
+        None => Either::Left(tcp),
+        Some(acceptor) => {
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => Either::Right(tls),
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+    };
+    let activity = conn::Activity::new();
+    let service = {
+        let (activity, body_timeout) = (activity.clone(), limits.body_read_timeout);
+        tower::service_fn(move |req: Request<hyper::body::Incoming>| {
+            let in_flight = activity.begin();
+            let req = req.map(|b| Body::new(conn::DeadlineBody::new(b, body_timeout)));
+            let response = app.clone().oneshot(req);
+            async move {
+                let response = response.await.into_response();
+                Ok::<_, Infallible>(response.map(|b| conn::hold_until_sent(b, in_flight)))
+            }
+        })
+    };
+    let service = hyper_util::service::TowerToHyperService::new(service);
+    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            return;
+        }
+        () = shutdown.cancelled() => {}
+        () = activity.idle(limits.idle_timeout) => {
+            metrics.connections_idle_closed.inc();
+            tracing::debug!(%peer, "closing idle connection");
+        }
+    }
+    conn.as_mut().graceful_shutdown();
+    if let Err(e) = conn.await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
 /// Longest a client may take to finish its TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// HTTP/1.1 and HTTP/2 (prior knowledge or ALPN), chosen per connection from its first bytes.
-fn connection_builder() -> hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor> {
+fn connection_builder(
+    limits: &conn::Limits,
+) -> hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor> {
     let mut b = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-    b.http1().timer(hyper_util::rt::TokioTimer::new());
-    b.http2().timer(hyper_util::rt::TokioTimer::new());
+    conn::configure(&mut b, limits);
     b
 }
