@@ -90,6 +90,39 @@ fn an_unknown_killed_flag_is_killed_without_a_value() {
 }
 
 #[test]
+fn a_stored_value_of_another_type_is_served_as_absent_and_counted() {
+    // The descriptors now declare f/1 a string and f/2 (user layer) a string; the stored values
+    // are still bools from before the type change.
+    let h = Harness::new(vec![
+        def("f/1", "", s("compiled-1")),
+        def("f/2", "user", s("compiled-2")),
+    ]);
+    h.source.set_flag("f/1", State::Enabled, b(true));
+    h.source.set_override("f/2", "u1", State::Enabled, b(true));
+    h.source.set_flag("f/2", State::Enabled, s("global-2"));
+
+    let ev = h.eval("f/1", "");
+    assert_eq!(
+        (ev.value(), ev.source),
+        (s("compiled-1").as_ref(), Src::Default)
+    );
+    // The mistyped override decides nothing more than a value-less ENABLED override does.
+    let ev = h.eval("f/2", "u1");
+    assert_eq!(
+        (ev.value(), ev.source),
+        (s("compiled-2").as_ref(), Src::Default)
+    );
+    assert_eq!(h.metrics.invalid_values.get(), 2);
+    // Bulk takes the same path; a value of the right type is served.
+    let bulk = h.bulk(&["f/1", "f/2"], "u2");
+    assert_eq!(bulk[0].1.source, Src::Default);
+    assert_eq!(
+        (bulk[1].1.value(), bulk[1].1.source),
+        (s("global-2").as_ref(), Src::Global)
+    );
+}
+
+#[test]
 fn enabled_override_on_a_user_layer_flag_returns_the_override() {
     let h = Harness::new(vec![def("f/2", "user", s("compiled"))]);
     h.source
@@ -292,7 +325,11 @@ fn all_four_value_types_round_trip_as_global() {
         values
             .iter()
             .enumerate()
-            .map(|(i, _)| def(&format!("t/{}", i + 1), "", None))
+            .map(|(i, v)| pbflags_evaluator::core::descriptor::FlagDef {
+                // Declared with the type of its stored value, without a default.
+                flag_type: pbflags_evaluator::core::descriptor::value_type(v).unwrap(),
+                ..def(&format!("t/{}", i + 1), "", None)
+            })
             .collect(),
     );
     for (i, v) in values.iter().enumerate() {

@@ -7,7 +7,8 @@
 //! rules as a fresh one, so a last-known DEFAULT override or state yields the compiled default
 //! rather than its stale value.
 
-use pbflags_proto::v1::{EvaluationSource, FlagValue, State};
+use pbflags_proto::v1::flag_value::Value;
+use pbflags_proto::v1::{EvaluationSource, FlagType, FlagValue, State};
 
 use super::descriptor::FlagDef;
 use super::source::{FlagState, Override};
@@ -58,6 +59,29 @@ pub fn overridable(def: Option<&FlagDef>, entity_id: &str) -> bool {
     !entity_id.is_empty() && def.is_some_and(|d| !d.is_global_layer())
 }
 
+/// Whether a stored value's type differs from the flag's declared type (after the descriptors
+/// changed a flag's type, say). Such a value is treated as absent: the compiled default is served.
+/// Values of undeclared flags are taken as they are.
+#[inline]
+pub fn mistyped(value: &FlagValue, def: Option<&FlagDef>) -> bool {
+    let (Some(d), Some(v)) = (def, value.value.as_ref()) else {
+        return false;
+    };
+    let t = match v {
+        Value::BoolValue(_) => FlagType::Bool,
+        Value::StringValue(_) => FlagType::String,
+        Value::Int64Value(_) => FlagType::Int64,
+        Value::DoubleValue(_) => FlagType::Double,
+    };
+    d.flag_type != FlagType::Unspecified && d.flag_type != t
+}
+
+/// A stored value the answer may carry: one with a member set, of the declared type.
+#[inline]
+fn usable<'a>(value: Option<&'a FlagValue>, def: Option<&FlagDef>) -> Option<&'a FlagValue> {
+    value.filter(|v| v.value.is_some() && !mistyped(v, def))
+}
+
 /// The override step: `Some` when the override decides the answer, `None` to go on to global state.
 #[inline]
 pub fn by_override<'a>(
@@ -66,7 +90,7 @@ pub fn by_override<'a>(
     def: Option<&'a FlagDef>,
 ) -> Option<Decided<'a>> {
     let o = row?;
-    let value = o.value.as_ref().filter(|v| v.value.is_some());
+    let value = usable(o.value.as_ref(), def);
     match (o.state, value) {
         (State::Enabled, Some(v)) if stale => Some((EvaluationSource::Cached, Some(v))),
         (State::Enabled, Some(v)) => Some((EvaluationSource::Override, Some(v))),
@@ -87,7 +111,7 @@ pub fn by_global<'a>(
     let Some(s) = row else {
         return default_of(def, EvaluationSource::Default);
     };
-    let Some(value) = s.value.as_ref().filter(|v| v.value.is_some()) else {
+    let Some(value) = usable(s.value.as_ref(), def) else {
         return default_of(def, EvaluationSource::Default);
     };
     match (stale, s.archived, s.state) {
@@ -270,6 +294,23 @@ mod tests {
             }
             _ => (EvaluationSource::Default, default),
         }
+    }
+
+    #[test]
+    fn a_value_of_another_type_than_declared_is_mistyped() {
+        let mut d = FlagDef {
+            flag_type: FlagType::Bool,
+            ..def("", None)
+        };
+        let b = FlagValue {
+            value: Some(Value::BoolValue(true)),
+        };
+        assert!(!mistyped(&b, Some(&d)));
+        assert!(mistyped(&value("x"), Some(&d)));
+        assert!(!mistyped(&value("x"), None), "undeclared flags take any type");
+        assert!(!mistyped(&FlagValue { value: None }, Some(&d)));
+        d.flag_type = FlagType::Unspecified;
+        assert!(!mistyped(&value("x"), Some(&d)));
     }
 
     #[test]

@@ -106,6 +106,7 @@ pub struct HealthReport {
 }
 
 struct Shared {
+    registry: Arc<Registry>,
     source: Arc<dyn StateSource>,
     backend: Backend,
     caches: Caches,
@@ -114,6 +115,17 @@ struct Shared {
 }
 
 impl Shared {
+    /// Counts a fetched value whose type is not the flag's declared type (it is served as absent,
+    /// see [`decide::mistyped`]).
+    fn check_type(&self, flag_id: &str, value: Option<&FlagValue>) {
+        if let Some(v) = value
+            && decide::mistyped(v, self.registry.load().get(flag_id).map(|d| &**d))
+        {
+            self.metrics.invalid_values.inc();
+            tracing::warn!(flag_id, "stored value does not have the flag's declared type; serving the compiled default");
+        }
+    }
+
     fn observe<T>(&self, op: Operation, result: &SourceResult<T>, started: std::time::Instant) {
         self.metrics
             .fetch(self.backend, op)
@@ -170,6 +182,7 @@ impl Engine {
         clock: Clock,
     ) -> Self {
         let shared = Shared {
+            registry: registry.clone(),
             source,
             backend,
             health: Health::new(clock.clone(), Some(metrics.clone())),
@@ -378,6 +391,9 @@ impl Engine {
                         let span = tracing::info_span!("source.flag_state", flag_id = %key);
                         let r = shared.source.flag_state(&key).instrument(span).await;
                         shared.observe(Operation::FlagState, &r, started);
+                        if let Ok(Some(state)) = &r {
+                            shared.check_type(&key, state.value.as_ref());
+                        }
                         r.map(|state| match flight_home {
                             Home::Slot(s, i) => shared.caches.put_slot(s.slot(i), state),
                             Home::Map => shared.caches.put_flag(key, state),
@@ -421,7 +437,7 @@ impl Engine {
                             .instrument(span)
                             .await;
                         shared.observe(Operation::Overrides, &r, started);
-                        r.map(|rows| store_overrides(&shared.caches, &entity, &ids, rows).remove(0))
+                        r.map(|rows| store_overrides(&shared, &entity, &ids, rows).remove(0))
                     })
                 },
                 || self.shared.metrics.coalesced_fetches.inc(),
@@ -550,7 +566,7 @@ impl Engine {
         self.shared.observe(Operation::Overrides, &r, started);
         match r {
             Ok(rows) => {
-                let entries = store_overrides(caches, entity_id, &missing, rows);
+                let entries = store_overrides(&self.shared, entity_id, &missing, rows);
                 batch.found.extend(missing.into_iter().zip(entries));
             }
             Err(e) => batch.failed = Some(e),
@@ -577,6 +593,9 @@ impl Engine {
             Ok(mut rows) => {
                 for (id, home) in missing {
                     let state = rows.remove(&id);
+                    if let Some(state) = &state {
+                        self.shared.check_type(&id, state.value.as_ref());
+                    }
                     let entry = match home {
                         Home::Slot(s, i) => self.shared.caches.put_slot(s.slot(i), state),
                         Home::Map => self.shared.caches.put_flag(id.as_str().into(), state),
@@ -678,7 +697,7 @@ impl<T> Batch<T> {
 /// Caches the rows of an override fetch for `ids`: each id gets its row, or a negative entry.
 /// Returns the entries in the order of `ids`.
 fn store_overrides(
-    caches: &Caches,
+    shared: &Shared,
     entity_id: &str,
     ids: &[String],
     rows: Vec<source::Override>,
@@ -687,10 +706,11 @@ fn store_overrides(
     for row in rows {
         // A source answering for another entity is ignored rather than trusted.
         if row.entity_id == entity_id {
+            shared.check_type(&row.flag_id, row.value.as_ref());
             by_flag.insert(row.flag_id.clone(), row);
         }
     }
     ids.iter()
-        .map(|id| caches.put_override(id, entity_id, by_flag.remove(id)))
+        .map(|id| shared.caches.put_override(id, entity_id, by_flag.remove(id)))
         .collect()
 }
