@@ -310,3 +310,80 @@ fn an_empty_set_replaces_the_serving_one_only_when_allowed() {
     assert_eq!(registry.load().len(), 0);
     assert_eq!(metrics.reloads(true), 1);
 }
+
+#[test]
+fn a_file_caught_half_written_in_place_is_read_again_and_the_whole_file_applied() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("d.pb");
+    std::fs::write(&path, pbflags_proto::EXAMPLE_DESCRIPTORS).expect("write");
+    let (registry, metrics, _, mut config) = setup(&path);
+    config.debounce = Duration::from_millis(500);
+    let watcher = DescriptorWatcher::new(config, registry.clone(), metrics.clone());
+    // A slow writer: the new set's first part (exactly the truncation after options.proto, a
+    // valid set with no flags), then the rest a moment later, in place.
+    let whole = support::many_flags("slow", 5);
+    let cut = truncated_after_options_proto();
+    std::fs::write(&path, &cut).expect("first part");
+    let writer = {
+        let (path, whole) = (path.clone(), whole.clone());
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            std::fs::write(&path, &whole).expect("the rest");
+        })
+    };
+    let outcome = watcher.reload(Trigger::FileEvent);
+    writer.join().expect("writer");
+    match outcome {
+        ReloadOutcome::Reloaded { hash, .. } => {
+            assert_eq!(hash, registry.load().hash());
+        }
+        other => panic!("expected the whole file to load, got {other:?}"),
+    }
+    assert_eq!(registry.load().len(), 5);
+    assert_eq!((metrics.reloads(true), metrics.reloads(false)), (1, 0));
+}
+
+#[test]
+fn a_file_that_keeps_changing_is_not_applied_and_is_retried() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("d.pb");
+    std::fs::write(&path, pbflags_proto::EXAMPLE_DESCRIPTORS).expect("write");
+    let (registry, metrics, _, mut config) = setup(&path);
+    config.debounce = Duration::from_millis(100);
+    let watcher = DescriptorWatcher::new(config, registry.clone(), metrics.clone());
+    let before = registry.load().hash();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // A different valid set every few milliseconds until told to stop (the first one before
+    // the reload starts).
+    let sets: Vec<Vec<u8>> = (0..400)
+        .map(|n| support::many_flags(&format!("busy{n}"), 2))
+        .collect();
+    std::fs::write(&path, &sets[0]).expect("write");
+    let writer = {
+        let (path, stop) = (path.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for set in sets.iter().cycle().skip(1) {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                std::fs::write(&path, set).expect("write");
+                std::thread::sleep(Duration::from_millis(3));
+            }
+        })
+    };
+    let outcome = watcher.reload(Trigger::FileEvent);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    writer.join().expect("writer");
+    match outcome {
+        ReloadOutcome::Failed(e @ ReloadError::Unsettled { .. }) => {
+            assert!(e.to_string().contains("kept changing"), "{e}");
+        }
+        other => panic!("expected a file that never settles to be refused, got {other:?}"),
+    }
+    assert_eq!(registry.load().hash(), before);
+    // Once the writer is done, the next trigger applies the final content.
+    assert!(matches!(
+        watcher.reload(Trigger::Poll),
+        ReloadOutcome::Reloaded { .. }
+    ));
+}

@@ -72,6 +72,16 @@ pub enum ReloadError {
         /// Flags in the serving set.
         serving: usize,
     },
+    /// The file's content kept changing between reads (a writer still at work).
+    #[error("{path} kept changing over {reads} reads {debounce:?} apart; retried at the next trigger")]
+    Unsettled {
+        /// The descriptor file.
+        path: PathBuf,
+        /// Reads made.
+        reads: u32,
+        /// Time between reads.
+        debounce: Duration,
+    },
     /// The file was read but is not a loadable descriptor set.
     #[error("parse {path}: {source}")]
     Parse {
@@ -153,6 +163,15 @@ impl DescriptorWatcher {
             tracing::debug!(trigger = trigger.as_str(), %hash, "descriptors unchanged");
             return ReloadOutcome::Unchanged;
         }
+        // New content: take it only once two reads a debounce apart agree, so a file caught
+        // half-written (written in place, or by a slow writer) is read again rather than applied.
+        let (bytes, hash) = match self.settle(bytes, hash) {
+            Ok(settled) => settled,
+            Err(err) => return self.failed(trigger, None, err),
+        };
+        if hash == self.registry.load().hash() || self.last_failed().as_ref() == Some(&hash) {
+            return ReloadOutcome::Unchanged;
+        }
         let next = match Snapshot::from_bytes(&bytes) {
             Ok(s) => s,
             Err(source) => {
@@ -204,6 +223,34 @@ impl DescriptorWatcher {
             "descriptors reloaded"
         );
         ReloadOutcome::Reloaded { diff, hash }
+    }
+
+    /// Reads the file again every debounce until a read matches the one before it.
+    fn settle(
+        &self,
+        mut bytes: Vec<u8>,
+        mut hash: ContentHash,
+    ) -> Result<(Vec<u8>, ContentHash), ReloadError> {
+        const MAX_READS: u32 = 8;
+        let path = &self.config.path;
+        for _ in 1..MAX_READS {
+            std::thread::sleep(self.config.debounce);
+            let again = std::fs::read(path).map_err(|source| ReloadError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let again_hash = ContentHash::of(&again);
+            if again_hash == hash {
+                return Ok((bytes, hash));
+            }
+            tracing::debug!(%hash, %again_hash, "descriptor file changed while being read; reading again");
+            (bytes, hash) = (again, again_hash);
+        }
+        Err(ReloadError::Unsettled {
+            path: path.clone(),
+            reads: MAX_READS,
+            debounce: self.config.debounce,
+        })
     }
 
     fn last_failed(&self) -> Option<ContentHash> {
