@@ -134,6 +134,9 @@ fn serve_with_bad_configuration_exits_64_naming_the_setting_before_binding() {
             "0s",
             "descriptor_poll_interval",
         ),
+        ("--idle-timeout", "0s", "idle_timeout"),
+        ("--body-read-timeout", "0s", "body_read_timeout"),
+        ("--max-connections", "0", "max_connections"),
     ] {
         let out = run(None, &serve_args(&[flag, value]));
         assert_usage_error(&out, setting);
@@ -164,6 +167,7 @@ fn invalid_environment_values_and_urls_exit_64_naming_the_setting() {
         ("PBFLAGS_LOG_FORMAT", "xml", "--log-format"),
         ("PBFLAGS_CACHE_FLAG_TTL", "forever", "--flag-ttl"),
         ("PBFLAGS_MAX_BULK_FLAGS", "-1", "--max-bulk-flags"),
+        ("PBFLAGS_HTTP2_KEEPALIVE_INTERVAL", "-1s", "--http2-keepalive-interval"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_pbflags-evaluator"))
             .args(serve_args(&[]))

@@ -1,7 +1,8 @@
 //! What the evaluator and the operator share at run time: background loops that stop on
-//! cancellation ([`periodic`]) and the Prometheus text exposition ([`render_metrics`]).
+//! cancellation ([`periodic`]), their supervision ([`supervise`]) and the Prometheus text exposition ([`render_metrics`]).
 
 pub mod periodic;
+pub mod supervise;
 
 /// The Prometheus text exposition of every metric family in `registry`.
 pub fn render_metrics(registry: &prometheus::Registry) -> String {

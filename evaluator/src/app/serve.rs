@@ -198,21 +198,52 @@ pub async fn run(prepared: Prepared, shutdown: CancellationToken) {
     } = prepared;
     let tasks = CancellationToken::new();
 
-    let ticker = {
-        let (clock, tasks) = (clock.clone(), tasks.clone());
-        tokio::spawn(async move {
-            pbflags_runtime::periodic::every(Duration::from_millis(5), &tasks, || async {
-                clock.tick();
-            })
-            .await;
-        })
+    // Every background task is restarted if it fails (see pbflags_runtime::supervise): each
+    // holds no state a restart loses (the clock, the kill set and the certificate store live
+    // outside it), and serving goes on meanwhile.
+    let supervised = |name: &'static str, start: Box<dyn FnMut() -> tokio::task::JoinHandle<()> + Send>| {
+        let (tasks, metrics) = (tasks.clone(), metrics.clone());
+        tokio::spawn(pbflags_runtime::supervise::supervise(
+            name,
+            tasks,
+            start,
+            move |_| metrics.task_restart(name),
+        ))
     };
-    let poller = crate::reload::kills::spawn(engine.clone(), tasks.clone());
-    let watch = watcher.spawn(tasks.clone());
-    let tls_watch = tls.as_ref().map(|t| {
-        t.store
-            .spawn_watch(config.tls_poll_interval, metrics.clone(), tasks.clone())
-    });
+    let mut background = vec![
+        supervised("clock", {
+            let (clock, tasks) = (clock.clone(), tasks.clone());
+            Box::new(move || {
+                let (clock, tasks) = (clock.clone(), tasks.clone());
+                tokio::spawn(async move {
+                    pbflags_runtime::periodic::every(Duration::from_millis(5), &tasks, || async {
+                        clock.tick();
+                    })
+                    .await;
+                })
+            })
+        }),
+        supervised("kill_poller", {
+            let (engine, tasks) = (engine.clone(), tasks.clone());
+            Box::new(move || crate::reload::kills::spawn(engine.clone(), tasks.clone()))
+        }),
+        supervised("descriptor_watcher", {
+            let (watcher, tasks) = (Arc::new(watcher), tasks.clone());
+            Box::new(move || watcher.spawn(tasks.clone()))
+        }),
+    ];
+    if let Some(t) = &tls {
+        let (store, interval, metrics, tasks) = (
+            t.store.clone(),
+            config.tls_poll_interval,
+            metrics.clone(),
+            tasks.clone(),
+        );
+        background.push(supervised(
+            "tls_watcher",
+            Box::new(move || store.spawn_watch(interval, metrics.clone(), tasks.clone())),
+        ));
+    }
 
     let addr = listener
         .local_addr()
@@ -257,9 +288,8 @@ pub async fn run(prepared: Prepared, shutdown: CancellationToken) {
         drained
     };
     tasks.cancel();
-    let _ = tokio::join!(ticker, poller, watch);
-    if let Some(t) = tls_watch {
-        let _ = t.await;
+    for task in background {
+        let _ = task.await;
     }
     tracing::info!(drained, "stopped");
 }

@@ -110,6 +110,7 @@ pub struct Metrics {
     pub invalid_values: IntCounter,
     reloads: IntCounterVec,
     tls_reloads: IntCounterVec,
+    task_restarts: IntCounterVec,
     rpc_requests: IntCounterVec,
     rpc_duration: HistogramVec,
     /// `pbflags_descriptor_flags`: flags in the serving snapshot.
@@ -217,6 +218,15 @@ impl Metrics {
         )
         .expect("valid");
         reg(Box::new(tls_reloads.clone()));
+        let task_restarts = IntCounterVec::new(
+            Opts::new(
+                "pbflags_task_restarts_total",
+                "Background tasks that failed (panicked or ended early) and were restarted, by task.",
+            ),
+            &["task"],
+        )
+        .expect("valid");
+        reg(Box::new(task_restarts.clone()));
         let descriptor_info = IntGaugeVec::new(
             Opts::new(
                 "pbflags_descriptor_info",
@@ -282,6 +292,7 @@ impl Metrics {
             ),
             reloads,
             tls_reloads,
+            task_restarts,
             descriptor_flags: int_gauge(
                 "pbflags_descriptor_flags",
                 "Flags in the serving descriptor set.",
@@ -344,6 +355,16 @@ impl Metrics {
     /// Records a TLS certificate reload.
     pub fn tls_reload(&self, success: bool) {
         self.tls_reloads.with_label_values(&[result(success)]).inc();
+    }
+
+    /// Records a failed background task that will be restarted.
+    pub fn task_restart(&self, task: &str) {
+        self.task_restarts.with_label_values(&[task]).inc();
+    }
+
+    /// Restarts of `task` so far.
+    pub fn task_restarts(&self, task: &str) -> u64 {
+        self.task_restarts.with_label_values(&[task]).get()
     }
 
     /// TLS reloads with the given result so far.

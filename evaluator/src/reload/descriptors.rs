@@ -276,8 +276,10 @@ impl DescriptorWatcher {
     }
 
     /// Starts watching. File-event and SIGHUP subscriptions are in place when this returns, so a
-    /// change made after it is seen. The task ends when `shutdown` is cancelled.
-    pub fn spawn(self, shutdown: CancellationToken) -> JoinHandle<()> {
+    /// change made after it is seen. The task ends when `shutdown` is cancelled; it may be started
+    /// again after it failed.
+    pub fn spawn(self: &Arc<Self>, shutdown: CancellationToken) -> JoinHandle<()> {
+        let this = self.clone();
         let watch = FileWatch {
             paths: vec![self.config.path.clone()],
             poll_interval: self.config.poll_interval,
@@ -287,7 +289,7 @@ impl DescriptorWatcher {
         };
         watch.spawn(
             move |trigger| {
-                self.reload(trigger);
+                this.reload(trigger);
             },
             shutdown,
         )
