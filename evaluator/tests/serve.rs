@@ -325,6 +325,10 @@ async fn bad_input_gets_the_protocols_error_and_harms_nothing() {
         "1024",
         "--max-bulk-flags",
         "3",
+        "--max-flag-id-bytes",
+        "20",
+        "--max-entity-id-bytes",
+        "8",
     ])
     .await;
     let base = root.url();
@@ -386,6 +390,47 @@ async fn bad_input_gets_the_protocols_error_and_harms_nothing() {
         assert_eq!(v["code"], want_code, "{m} {ct}: {v}");
         assert!(!v["message"].as_str().unwrap().is_empty());
     }
+    // Ids over the limits, named in the message, over Connect and gRPC.
+    let long_ids = [
+        (
+            "Evaluate",
+            r#"{"flagId":"notifications/2","entityId":"123456789"}"#,
+            "entity_id: 9 bytes; at most 8 (--max-entity-id-bytes)",
+        ),
+        (
+            "Evaluate",
+            r#"{"flagId":"notifications/2222222222"}"#,
+            "flag_id: 24 bytes; at most 20 (--max-flag-id-bytes)",
+        ),
+        (
+            "BulkEvaluate",
+            r#"{"flagIds":["notifications/1","notifications/2222222222"]}"#,
+            "flag_ids[1]: 24 bytes",
+        ),
+        (
+            "GetOverrides",
+            r#"{"entityId":"123456789"}"#,
+            "entity_id: 9 bytes",
+        ),
+    ];
+    for (m, body, message) in long_ids {
+        let (status, _, resp) = post(&method(&base, m), "application/json", body.into()).await;
+        assert_eq!(status, http::StatusCode::BAD_REQUEST, "{m} {body}");
+        let v: serde_json::Value = serde_json::from_slice(&resp).unwrap();
+        assert_eq!(v["code"], "invalid_argument", "{m}: {v}");
+        assert!(v["message"].as_str().unwrap().contains(message), "{m}: {v}");
+    }
+    let err = root
+        .client()
+        .await
+        .evaluate(EvaluateRequest {
+            flag_id: "notifications/2".into(),
+            entity_id: "x".repeat(9),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("entity_id: 9 bytes"), "{err:?}");
     let (status, headers, _) = post(&method(&base, "Evaluate"), "text/plain", b"x".to_vec()).await;
     assert_eq!(status, http::StatusCode::UNSUPPORTED_MEDIA_TYPE);
     assert!(headers.contains_key("accept-post"));

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use crate::app::logging::{LogFormat, Tracing};
 use crate::core::cache::CacheConfig;
 use crate::server::conn::Limits as ConnLimits;
+use crate::server::service::IdLimits;
 use crate::server::tls::TlsFiles;
 use crate::sources::pg::db::DatabaseArgs;
 use crate::sources::upstream::{UpstreamCa, UpstreamProtocol};
@@ -96,6 +97,9 @@ pub struct CacheArgs {
     /// Capacity of each last-known-value store [default: 100000].
     #[arg(long, env = "PBFLAGS_CACHE_LAST_KNOWN_MAX_ENTRIES")]
     pub last_known_max_entries: Option<u64>,
+    /// Bytes all caches together may hold, ids and values included [default: 67108864 (64 MiB)].
+    #[arg(long, env = "PBFLAGS_CACHE_MAX_BYTES")]
+    pub cache_max_bytes: Option<u64>,
 }
 
 /// The listener, request limits, shutdown and reload timing, the runtime.
@@ -138,6 +142,12 @@ pub struct ListenerArgs {
     /// Most client connections served at once; more are closed on accept [default: 10000].
     #[arg(long, env = "PBFLAGS_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// Longest flag id accepted, bytes [default: 256].
+    #[arg(long, env = "PBFLAGS_MAX_FLAG_ID_BYTES")]
+    pub max_flag_id_bytes: Option<usize>,
+    /// Longest entity id accepted, bytes [default: 1024].
+    #[arg(long, env = "PBFLAGS_MAX_ENTITY_ID_BYTES")]
+    pub max_entity_id_bytes: Option<usize>,
 }
 
 /// TLS on the listener.
@@ -198,6 +208,7 @@ struct FileCache {
     jitter_percent: Option<u32>,
     fetch_timeout: Option<String>,
     last_known_max_entries: Option<u64>,
+    max_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -260,6 +271,8 @@ pub struct Config {
     pub worker_threads: usize,
     /// Timeouts and the connection cap.
     pub connections: ConnLimits,
+    /// Longest flag and entity ids accepted.
+    pub ids: IdLimits,
 }
 
 /// A setting that is missing or invalid; the message names it. Exit code 64.
@@ -269,6 +282,13 @@ pub struct ConfigError(pub String);
 
 fn bad(setting: &str, why: impl std::fmt::Display) -> ConfigError {
     ConfigError(format!("{setting}: {why}"))
+}
+
+fn at_least_one(setting: &str, v: Option<usize>, default: usize) -> Result<usize, ConfigError> {
+    match v {
+        Some(0) => Err(bad(setting, "must be at least 1")),
+        v => Ok(v.unwrap_or(default)),
+    }
 }
 
 fn file_duration(key: &str, v: Option<&String>) -> Result<Option<Duration>, ConfigError> {
@@ -322,6 +342,7 @@ impl ServeArgs {
             descriptor_poll_interval: listener.descriptor_poll_interval,
             worker_threads: listener.worker_threads,
             connections: listener.connections,
+            ids: listener.ids,
             tls,
             tls_poll_interval,
             log_format: self.telemetry.log_format,
@@ -446,7 +467,14 @@ impl CacheArgs {
                 .last_known_max_entries
                 .or(fc.last_known_max_entries)
                 .unwrap_or(d.last_known_max_entries),
+            max_bytes: self
+                .cache_max_bytes
+                .or(fc.max_bytes)
+                .unwrap_or(d.max_bytes),
         };
+        if cache.max_bytes < 1 << 20 {
+            return Err(bad("cache.max_bytes", "must be at least 1048576 (1 MiB)"));
+        }
         if cache.kill_ttl < Duration::from_millis(100) {
             return Err(bad(
                 "cache.kill_ttl",
@@ -484,6 +512,7 @@ struct Listener {
     descriptor_poll_interval: Duration,
     worker_threads: usize,
     connections: ConnLimits,
+    ids: IdLimits,
 }
 
 impl ListenerArgs {
@@ -521,6 +550,10 @@ impl ListenerArgs {
             descriptor_poll_interval,
             worker_threads,
             connections: self.connections()?,
+            ids: IdLimits {
+                flag_id: at_least_one("max_flag_id_bytes", self.max_flag_id_bytes, 256)?,
+                entity_id: at_least_one("max_entity_id_bytes", self.max_entity_id_bytes, 1024)?,
+            },
         })
     }
 

@@ -149,7 +149,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
     let (health, grpc_health) = tonic_health::server::health_reporter();
     let readiness = Readiness::default();
     let parts = AppParts {
-        evaluator: Evaluator::new(engine.clone(), config.max_bulk_flags),
+        evaluator: Evaluator::new(engine.clone(), config.max_bulk_flags, config.ids),
         readiness: readiness.clone(),
         grpc_routes: tonic::service::Routes::new(grpc_health),
         max_request_bytes: config.max_request_bytes,

@@ -17,6 +17,9 @@ use moka::Expiry;
 use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 
+use pbflags_proto::v1::FlagValue;
+use pbflags_proto::v1::flag_value::Value;
+
 use super::clock::Clock;
 use super::source::{FlagState, Override};
 
@@ -43,6 +46,9 @@ pub struct CacheConfig {
     pub fetch_timeout: Duration,
     /// Capacity of each last-known-value store (flags, overrides); least recently used goes first.
     pub last_known_max_entries: u64,
+    /// Bytes all four caches together may hold (ids, values and per-entry overhead, estimated);
+    /// see [`Budget`].
+    pub max_bytes: u64,
 }
 
 impl Default for CacheConfig {
@@ -56,6 +62,7 @@ impl Default for CacheConfig {
             jitter_percent: 20,
             fetch_timeout: Duration::from_millis(500),
             last_known_max_entries: 100_000,
+            max_bytes: 64 << 20,
         }
     }
 }
@@ -130,24 +137,107 @@ impl<K, V: Ttl> Expiry<K, Arc<V>> for PerEntryTtl {
 
 type Hash = foldhash::fast::RandomState;
 
-fn hot<K, V>(capacity: u64) -> Cache<K, Arc<V>, Hash>
+/// Estimated bytes of one entry besides its ids and value: the `Arc` and entry struct, the key, and
+/// moka's node, deque and timer bookkeeping.
+pub const ENTRY_OVERHEAD: usize = 256;
+
+/// The bytes a value holds beyond its struct.
+fn value_bytes(v: Option<&FlagValue>) -> usize {
+    match v.and_then(|v| v.value.as_ref()) {
+        Some(Value::StringValue(s)) => s.len(),
+        _ => 0,
+    }
+}
+
+/// One cache's bounds, enforced by a single moka weighted capacity: its share of
+/// [`CacheConfig::max_bytes`] and its entry-count limit. Each entry weighs its estimated bytes,
+/// but never less than `share / max_entries`; so the entries' bytes stay within the share (each
+/// entry's bytes are at most its weight) and their number within `max_entries` (each weighs at
+/// least share / max_entries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Bytes this cache may hold.
+    pub share: u64,
+    /// Entries this cache may hold.
+    pub max_entries: u64,
+}
+
+impl Budget {
+    fn new(max_bytes: u64, parts_of_8: u64, max_entries: u64) -> Self {
+        Self {
+            share: (max_bytes / 8 * parts_of_8).max(1),
+            max_entries: max_entries.max(1),
+        }
+    }
+
+    /// The weight of an entry of `bytes` (estimated, overhead included).
+    pub fn weight(&self, bytes: usize) -> u32 {
+        let floor = (self.share / self.max_entries).max(1);
+        u32::try_from((bytes as u64).max(floor)).unwrap_or(u32::MAX)
+    }
+}
+
+/// How many bytes a cached entry holds, for [`Budget`].
+trait Weigh {
+    fn bytes(&self) -> usize;
+}
+
+impl Weigh for FlagEntry {
+    fn bytes(&self) -> usize {
+        ENTRY_OVERHEAD + value_bytes(self.state.as_ref().and_then(|s| s.value.as_ref()))
+    }
+}
+
+impl Weigh for OverrideEntry {
+    fn bytes(&self) -> usize {
+        ENTRY_OVERHEAD
+            + self.flag_id.len()
+            + self.entity_id.len()
+            + value_bytes(self.value.as_ref().and_then(|o| o.value.as_ref()))
+    }
+}
+
+/// Keys that hold bytes of their own (a flag id; an override key is a hash).
+trait KeyBytes {
+    fn key_bytes(&self) -> usize;
+}
+
+impl KeyBytes for Arc<str> {
+    fn key_bytes(&self) -> usize {
+        self.len()
+    }
+}
+
+impl KeyBytes for u64 {
+    fn key_bytes(&self) -> usize {
+        0
+    }
+}
+
+fn weigher<K: KeyBytes, V: Weigh>(budget: Budget) -> impl Fn(&K, &Arc<V>) -> u32 {
+    move |k, v| budget.weight(k.key_bytes() + v.bytes())
+}
+
+fn hot<K, V>(budget: Budget) -> Cache<K, Arc<V>, Hash>
 where
-    K: std::hash::Hash + Eq + Send + Sync + 'static,
-    V: Ttl + Send + Sync + 'static,
+    K: KeyBytes + std::hash::Hash + Eq + Send + Sync + 'static,
+    V: Ttl + Weigh + Send + Sync + 'static,
 {
     Cache::builder()
-        .max_capacity(capacity)
+        .max_capacity(budget.share)
+        .weigher(weigher(budget))
         .expire_after(PerEntryTtl)
         .build_with_hasher(Hash::default())
 }
 
-fn last<K, V>(capacity: u64) -> Cache<K, Arc<V>, Hash>
+fn last<K, V>(budget: Budget) -> Cache<K, Arc<V>, Hash>
 where
-    K: std::hash::Hash + Eq + Send + Sync + 'static,
-    V: Send + Sync + 'static,
+    K: KeyBytes + std::hash::Hash + Eq + Send + Sync + 'static,
+    V: Weigh + Send + Sync + 'static,
 {
     Cache::builder()
-        .max_capacity(capacity)
+        .max_capacity(budget.share)
+        .weigher(weigher(budget))
         .eviction_policy(EvictionPolicy::lru())
         .build_with_hasher(Hash::default())
 }
@@ -165,15 +255,29 @@ pub struct Caches {
 }
 
 impl Caches {
+    /// The bounds of the four caches: `max_bytes` shared 1:3 between flag states (of undeclared
+    /// flags; declared flags live in their registry slots) and overrides, in each half hot and
+    /// last-known.
+    pub fn budgets(config: &CacheConfig) -> [Budget; 4] {
+        let b = config.max_bytes;
+        [
+            Budget::new(b, 1, config.flag_max_entries),
+            Budget::new(b, 3, config.override_max_entries),
+            Budget::new(b, 1, config.last_known_max_entries),
+            Budget::new(b, 3, config.last_known_max_entries),
+        ]
+    }
+
     /// Empty caches sized by `config`, timing slot entries with `clock`.
     pub fn new(config: CacheConfig, clock: Clock) -> Self {
+        let [flags, overrides, last_flags, last_overrides] = Self::budgets(&config);
         Self {
             clock,
             epoch: AtomicU64::new(0),
-            flags: hot(config.flag_max_entries),
-            overrides: hot(config.override_max_entries),
-            last_flags: last(config.last_known_max_entries),
-            last_overrides: last(config.last_known_max_entries),
+            flags: hot(flags),
+            overrides: hot(overrides),
+            last_flags: last(last_flags),
+            last_overrides: last(last_overrides),
             key_hasher: Hash::default(),
             config,
         }
@@ -329,6 +433,15 @@ impl Caches {
             self.last_flags.entry_count() + self.last_overrides.entry_count(),
         )
     }
+
+    /// The estimated bytes the four caches hold (as weighed against their budgets; call after
+    /// [`Caches::sizes`], which runs pending maintenance).
+    pub fn weighted_bytes(&self) -> u64 {
+        self.flags.weighted_size()
+            + self.overrides.weighted_size()
+            + self.last_flags.weighted_size()
+            + self.last_overrides.weighted_size()
+    }
 }
 
 #[cfg(test)]
@@ -447,6 +560,54 @@ mod tests {
             last <= 100,
             "last-known store holds {last} entries, bound is 100"
         );
+    }
+
+    #[test]
+    fn large_entries_are_bounded_by_bytes_and_small_ones_by_count() {
+        let config = CacheConfig {
+            max_bytes: 8 << 20,
+            ..Default::default()
+        };
+        let [_, overrides, _, last_overrides] = Caches::budgets(&config);
+        let caches = Caches::new(config.clone(), Clock::real());
+        // 10,000 overrides with 4 KiB entity ids: 40 MiB offered, 3 MiB + 3 MiB allowed.
+        let pad = "e".repeat(4096);
+        for i in 0..10_000 {
+            caches.put_override("f/1", &format!("{i}{pad}"), None);
+        }
+        let (_, hot, last) = caches.sizes();
+        let entry = (ENTRY_OVERHEAD + 3 + 4096 + 4) as u64;
+        assert!(hot * entry <= overrides.share, "{hot} hot entries");
+        assert!(last * entry <= last_overrides.share, "{last} last-known");
+        assert!(caches.weighted_bytes() <= overrides.share + last_overrides.share);
+        // The budget is used, not just respected.
+        assert!(hot * entry > overrides.share / 2, "{hot} hot entries");
+
+        // Small entries: the count limit binds first.
+        let small = Caches::new(
+            CacheConfig {
+                override_max_entries: 50,
+                last_known_max_entries: 70,
+                ..config
+            },
+            Clock::real(),
+        );
+        for i in 0..5_000 {
+            small.put_override("f/1", &format!("u{i}"), None);
+        }
+        let (_, hot, last) = small.sizes();
+        assert!(hot <= 50 && last <= 70, "{hot} / {last}");
+    }
+
+    #[test]
+    fn an_entry_weighs_its_bytes_but_at_least_its_share_of_the_count_limit() {
+        let b = Budget {
+            share: 1_000_000,
+            max_entries: 1_000,
+        };
+        assert_eq!(b.weight(10), 1_000);
+        assert_eq!(b.weight(5_000), 5_000);
+        assert_eq!(b.weight(usize::MAX), u32::MAX);
     }
 
     #[test]

@@ -104,6 +104,8 @@ pub struct Metrics {
     pub flag_cache_size: IntGauge,
     /// `pbflags_last_known_entries`: entries in the last-known-value store.
     pub last_known_entries: IntGauge,
+    /// `pbflags_cache_bytes`: estimated bytes held by the caches, against `cache.max_bytes`.
+    pub cache_bytes: IntGauge,
     /// `pbflags_coalesced_fetches_total`: evaluations that joined a fetch already in flight.
     pub coalesced_fetches: IntCounter,
     /// `pbflags_source_invalid_values_total`: values from the source that could not be decoded.
@@ -281,6 +283,10 @@ impl Metrics {
             last_known_entries: int_gauge(
                 "pbflags_last_known_entries",
                 "Entries in the last-known-value store used when the source fails.",
+            ),
+            cache_bytes: int_gauge(
+                "pbflags_cache_bytes",
+                "Estimated bytes held by the flag, override and last-known caches (bounded by --cache-max-bytes).",
             ),
             coalesced_fetches: int_counter(
                 "pbflags_coalesced_fetches_total",

@@ -16,19 +16,68 @@ use tracing::Instrument as _;
 use crate::core::engine::{Engine, Evaluation};
 use crate::protocol::status::{connect_name, from_source};
 
+/// The longest ids a request may carry, in bytes. Longer ids are refused with `invalid_argument`
+/// naming the field, before they reach a cache or the source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdLimits {
+    /// Flag ids.
+    pub flag_id: usize,
+    /// Entity ids.
+    pub entity_id: usize,
+}
+
+impl Default for IdLimits {
+    fn default() -> Self {
+        Self {
+            flag_id: 256,
+            entity_id: 1024,
+        }
+    }
+}
+
+impl IdLimits {
+    fn check(field: &str, id: &str, limit: usize, setting: &str) -> Result<(), Status> {
+        if id.len() > limit {
+            return Err(Status::invalid_argument(format!(
+                "{field}: {} bytes; at most {limit} (--{setting})",
+                id.len()
+            )));
+        }
+        Ok(())
+    }
+
+    fn flag(&self, field: &str, id: &str) -> Result<(), Status> {
+        Self::check(field, id, self.flag_id, "max-flag-id-bytes")
+    }
+
+    fn flags(&self, ids: &[String]) -> Result<(), Status> {
+        match ids.iter().position(|id| id.len() > self.flag_id) {
+            Some(i) => self.flag(&format!("flag_ids[{i}]"), &ids[i]),
+            None => Ok(()),
+        }
+    }
+
+    fn entity(&self, id: &str) -> Result<(), Status> {
+        Self::check("entity_id", id, self.entity_id, "max-entity-id-bytes")
+    }
+}
+
 /// The service state shared by every protocol.
 #[derive(Clone)]
 pub struct Evaluator {
     engine: Arc<Engine>,
     max_bulk_flags: usize,
+    ids: IdLimits,
 }
 
 impl Evaluator {
-    /// A service over `engine`, refusing BulkEvaluate requests of more than `max_bulk_flags` ids.
-    pub fn new(engine: Arc<Engine>, max_bulk_flags: usize) -> Self {
+    /// A service over `engine`, refusing BulkEvaluate requests of more than `max_bulk_flags` ids
+    /// and ids longer than `ids` allows.
+    pub fn new(engine: Arc<Engine>, max_bulk_flags: usize, ids: IdLimits) -> Self {
         Self {
             engine,
             max_bulk_flags,
+            ids,
         }
     }
 
@@ -80,6 +129,8 @@ impl FlagEvaluatorService for Evaluator {
     ) -> Result<Response<EvaluateResponse>, Status> {
         let (metadata, _, req) = request.into_parts();
         self.rpc("Evaluate", &metadata, async {
+            self.ids.flag("flag_id", &req.flag_id)?;
+            self.ids.entity(&req.entity_id)?;
             let ev = self.engine.evaluate(&req.flag_id, &req.entity_id).await;
             Ok(response(req.flag_id.clone(), ev))
         })
@@ -99,6 +150,8 @@ impl FlagEvaluatorService for Evaluator {
                     self.max_bulk_flags
                 )));
             }
+            self.ids.flags(&req.flag_ids)?;
+            self.ids.entity(&req.entity_id)?;
             let out = self
                 .engine
                 .bulk_evaluate(&req.flag_ids, &req.entity_id)
@@ -136,6 +189,7 @@ impl FlagEvaluatorService for Evaluator {
             if req.flag_id.is_empty() {
                 return Err(Status::invalid_argument("flag_id is required"));
             }
+            self.ids.flag("flag_id", &req.flag_id)?;
             match self.engine.source().flag_state(&req.flag_id).await {
                 Ok(Some(s)) => Ok(GetFlagStateResponse {
                     flag: Some(FlagState {
@@ -180,6 +234,8 @@ impl FlagEvaluatorService for Evaluator {
             if req.entity_id.is_empty() {
                 return Err(Status::invalid_argument("entity_id is required"));
             }
+            self.ids.entity(&req.entity_id)?;
+            self.ids.flags(&req.flag_ids)?;
             let rows = self
                 .engine
                 .source()

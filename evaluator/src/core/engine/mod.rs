@@ -240,6 +240,9 @@ impl Engine {
             .set(i64::try_from(overrides).unwrap_or(i64::MAX));
         m.last_known_entries
             .set(i64::try_from(last).unwrap_or(i64::MAX));
+        m.cache_bytes.set(
+            i64::try_from(self.shared.caches.weighted_bytes()).unwrap_or(i64::MAX),
+        );
         let h = &self.shared.health;
         HealthReport {
             status: h.status(),
