@@ -66,6 +66,24 @@ struct Args {
     /// How long to measure (after a 1 s warm-up).
     #[arg(long, default_value = "10s", value_parser = humantime_like)]
     duration: Duration,
+    /// Stop after this many requests in all (no warm-up; the duration is then a limit).
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Give every request its own entity id of exactly this many bytes (a memory test).
+    #[arg(long)]
+    unique_entity_bytes: Option<usize>,
+    /// Give every request its own (undeclared) flag id of exactly this many bytes (a memory test).
+    #[arg(long)]
+    unique_flag_bytes: Option<usize>,
+}
+
+/// A unique id of exactly `len` bytes (at least the digits of `seq`).
+fn unique_id(prefix: &str, seq: u64, len: usize) -> String {
+    let mut id = format!("{prefix}{seq}-");
+    while id.len() < len {
+        id.push('x');
+    }
+    id
 }
 
 fn humantime_like(s: &str) -> Result<Duration, String> {
@@ -85,21 +103,28 @@ enum Caller {
     Connect(hyper_util::client::legacy::Client<upstream::Connector, Full<Bytes>>),
 }
 
-async fn call(caller: &mut Caller, args: &Args, i: usize) -> anyhow::Result<()> {
-    let flag = &args.flags[i % args.flags.len()];
+async fn call(caller: &mut Caller, args: &Args, i: usize, seq: u64) -> anyhow::Result<()> {
+    let flag = &match args.unique_flag_bytes {
+        Some(n) => unique_id("f", seq, n),
+        None => args.flags[i % args.flags.len()].clone(),
+    };
+    let entity = &match args.unique_entity_bytes {
+        Some(n) => unique_id("e", seq, n),
+        None => args.entity.clone(),
+    };
     let ids: Vec<String> = args.flags.iter().cycle().take(args.bulk).cloned().collect();
     match (caller, args.rpc) {
         (Caller::Grpc(c), Rpc::Evaluate) => {
             c.evaluate(EvaluateRequest {
                 flag_id: flag.clone(),
-                entity_id: args.entity.clone(),
+                entity_id: entity.clone(),
             })
             .await?;
         }
         (Caller::Grpc(c), Rpc::Bulk) => {
             c.bulk_evaluate(BulkEvaluateRequest {
                 flag_ids: ids,
-                entity_id: args.entity.clone(),
+                entity_id: entity.clone(),
             })
             .await?;
         }
@@ -109,7 +134,7 @@ async fn call(caller: &mut Caller, args: &Args, i: usize) -> anyhow::Result<()> 
                     "Evaluate",
                     EvaluateRequest {
                         flag_id: flag.clone(),
-                        entity_id: args.entity.clone(),
+                        entity_id: entity.clone(),
                     }
                     .encode_to_vec(),
                 ),
@@ -117,7 +142,7 @@ async fn call(caller: &mut Caller, args: &Args, i: usize) -> anyhow::Result<()> 
                     "BulkEvaluate",
                     BulkEvaluateRequest {
                         flag_ids: ids,
-                        entity_id: args.entity.clone(),
+                        entity_id: entity.clone(),
                     }
                     .encode_to_vec(),
                 ),
@@ -186,9 +211,14 @@ async fn main() -> anyhow::Result<()> {
             let mut errors = 0u64;
             let mut sent = 0u64;
             let mut i = t;
-            while !stop.load(Ordering::Relaxed) {
+            let quota = args
+                .requests
+                .map(|n| n / args.concurrency as u64 + u64::from((t as u64) < n % args.concurrency as u64));
+            while !stop.load(Ordering::Relaxed) && quota.is_none_or(|q| sent < q) {
                 let start = Instant::now();
-                let ok = call(&mut caller, &args, i).await.is_ok();
+                // Unique across callers: caller t sends t, t + concurrency, t + 2 × concurrency, …
+                let seq = sent * args.concurrency as u64 + t as u64;
+                let ok = call(&mut caller, &args, i, seq).await.is_ok();
                 sent += 1;
                 if measuring.load(Ordering::Relaxed) {
                     if ok {
@@ -203,10 +233,23 @@ async fn main() -> anyhow::Result<()> {
             (latencies, errors, sent)
         }));
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    measuring.store(true, Ordering::Relaxed);
-    let started = Instant::now();
-    tokio::time::sleep(args.duration).await;
+    let started;
+    if args.requests.is_some() {
+        // A fixed number of requests: measure them all, the duration is only a limit.
+        measuring.store(true, Ordering::Relaxed);
+        started = Instant::now();
+        let all_done = async {
+            while !tasks.iter().all(tokio::task::JoinHandle::is_finished) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        let _ = tokio::time::timeout(args.duration, all_done).await;
+    } else {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        measuring.store(true, Ordering::Relaxed);
+        started = Instant::now();
+        tokio::time::sleep(args.duration).await;
+    }
     measuring.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
