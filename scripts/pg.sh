@@ -9,10 +9,14 @@
 #
 # PBFLAGS_PG_LISTEN=ADDR (start): also listen on ADDR and trust clients of its /24, e.g. the local
 # Kubernetes node's bridge address, so pods reach the server (the URL printed stays on loopback).
+# PBFLAGS_PG_TLS=1 (first start): serve TLS only (cleartext connections are rejected) with a
+# certificate for localhost and 127.0.0.1 from a throwaway CA, DIR/tls/ca.crt; the URL printed then
+# has sslmode=verify-full and sslrootcert=DIR/tls/ca.crt.
 #
 # Installs the Debian PostgreSQL server package if no server binaries are found. As root, the server
 # runs as the "postgres" user (PostgreSQL refuses to run as root).
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cmd=${1:-}; dir=${2:-}
 [ -n "$cmd" ] && [ -n "$dir" ] || { echo "usage: pg.sh start|stop DIR [PORT]" >&2; exit 64; }
 
@@ -57,6 +61,18 @@ start)
     as_owner "$bin/initdb" -D "$dir/data" -U pbflags --auth=trust --no-sync -E UTF8 >"$dir/initdb.log" 2>&1 \
       || { cat "$dir/initdb.log" >&2; exit 1; }
   fi
+  if [ "${PBFLAGS_PG_TLS:-}" = 1 ] && [ ! -f "$dir/tls/ca.crt" ]; then
+    mkdir -p "$dir/tls"
+    test_certs "$dir/tls"
+    chmod 0600 "$dir/tls/tls.key"
+    chmod 0644 "$dir/tls/ca.crt"
+    if [ "$(id -u)" = 0 ]; then chown -R postgres: "$dir/tls"; fi
+    printf "ssl = on\nssl_cert_file = '%s'\nssl_key_file = '%s'\n" "$dir/tls/tls.crt" "$dir/tls/tls.key" \
+      | as_owner tee -a "$dir/data/postgresql.conf" >/dev/null
+    # Reject cleartext TCP before any other rule matches.
+    { echo "hostnossl all all all reject"; cat "$dir/data/pg_hba.conf"; } | as_owner tee "$dir/data/pg_hba.new" >/dev/null
+    as_owner mv "$dir/data/pg_hba.new" "$dir/data/pg_hba.conf"
+  fi
   listen=127.0.0.1
   if [ -n "${PBFLAGS_PG_LISTEN:-}" ]; then
     listen="127.0.0.1,$PBFLAGS_PG_LISTEN"
@@ -66,10 +82,15 @@ start)
   as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 30 start \
     -o "-p $port -h $listen -k $dir -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" >/dev/null \
     || { tail -n 20 "$dir/server.log" >&2; exit 1; }
-  as_owner "$bin/psql" -h 127.0.0.1 -p "$port" -U pbflags -d postgres -qtAc \
+  # Over the socket directory: local connections are not subject to the hostnossl rule.
+  as_owner "$bin/psql" -h "$dir" -p "$port" -U pbflags -d postgres -qtAc \
     "SELECT 1 FROM pg_database WHERE datname = 'pbflags'" | grep -q 1 \
-    || as_owner "$bin/createdb" -h 127.0.0.1 -p "$port" -U pbflags pbflags
-  url="postgres://pbflags@127.0.0.1:$port/pbflags?sslmode=disable"
+    || as_owner "$bin/createdb" -h "$dir" -p "$port" -U pbflags pbflags
+  if [ -f "$dir/tls/ca.crt" ]; then
+    url="postgres://pbflags@127.0.0.1:$port/pbflags?sslmode=verify-full&sslrootcert=$dir/tls/ca.crt"
+  else
+    url="postgres://pbflags@127.0.0.1:$port/pbflags?sslmode=disable"
+  fi
   echo "$url" > "$dir/url"
   echo "$url"
   ;;

@@ -530,6 +530,7 @@ async fn evaluation_starts_without_a_database_and_connects_when_it_appears() {
         db_pool_size: 2,
         db_connect_timeout: Duration::from_millis(200),
         db_statement_timeout: Duration::from_secs(1),
+        database_ca: None,
     };
     let lazy = args.pool().expect("a lazy pool needs no server");
     let (engine, _) = engine(lazy, exact_ttl());

@@ -94,7 +94,10 @@ async fn run_in(ctx: Arc<Context>, ns: Option<String>, shutdown: CancellationTok
                     fe.spec
                         .root
                         .as_ref()
-                        .is_some_and(|r| r.database.secret_name == name)
+                        .is_some_and(|r| {
+                            r.database.secret_name == name
+                                || r.database_ca.as_ref().is_some_and(|c| c.secret_name == name)
+                        })
                         || fe.spec.tls.as_ref().is_some_and(|t| t.secret_name == name)
                 })
             },

@@ -114,6 +114,18 @@ pub struct SecretKeyRef {
     pub key: Option<String>,
 }
 
+/// A Secret holding the CA bundle (PEM) the database's certificate is checked against.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CaSecretRef {
+    /// Name of the Secret.
+    #[x_kube(validation = Rule::new("self != ''").message("root.databaseCa.secretName must name the Secret holding the CA bundle"))]
+    pub secret_name: String,
+    /// Key holding the PEM bundle. Default: `ca.crt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
 /// The root tier.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -126,6 +138,11 @@ pub struct RootSpec {
     /// The Secret key holding the PostgreSQL URL (never inline). A change to the Secret rolls the
     /// root pods.
     pub database: SecretKeyRef,
+    /// The CA bundle the database's TLS certificate is checked against (mounted into the root pods
+    /// and the migrations Job as `--database-ca`). Without an `sslmode` in the URL this means
+    /// `sslmode=verify-full`; without it, `sslmode=verify-*` uses the image's trust store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_ca: Option<CaSecretRef>,
     /// Run database migrations (a Job) before the root tier rolls out. Default false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migrate: Option<bool>,
@@ -262,6 +279,13 @@ impl SecretKeyRef {
     /// The Secret key, defaulted.
     pub fn key(&self) -> &str {
         self.key.as_deref().unwrap_or(DEFAULT_DATABASE_KEY)
+    }
+}
+
+impl CaSecretRef {
+    /// The Secret key, defaulted.
+    pub fn key(&self) -> &str {
+        self.key.as_deref().unwrap_or("ca.crt")
     }
 }
 

@@ -161,6 +161,57 @@ fn tls_serves_https_mounts_the_secret_and_points_the_proxy_at_https() {
 }
 
 #[test]
+fn the_database_ca_is_mounted_where_the_database_is_used_only() {
+    let fe = fixture("tls");
+    let defaults = defaults();
+    let d = build::build(&Inputs {
+        fe: &fe,
+        defaults: &defaults,
+        secret_hash: None,
+        tls_ca: true,
+    })
+    .unwrap();
+    let job = d.migration.as_ref().unwrap();
+    let pods = [
+        (Tier::Root, &pod_template(&d, Tier::Root).spec),
+        (Tier::Root, &job.spec.as_ref().unwrap().template.spec),
+        (Tier::Proxy, &pod_template(&d, Tier::Proxy).spec),
+    ];
+    for (tier, pod) in pods {
+        let pod = pod.as_ref().unwrap();
+        let c = &pod.containers[0];
+        let env = c
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "PBFLAGS_DATABASE_CA");
+        let mount = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == "database-ca");
+        let volume = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "database-ca");
+        if tier == Tier::Proxy {
+            assert!(env.is_none() && mount.is_none() && volume.is_none());
+            continue;
+        }
+        assert_eq!(
+            env.unwrap().value.as_deref(),
+            Some("/etc/pbflags/database-ca/ca.crt")
+        );
+        assert_eq!(mount.unwrap().mount_path, "/etc/pbflags/database-ca");
+        let secret = volume.unwrap().secret.as_ref().unwrap();
+        assert_eq!(secret.secret_name.as_deref(), Some("flags-db-ca"));
+        let item = &secret.items.as_ref().unwrap()[0];
+        assert_eq!((item.key.as_str(), item.path.as_str()), ("root.pem", "ca.crt"));
+    }
+}
+
+#[test]
 fn every_object_is_owned_and_labelled() {
     let fe = fixture("root-and-proxy");
     let defaults = defaults();

@@ -129,6 +129,38 @@ async fn a_missing_secret_key_is_reported_by_name() {
 }
 
 #[tokio::test]
+async fn a_missing_database_ca_secret_or_key_is_reported_by_name() {
+    let api = FakeApi::default();
+    references(&api);
+    let mut fe = fixture();
+    fe.spec.root.as_mut().unwrap().database_ca = Some(pbflags_operator::crd::CaSecretRef {
+        secret_name: "flags-db-ca".into(),
+        key: None,
+    });
+    let after = run(&api, &fe).await;
+    assert_eq!(condition(&after, "Degraded"), ("True", "SecretMissing"));
+    let says = |after: &FlagEvaluator, text: &str| {
+        after
+            .status
+            .as_ref()
+            .unwrap()
+            .conditions
+            .iter()
+            .any(|c| c.message.contains(text))
+    };
+    assert!(says(&after, "team-a/flags-db-ca (spec.root.databaseCa.secretName)"));
+
+    api.insert(
+        "secrets",
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "flags-db-ca", "namespace": NS}, "data": {"other": "eA=="}}),
+    );
+    let after = run(&api, &fe).await;
+    assert_eq!(condition(&after, "Degraded"), ("True", "SecretKeyMissing"));
+    assert!(says(&after, "has no key \"ca.crt\" (spec.root.databaseCa.key)"));
+}
+
+#[tokio::test]
 async fn while_migrations_run_the_root_is_held_back_and_the_proxy_rolls_out() {
     let api = FakeApi::default();
     references(&api);

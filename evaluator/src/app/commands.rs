@@ -32,7 +32,7 @@ fn pool(args: &DatabaseArgs) -> Result<sqlx::PgPool, Failure> {
     args.pool().map_err(|e| Failure {
         code: if matches!(
             e,
-            DbError::Missing | DbError::InvalidUrl(_) | DbError::File { .. }
+            DbError::Missing | DbError::InvalidUrl(_) | DbError::File { .. } | DbError::Ca { .. }
         ) {
             64
         } else {

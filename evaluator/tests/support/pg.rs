@@ -30,9 +30,30 @@ impl PgServer {
         Self::start_listening(None)
     }
 
+    /// Like `start`, serving TLS only, with a certificate for 127.0.0.1 and localhost from a
+    /// throwaway CA ([`PgServer::ca`]); `url` then verifies it (`sslmode=verify-full`).
+    pub fn start_tls() -> Self {
+        Self::start_with(None, true)
+    }
+
+    /// The CA of a [`PgServer::start_tls`] server.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("tls/ca.crt")
+    }
+
+    /// The server's `host:port`.
+    pub fn address(&self) -> String {
+        let after = self.url.split_once('@').expect("user@host").1;
+        after.split('/').next().expect("host:port").to_owned()
+    }
+
     /// Like `start`, also listening on `extra` (e.g. a Kubernetes node's bridge address) and
     /// trusting clients of its /24.
     pub fn start_listening(extra: Option<&str>) -> Self {
+        Self::start_with(extra, false)
+    }
+
+    fn start_with(extra: Option<&str>, tls: bool) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("pbflags-pg-")
             .tempdir()
@@ -41,6 +62,9 @@ impl PgServer {
         c.arg(script()).arg("start").arg(dir.path());
         if let Some(extra) = extra {
             c.env("PBFLAGS_PG_LISTEN", extra);
+        }
+        if tls {
+            c.env("PBFLAGS_PG_TLS", "1");
         }
         let url = output(c);
         Self { dir, url }

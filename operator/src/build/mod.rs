@@ -36,6 +36,8 @@ pub const SECRET_HASH_ANNOTATION: &str = "pbflags.dev/database-secret-hash";
 pub const DESCRIPTORS_DIR: &str = "/etc/pbflags/descriptors";
 /// Where the TLS Secret is mounted (a directory, so renewed certificates reach the evaluator).
 pub const TLS_DIR: &str = "/etc/pbflags/tls";
+/// Where the database CA bundle is mounted in root pods and the migrations Job.
+pub const DATABASE_CA_DIR: &str = "/etc/pbflags/database-ca";
 
 /// Operator-wide settings that specs may override.
 #[derive(Clone, Debug)]

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt as _;
 
-use super::{DESCRIPTORS_DIR, Inputs, PORT, SECRET_HASH_ANNOTATION, TLS_DIR, Tier, tier_url};
+use super::{DATABASE_CA_DIR, DESCRIPTORS_DIR, Inputs, PORT, SECRET_HASH_ANNOTATION, TLS_DIR, Tier, tier_url};
 use crate::crd::FlagEvaluator;
 
 /// The arguments an evaluator of `tier` runs with. The README's local commands use the same ones.
@@ -73,7 +73,12 @@ fn database_env(fe: &FlagEvaluator) -> Vec<EnvVar> {
     let Some(root) = &fe.spec.root else {
         return vec![];
     };
-    vec![EnvVar {
+    let ca = root.database_ca.as_ref().map(|_| EnvVar {
+        name: "PBFLAGS_DATABASE_CA".to_owned(),
+        value: Some(format!("{DATABASE_CA_DIR}/ca.crt")),
+        ..EnvVar::default()
+    });
+    let url = EnvVar {
         name: "PBFLAGS_DATABASE".to_owned(),
         value_from: Some(EnvVarSource {
             secret_key_ref: Some(SecretKeySelector {
@@ -84,7 +89,8 @@ fn database_env(fe: &FlagEvaluator) -> Vec<EnvVar> {
             ..EnvVarSource::default()
         }),
         ..EnvVar::default()
-    }]
+    };
+    std::iter::once(url).chain(ca).collect()
 }
 
 fn probe(fe: &FlagEvaluator, path: &str) -> Probe {
@@ -115,6 +121,12 @@ pub(super) fn container(
     } else {
         vec![]
     };
+    let database_ca = fe
+        .spec
+        .root
+        .as_ref()
+        .filter(|r| tier == Tier::Root && r.database_ca.is_some())
+        .map(|_| ("database-ca", DATABASE_CA_DIR));
     if let Some(ep) = fe
         .spec
         .telemetry
@@ -159,6 +171,7 @@ pub(super) fn container(
         volume_mounts: Some(
             std::iter::once(("descriptors", DESCRIPTORS_DIR))
                 .chain(fe.spec.tls.as_ref().map(|_| ("tls", TLS_DIR)))
+                .chain(database_ca)
                 .map(|(name, path)| VolumeMount {
                     name: name.to_owned(),
                     mount_path: path.to_owned(),
@@ -179,6 +192,7 @@ pub(super) fn pod_spec(
     let fe = inputs.fe;
     let placement = fe.spec.placement.clone().unwrap_or_default();
     let key = fe.spec.descriptors.key().to_owned();
+    let database_ca = database_ca_volume(fe, &containers);
     PodSpec {
         service_account_name: Some(fe.name_any()),
         automount_service_account_token: Some(false),
@@ -221,6 +235,7 @@ pub(super) fn pod_spec(
                 }),
                 ..Volume::default()
             }))
+            .chain(database_ca)
             .collect(),
         ),
         node_selector: placement.node_selector,
@@ -229,6 +244,31 @@ pub(super) fn pod_spec(
         priority_class_name: placement.priority_class_name,
         ..PodSpec::default()
     }
+}
+
+/// The database CA Secret as a volume, for pods whose containers mount it (root and migrations).
+fn database_ca_volume(fe: &FlagEvaluator, containers: &[Container]) -> Option<Volume> {
+    let ca = fe.spec.root.as_ref()?.database_ca.as_ref()?;
+    let mounted = containers.iter().any(|c| {
+        c.volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.name == "database-ca")
+    });
+    mounted.then(|| Volume {
+        name: "database-ca".to_owned(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(ca.secret_name.clone()),
+            items: Some(vec![KeyToPath {
+                key: ca.key().to_owned(),
+                path: "ca.crt".to_owned(),
+                mode: None,
+            }]),
+            optional: Some(false),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    })
 }
 
 pub(super) fn pod_annotations(inputs: &Inputs<'_>, tier: Tier) -> Option<BTreeMap<String, String>> {

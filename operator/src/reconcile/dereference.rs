@@ -1,5 +1,5 @@
 //! Step one: read the objects a FlagEvaluator references — the descriptors ConfigMap, the database
-//! Secret (root tier), the TLS Secret — and tell `build` what it needs of them, or say what is
+//! Secret and its CA Secret (root tier), the TLS Secret — and tell `build` what it needs of them, or say what is
 //! missing.
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -42,8 +42,10 @@ fn blocked<T>(reason: &'static str, message: String) -> Result<T, Stop> {
 /// Reads every reference of `fe`, in the order a user fixes them: descriptors, database, TLS.
 pub async fn dereference(fe: &FlagEvaluator, api: &Cluster<'_>) -> Result<References, Stop> {
     check_descriptors(fe, api).await?;
+    let secret_hash = database_hash(fe, api).await?;
+    check_database_ca(fe, api).await?;
     Ok(References {
-        secret_hash: database_hash(fe, api).await?,
+        secret_hash,
         tls_ca: check_tls(fe, api).await?,
     })
 }
@@ -93,6 +95,29 @@ async fn database_hash(fe: &FlagEvaluator, api: &Cluster<'_>) -> Result<Option<S
     };
     let uid = secret.metadata.uid.as_deref().unwrap_or_default();
     Ok(Some(keyed_hash(uid, &value.0)))
+}
+
+/// The database CA Secret (`spec.root.databaseCa`), if any, must hold its key. Its content is not
+/// hashed into the pods: the evaluator reads the mounted file for each new connection.
+async fn check_database_ca(fe: &FlagEvaluator, api: &Cluster<'_>) -> Result<(), Stop> {
+    let Some(ca) = fe.spec.root.as_ref().and_then(|r| r.database_ca.as_ref()) else {
+        return Ok(());
+    };
+    let ns = api.namespace();
+    let (name, key) = (&ca.secret_name, ca.key());
+    let Some(secret) = api.get::<Secret>(name).await? else {
+        return blocked(
+            reason::SECRET_MISSING,
+            format!("Secret {ns}/{name} (spec.root.databaseCa.secretName) does not exist"),
+        );
+    };
+    if !secret.data.as_ref().is_some_and(|d| d.contains_key(key)) {
+        return blocked(
+            reason::SECRET_KEY_MISSING,
+            format!("Secret {ns}/{name} has no key {key:?} (spec.root.databaseCa.key)"),
+        );
+    }
+    Ok(())
 }
 
 /// The first 8 bytes of SHA-256(`key` ‖ 0 ‖ `value`), in hex.

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::str::FromStr as _;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
 
 /// Database arguments shared by every subcommand that talks to PostgreSQL.
 #[derive(Debug, Clone, clap::Args)]
@@ -29,6 +29,10 @@ pub struct DatabaseArgs {
     /// Server-side statement timeout for every query.
     #[arg(long, env = "PBFLAGS_DB_STATEMENT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub db_statement_timeout: Duration,
+    /// PEM bundle of the CAs the database's certificate is checked against; without an `sslmode`
+    /// in the URL it implies `sslmode=verify-full` [default: the system trust store].
+    #[arg(long, env = "PBFLAGS_DATABASE_CA")]
+    pub database_ca: Option<PathBuf>,
 }
 
 /// Why a database could not be configured or migrated.
@@ -45,6 +49,14 @@ pub enum DbError {
         /// The I/O error.
         #[source]
         source: std::io::Error,
+    },
+    /// The CA bundle could not be read or holds no PEM certificate.
+    #[error("database CA {path}: {why}")]
+    Ca {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
     },
     /// The URL does not parse (the message never includes the URL itself).
     #[error("invalid database URL ({0})")]
@@ -127,16 +139,33 @@ impl DatabaseArgs {
 
     /// Checks that a URL is given and parses, without connecting.
     pub fn validate(&self) -> Result<(), DbError> {
-        connect_options(self.url()?.expose())?;
+        self.options()?;
         Ok(())
+    }
+
+    /// The connection options: the URL's, plus the CA bundle if one is given.
+    fn options(&self) -> Result<PgConnectOptions, DbError> {
+        let url = self.url()?;
+        let options = connect_options(url.expose())?;
+        let Some(ca) = &self.database_ca else {
+            return Ok(options);
+        };
+        check_ca(ca)?;
+        let options = options.ssl_root_cert(ca);
+        // A CA is given to be used: without an explicit sslmode, verify the server fully.
+        Ok(if has_query_param(url.expose(), "sslmode") {
+            options
+        } else {
+            options.ssl_mode(PgSslMode::VerifyFull)
+        })
     }
 
     /// A pool that connects lazily: creating it never touches the network, so an evaluator starts
     /// (serving defaults) while the database is down, and connects when it comes back.
     pub fn pool(&self) -> Result<PgPool, DbError> {
-        let url = self.url()?;
         let statement_ms = self.db_statement_timeout.as_millis().to_string();
-        let options = connect_options(url.expose())?
+        let options = self
+            .options()?
             .application_name("pbflags-evaluator")
             .options([("statement_timeout", statement_ms.as_str())]);
         Ok(PgPoolOptions::new()
@@ -162,6 +191,32 @@ fn connect_options(url: &str) -> Result<PgConnectOptions, DbError> {
         }
     }
     PgConnectOptions::from_str(url).map_err(|e| DbError::InvalidUrl(redact(&e.to_string())))
+}
+
+/// Whether the URL's query sets `name`.
+fn has_query_param(url: &str, name: &str) -> bool {
+    url.split_once('?').is_some_and(|(_, q)| {
+        q.split('&')
+            .any(|kv| kv.split_once('=').map_or(kv, |(k, _)| k) == name)
+    })
+}
+
+/// The CA bundle must be readable and hold at least one PEM certificate.
+fn check_ca(path: &std::path::Path) -> Result<(), DbError> {
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+    let bad = |why: String| DbError::Ca {
+        path: path.to_owned(),
+        why,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| bad(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad("no PEM certificate in the file".to_owned()));
+    }
+    Ok(())
 }
 
 /// The migrations in `migrations/`, embedded at build time.
@@ -237,6 +292,7 @@ mod tests {
             db_pool_size: 1,
             db_connect_timeout: Duration::from_secs(1),
             db_statement_timeout: Duration::from_secs(1),
+            database_ca: None,
         };
         for ok in [
             "postgres://a@b/c",
@@ -268,6 +324,7 @@ mod tests {
             db_pool_size: 1,
             db_connect_timeout: Duration::from_secs(1),
             db_statement_timeout: Duration::from_secs(1),
+            database_ca: None,
         };
         assert_eq!(args.url().unwrap().redacted(), "postgres://a@b/c");
     }
@@ -280,6 +337,7 @@ mod tests {
             db_pool_size: 1,
             db_connect_timeout: Duration::from_secs(1),
             db_statement_timeout: Duration::from_secs(1),
+            database_ca: None,
         };
         assert!(
             args.url()
