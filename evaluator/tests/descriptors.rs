@@ -255,3 +255,15 @@ fn a_thousand_flags_parse_in_declaration_order() {
     assert_eq!(parsed.flags[999].flag_id, "big/1000");
     assert_eq!(parsed.flags[41].default, Some(FlagValue::int64(42)));
 }
+
+#[test]
+fn a_set_that_makes_the_descriptor_library_panic_is_refused_not_fatal() {
+    // Found by the descriptors fuzz target: prost-reflect indexes out of bounds while building
+    // the error for this mutated copy of the example set.
+    let path = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"))
+        .join("tests/data/descriptors-parser-panic.pb");
+    let bytes = std::fs::read(path).expect("regression input");
+    let err = descriptor::parse(&bytes).expect_err("refused");
+    assert!(matches!(err, ParseError::Malformed), "{err:?}");
+    assert!(err.to_string().contains("malformed input"), "{err}");
+}

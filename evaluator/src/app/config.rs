@@ -299,7 +299,11 @@ fn file_duration(key: &str, v: Option<&String>) -> Result<Option<Duration>, Conf
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| bad("--config", format!("{}: {e}", path.display())))?;
-    serde_yaml_ng::from_str(&text).map_err(|e| bad("--config", format!("{}: {e}", path.display())))
+    parse_file(&text, path)
+}
+
+fn parse_file(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
+    serde_yaml_ng::from_str(text).map_err(|e| bad("--config", format!("{}: {e}", path.display())))
 }
 
 impl ServeArgs {
@@ -310,6 +314,16 @@ impl ServeArgs {
             Some(p) => read_file(p)?,
             None => FileConfig::default(),
         };
+        self.resolve_over(file)
+    }
+
+    /// Like [`ServeArgs::resolve`], with `text` as the content of the configuration file (for
+    /// tests and the configuration fuzz target).
+    pub fn resolve_with_file_text(&self, text: &str) -> Result<Config, ConfigError> {
+        self.resolve_over(parse_file(text, Path::new("<text>"))?)
+    }
+
+    fn resolve_over(&self, file: FileConfig) -> Result<Config, ConfigError> {
         for (key, v) in [
             ("admin", &file.admin),
             ("env_name", &file.env_name),

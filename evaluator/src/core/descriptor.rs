@@ -169,6 +169,10 @@ pub enum ParseError {
     /// Not a valid `FileDescriptorSet`, or its files do not link (e.g. a missing import).
     #[error("invalid descriptor set: {0}")]
     Invalid(#[source] prost_reflect::DescriptorError),
+    /// The descriptor library panicked on the input (a malformed set it does not handle); the
+    /// panic is contained and the set refused like any other invalid one.
+    #[error("invalid descriptor set: malformed input the descriptor parser could not handle")]
+    Malformed,
     /// `pbflags/options.proto` (or an equivalent) is not in the set.
     #[error(
         "{name} extension ({number}) not found in descriptors; build the set with its imports (e.g. `buf build -o` or `protoc --include_imports`)"
@@ -200,8 +204,14 @@ pub struct Parsed {
     pub warnings: Vec<Warning>,
 }
 
-/// Parses a serialized `FileDescriptorSet` into flag definitions.
+/// Parses a serialized `FileDescriptorSet` into flag definitions. A panic inside the descriptor
+/// library (found by fuzzing: prost-reflect 0.16 indexes out of bounds building some errors) is
+/// contained and reported as [`ParseError::Malformed`]: a bad file must never take the process down.
 pub fn parse(bytes: &[u8]) -> Result<Parsed, ParseError> {
+    std::panic::catch_unwind(|| parse_unguarded(bytes)).unwrap_or(Err(ParseError::Malformed))
+}
+
+fn parse_unguarded(bytes: &[u8]) -> Result<Parsed, ParseError> {
     if bytes.is_empty() {
         return Err(ParseError::Empty);
     }
