@@ -40,10 +40,15 @@ tests 30 --lib --bins "${quick_tests[@]}"
 
 [ "${1:-}" = "--quick" ] && exit 0
 
+step "fuzzing: descriptor parsing, request decoding on every protocol, the YAML configuration (30 s each)"
+within 30 scripts/fuzz.sh 30
+
 step "the main job: root + proxy stack on its own PostgreSQL (scripts/stack.sh --once)"
 stack_dir=$(mktemp -d /tmp/pbflags-test-stack.XXXXXX)
 cleanup+=("rm -rf '$stack_dir'")
-PBFLAGS_STACK_DIR=$stack_dir PBFLAGS_ROOT_PORT=19201 PBFLAGS_PROXY_PORT=19202 within 25 scripts/stack.sh --once
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+PBFLAGS_STACK_DIR=$stack_dir PBFLAGS_ROOT_PORT=$(free_port) PBFLAGS_PROXY_PORT=$(free_port) \
+  within 25 scripts/stack.sh --once
 
 step "interop: connect-go over Connect, gRPC and gRPC-Web against a root and a proxy, cleartext and TLS; curl"
 within 20 e2e/interop/run.sh

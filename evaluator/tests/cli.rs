@@ -167,7 +167,11 @@ fn invalid_environment_values_and_urls_exit_64_naming_the_setting() {
         ("PBFLAGS_LOG_FORMAT", "xml", "--log-format"),
         ("PBFLAGS_CACHE_FLAG_TTL", "forever", "--flag-ttl"),
         ("PBFLAGS_MAX_BULK_FLAGS", "-1", "--max-bulk-flags"),
-        ("PBFLAGS_HTTP2_KEEPALIVE_INTERVAL", "-1s", "--http2-keepalive-interval"),
+        (
+            "PBFLAGS_HTTP2_KEEPALIVE_INTERVAL",
+            "-1s",
+            "--http2-keepalive-interval",
+        ),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_pbflags-evaluator"))
             .args(serve_args(&[]))

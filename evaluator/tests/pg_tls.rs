@@ -33,10 +33,11 @@ fn args(url: String, ca: Option<PathBuf>) -> DatabaseArgs {
 /// Connects with `args` and reports whether the session is encrypted, or the error.
 async fn session_ssl(args: &DatabaseArgs) -> Result<bool, String> {
     let pool = args.pool().map_err(|e| e.to_string())?;
-    let r = sqlx::query_scalar::<_, bool>("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
-        .fetch_one(&pool)
-        .await
-        .map_err(|e| e.to_string());
+    let r =
+        sqlx::query_scalar::<_, bool>("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(&pool)
+            .await
+            .map_err(|e| e.to_string());
     pool.close().await;
     r
 }
@@ -52,7 +53,11 @@ async fn every_sslmode_behaves_as_libpq_documents_and_cleartext_is_refused() {
     assert_eq!(session_ssl(&args(base.clone(), ca.clone())).await, Ok(true));
     for mode in ["verify-full", "verify-ca", "require"] {
         let url = format!("{localhost}?sslmode={mode}");
-        assert_eq!(session_ssl(&args(url, ca.clone())).await, Ok(true), "{mode}");
+        assert_eq!(
+            session_ssl(&args(url, ca.clone())).await,
+            Ok(true),
+            "{mode}"
+        );
     }
     // require encrypts without checking the certificate.
     assert_eq!(
@@ -95,9 +100,14 @@ async fn a_root_serves_state_read_over_verified_tls() {
             .unwrap();
     let flags: Vec<_> = snapshot.flags().iter().map(|f| (**f).clone()).collect();
     sync::sync(&pool, &flags, false).await.unwrap();
-    admin::set_state(&pool, "notifications/2", StateChange::Set("weekly".into()), "t")
-        .await
-        .unwrap();
+    admin::set_state(
+        &pool,
+        "notifications/2",
+        StateChange::Set("weekly".into()),
+        "t",
+    )
+    .await
+    .unwrap();
 
     let ca = server.ca().to_string_lossy().into_owned();
     let root = Running::start(&["--database", &url, "--database-ca", &ca]).await;
@@ -114,7 +124,9 @@ async fn a_root_serves_state_read_over_verified_tls() {
     assert_eq!(ev.source, EvaluationSource::Global as i32);
     assert_eq!(
         ev.value.and_then(|v| v.value),
-        Some(pbflags_proto::v1::flag_value::Value::StringValue("weekly".into()))
+        Some(pbflags_proto::v1::flag_value::Value::StringValue(
+            "weekly".into()
+        ))
     );
     root.stop().await;
 }

@@ -481,10 +481,7 @@ impl CacheArgs {
                 .last_known_max_entries
                 .or(fc.last_known_max_entries)
                 .unwrap_or(d.last_known_max_entries),
-            max_bytes: self
-                .cache_max_bytes
-                .or(fc.max_bytes)
-                .unwrap_or(d.max_bytes),
+            max_bytes: self.cache_max_bytes.or(fc.max_bytes).unwrap_or(d.max_bytes),
         };
         if cache.max_bytes < 1 << 20 {
             return Err(bad("cache.max_bytes", "must be at least 1048576 (1 MiB)"));

@@ -201,15 +201,16 @@ pub async fn run(prepared: Prepared, shutdown: CancellationToken) {
     // Every background task is restarted if it fails (see pbflags_runtime::supervise): each
     // holds no state a restart loses (the clock, the kill set and the certificate store live
     // outside it), and serving goes on meanwhile.
-    let supervised = |name: &'static str, start: Box<dyn FnMut() -> tokio::task::JoinHandle<()> + Send>| {
-        let (tasks, metrics) = (tasks.clone(), metrics.clone());
-        tokio::spawn(pbflags_runtime::supervise::supervise(
-            name,
-            tasks,
-            start,
-            move |_| metrics.task_restart(name),
-        ))
-    };
+    let supervised =
+        |name: &'static str, start: Box<dyn FnMut() -> tokio::task::JoinHandle<()> + Send>| {
+            let (tasks, metrics) = (tasks.clone(), metrics.clone());
+            tokio::spawn(pbflags_runtime::supervise::supervise(
+                name,
+                tasks,
+                start,
+                move |_| metrics.task_restart(name),
+            ))
+        };
     let mut background = vec![
         supervised("clock", {
             let (clock, tasks) = (clock.clone(), tasks.clone());

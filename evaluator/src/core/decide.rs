@@ -307,7 +307,10 @@ mod tests {
         };
         assert!(!mistyped(&b, Some(&d)));
         assert!(mistyped(&value("x"), Some(&d)));
-        assert!(!mistyped(&value("x"), None), "undeclared flags take any type");
+        assert!(
+            !mistyped(&value("x"), None),
+            "undeclared flags take any type"
+        );
         assert!(!mistyped(&FlagValue { value: None }, Some(&d)));
         d.flag_type = FlagType::Unspecified;
         assert!(!mistyped(&value("x"), Some(&d)));

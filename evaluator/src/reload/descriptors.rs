@@ -73,7 +73,9 @@ pub enum ReloadError {
         serving: usize,
     },
     /// The file's content kept changing between reads (a writer still at work).
-    #[error("{path} kept changing over {reads} reads {debounce:?} apart; retried at the next trigger")]
+    #[error(
+        "{path} kept changing over {reads} reads {debounce:?} apart; retried at the next trigger"
+    )]
     Unsettled {
         /// The descriptor file.
         path: PathBuf,

@@ -193,7 +193,10 @@ pub async fn serve(
         connections.spawn(async move {
             let _slot = slot;
             metrics.connections_open.inc();
-            serve_connection(tcp, peer, acceptor, &builder, app, &limits, &metrics, &shutdown).await;
+            serve_connection(
+                tcp, peer, acceptor, &builder, app, &limits, &metrics, &shutdown,
+            )
+            .await;
             metrics.connections_open.dec();
         });
     }

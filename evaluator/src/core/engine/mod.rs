@@ -122,7 +122,10 @@ impl Shared {
             && decide::mistyped(v, self.registry.load().get(flag_id).map(|d| &**d))
         {
             self.metrics.invalid_values.inc();
-            tracing::warn!(flag_id, "stored value does not have the flag's declared type; serving the compiled default");
+            tracing::warn!(
+                flag_id,
+                "stored value does not have the flag's declared type; serving the compiled default"
+            );
         }
     }
 
@@ -240,9 +243,8 @@ impl Engine {
             .set(i64::try_from(overrides).unwrap_or(i64::MAX));
         m.last_known_entries
             .set(i64::try_from(last).unwrap_or(i64::MAX));
-        m.cache_bytes.set(
-            i64::try_from(self.shared.caches.weighted_bytes()).unwrap_or(i64::MAX),
-        );
+        m.cache_bytes
+            .set(i64::try_from(self.shared.caches.weighted_bytes()).unwrap_or(i64::MAX));
         let h = &self.shared.health;
         HealthReport {
             status: h.status(),
@@ -714,6 +716,10 @@ fn store_overrides(
         }
     }
     ids.iter()
-        .map(|id| shared.caches.put_override(id, entity_id, by_flag.remove(id)))
+        .map(|id| {
+            shared
+                .caches
+                .put_override(id, entity_id, by_flag.remove(id))
+        })
         .collect()
 }
