@@ -211,9 +211,9 @@ async fn main() -> anyhow::Result<()> {
             let mut errors = 0u64;
             let mut sent = 0u64;
             let mut i = t;
-            let quota = args
-                .requests
-                .map(|n| n / args.concurrency as u64 + u64::from((t as u64) < n % args.concurrency as u64));
+            let quota = args.requests.map(|n| {
+                n / args.concurrency as u64 + u64::from((t as u64) < n % args.concurrency as u64)
+            });
             while !stop.load(Ordering::Relaxed) && quota.is_none_or(|q| sent < q) {
                 let start = Instant::now();
                 // Unique across callers: caller t sends t, t + concurrency, t + 2 × concurrency, …

@@ -91,14 +91,12 @@ async fn run_in(ctx: Arc<Context>, ns: Option<String>, shutdown: CancellationTok
             move |s| {
                 let name = s.name_any();
                 referencing(&secret_store, s.namespace(), |fe| {
-                    fe.spec
-                        .root
-                        .as_ref()
-                        .is_some_and(|r| {
-                            r.database.secret_name == name
-                                || r.database_ca.as_ref().is_some_and(|c| c.secret_name == name)
-                        })
-                        || fe.spec.tls.as_ref().is_some_and(|t| t.secret_name == name)
+                    fe.spec.root.as_ref().is_some_and(|r| {
+                        r.database.secret_name == name
+                            || r.database_ca
+                                .as_ref()
+                                .is_some_and(|c| c.secret_name == name)
+                    }) || fe.spec.tls.as_ref().is_some_and(|t| t.secret_name == name)
                 })
             },
         )

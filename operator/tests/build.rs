@@ -207,7 +207,10 @@ fn the_database_ca_is_mounted_where_the_database_is_used_only() {
         let secret = volume.unwrap().secret.as_ref().unwrap();
         assert_eq!(secret.secret_name.as_deref(), Some("flags-db-ca"));
         let item = &secret.items.as_ref().unwrap()[0];
-        assert_eq!((item.key.as_str(), item.path.as_str()), ("root.pem", "ca.crt"));
+        assert_eq!(
+            (item.key.as_str(), item.path.as_str()),
+            ("root.pem", "ca.crt")
+        );
     }
 }
 

@@ -148,7 +148,10 @@ async fn a_missing_database_ca_secret_or_key_is_reported_by_name() {
             .iter()
             .any(|c| c.message.contains(text))
     };
-    assert!(says(&after, "team-a/flags-db-ca (spec.root.databaseCa.secretName)"));
+    assert!(says(
+        &after,
+        "team-a/flags-db-ca (spec.root.databaseCa.secretName)"
+    ));
 
     api.insert(
         "secrets",
@@ -157,7 +160,10 @@ async fn a_missing_database_ca_secret_or_key_is_reported_by_name() {
     );
     let after = run(&api, &fe).await;
     assert_eq!(condition(&after, "Degraded"), ("True", "SecretKeyMissing"));
-    assert!(says(&after, "has no key \"ca.crt\" (spec.root.databaseCa.key)"));
+    assert!(says(
+        &after,
+        "has no key \"ca.crt\" (spec.root.databaseCa.key)"
+    ));
 }
 
 #[tokio::test]

@@ -10,7 +10,9 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt as _;
 
-use super::{DATABASE_CA_DIR, DESCRIPTORS_DIR, Inputs, PORT, SECRET_HASH_ANNOTATION, TLS_DIR, Tier, tier_url};
+use super::{
+    DATABASE_CA_DIR, DESCRIPTORS_DIR, Inputs, PORT, SECRET_HASH_ANNOTATION, TLS_DIR, Tier, tier_url,
+};
 use crate::crd::FlagEvaluator;
 
 /// The arguments an evaluator of `tier` runs with. The README's local commands use the same ones.
