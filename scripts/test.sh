@@ -50,6 +50,9 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 PBFLAGS_STACK_DIR=$stack_dir PBFLAGS_ROOT_PORT=$(free_port) PBFLAGS_PROXY_PORT=$(free_port) \
   within 25 scripts/stack.sh --once
 
+step "fault soak: 60 s of paced load through proxy → root → PostgreSQL while both are frozen, stopped and killed"
+within 10 scripts/soak.sh 60
+
 step "interop: connect-go over Connect, gRPC and gRPC-Web against a root and a proxy, cleartext and TLS; curl"
 within 20 e2e/interop/run.sh
 

@@ -14,7 +14,7 @@ use clap::{Parser, ValueEnum};
 use http_body_util::{BodyExt as _, Full};
 use pbflags_evaluator::sources::upstream::{self, UpstreamCa};
 use pbflags_proto::v1::flag_evaluator_service_client::FlagEvaluatorServiceClient;
-use pbflags_proto::v1::{BulkEvaluateRequest, EvaluateRequest};
+use pbflags_proto::v1::{BulkEvaluateRequest, EvaluateRequest, FlagValue};
 use prost::Message as _;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -75,6 +75,35 @@ struct Args {
     /// Give every request its own (undeclared) flag id of exactly this many bytes (a memory test).
     #[arg(long)]
     unique_flag_bytes: Option<usize>,
+    /// Requests per second in all, paced per caller (default: as fast as answers come).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Check answers (gRPC Evaluate): every value for a flag must equal the first one received for
+    /// it; a different one counts as wrong. For fault runs whose state does not change.
+    #[arg(long)]
+    check_stable: bool,
+    /// Write every measured request as `unix_ms,latency_us,ok,right` lines to this file.
+    #[arg(long)]
+    record: Option<std::path::PathBuf>,
+}
+
+/// The first answer per flag id, which later answers must match (`--check-stable`).
+#[derive(Default)]
+struct FirstAnswers(std::sync::Mutex<std::collections::HashMap<String, Option<FlagValue>>>);
+
+impl FirstAnswers {
+    /// Whether `value` matches the first answer for `flag` (which it becomes if there is none).
+    fn matches(&self, flag: &str, value: Option<FlagValue>) -> bool {
+        let mut m = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match m.get(flag) {
+            Some(first) => *first == value,
+            None => {
+                println!("first answer: {flag} = {value:?}");
+                m.insert(flag.to_owned(), value);
+                true
+            }
+        }
+    }
 }
 
 /// A unique id of exactly `len` bytes (at least the digits of `seq`).
@@ -103,7 +132,14 @@ enum Caller {
     Connect(hyper_util::client::legacy::Client<upstream::Connector, Full<Bytes>>),
 }
 
-async fn call(caller: &mut Caller, args: &Args, i: usize, seq: u64) -> anyhow::Result<()> {
+/// One call; `Ok(false)` is an answer that failed `--check-stable`.
+async fn call(
+    caller: &mut Caller,
+    args: &Args,
+    i: usize,
+    seq: u64,
+    first: &FirstAnswers,
+) -> anyhow::Result<bool> {
     let flag = &match args.unique_flag_bytes {
         Some(n) => unique_id("f", seq, n),
         None => args.flags[i % args.flags.len()].clone(),
@@ -115,11 +151,16 @@ async fn call(caller: &mut Caller, args: &Args, i: usize, seq: u64) -> anyhow::R
     let ids: Vec<String> = args.flags.iter().cycle().take(args.bulk).cloned().collect();
     match (caller, args.rpc) {
         (Caller::Grpc(c), Rpc::Evaluate) => {
-            c.evaluate(EvaluateRequest {
-                flag_id: flag.clone(),
-                entity_id: entity.clone(),
-            })
-            .await?;
+            let resp = c
+                .evaluate(EvaluateRequest {
+                    flag_id: flag.clone(),
+                    entity_id: entity.clone(),
+                })
+                .await?
+                .into_inner();
+            if args.check_stable {
+                return Ok(first.matches(flag, resp.value));
+            }
         }
         (Caller::Grpc(c), Rpc::Bulk) => {
             c.bulk_evaluate(BulkEvaluateRequest {
@@ -158,7 +199,7 @@ async fn call(caller: &mut Caller, args: &Args, i: usize, seq: u64) -> anyhow::R
             resp.into_body().collect().await?;
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -172,6 +213,15 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Arc::new(Args::parse());
+    anyhow::ensure!(
+        !args.check_stable || matches!((args.protocol, args.rpc), (Protocol::Grpc, Rpc::Evaluate)),
+        "--check-stable checks gRPC Evaluate answers only"
+    );
+    let first = Arc::new(FirstAnswers::default());
+    let epoch = Instant::now();
+    let epoch_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
     let ca = args.url.starts_with("https://").then(|| {
         args.cacert
             .clone()
@@ -205,32 +255,53 @@ async fn main() -> anyhow::Result<()> {
             Caller::Grpc(c) => Caller::Grpc(c.clone()),
             Caller::Connect(c) => Caller::Connect(c.clone()),
         };
-        let (args, measuring, stop) = (args.clone(), measuring.clone(), stop.clone());
+        let (args, measuring, stop, first) =
+            (args.clone(), measuring.clone(), stop.clone(), first.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies: Vec<u64> = Vec::with_capacity(1 << 16);
+            let mut records: Vec<(u128, u64, bool, bool)> = Vec::new();
             let mut errors = 0u64;
+            let mut wrong = 0u64;
             let mut sent = 0u64;
+            // Paced callers start spread over one period so the load is even.
+            let period = args
+                .rate
+                .map(|r| Duration::from_secs_f64(args.concurrency as f64 / r.max(0.001)));
+            let mut next = Instant::now() + period.map_or(Duration::ZERO, |p| p.mul_f64(t as f64 / args.concurrency as f64));
             let mut i = t;
             let quota = args.requests.map(|n| {
                 n / args.concurrency as u64 + u64::from((t as u64) < n % args.concurrency as u64)
             });
             while !stop.load(Ordering::Relaxed) && quota.is_none_or(|q| sent < q) {
+                if let Some(p) = period {
+                    tokio::time::sleep_until(next.into()).await;
+                    next += p;
+                }
                 let start = Instant::now();
                 // Unique across callers: caller t sends t, t + concurrency, t + 2 × concurrency, …
                 let seq = sent * args.concurrency as u64 + t as u64;
-                let ok = call(&mut caller, &args, i, seq).await.is_ok();
+                let result = call(&mut caller, &args, i, seq, &first).await;
+                let latency = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
                 sent += 1;
                 if measuring.load(Ordering::Relaxed) {
+                    let (ok, right) = match result {
+                        Ok(right) => (true, right),
+                        Err(_) => (false, true),
+                    };
                     if ok {
-                        latencies
-                            .push(u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX));
+                        latencies.push(latency);
                     } else {
                         errors += 1;
+                    }
+                    wrong += u64::from(!right);
+                    if args.record.is_some() {
+                        let at = epoch_unix_ms + (start - epoch).as_millis();
+                        records.push((at, latency, ok, right));
                     }
                 }
                 i += 1;
             }
-            (latencies, errors, sent)
+            (latencies, errors, sent, wrong, records)
         }));
     }
     let started;
@@ -254,17 +325,27 @@ async fn main() -> anyhow::Result<()> {
     let elapsed = started.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     let mut all = Vec::new();
-    let mut errors = 0;
-    let mut sent = 0;
+    let mut records = Vec::new();
+    let (mut errors, mut sent, mut wrong) = (0, 0, 0);
     for t in tasks {
-        let (l, e, n) = t.await?;
+        let (l, e, n, w, r) = t.await?;
         all.extend(l);
+        records.extend(r);
         errors += e;
         sent += n;
+        wrong += w;
+    }
+    if let Some(path) = &args.record {
+        records.sort_unstable();
+        let mut out = String::with_capacity(records.len() * 24);
+        for (at, latency, ok, right) in records {
+            out.push_str(&format!("{at},{latency},{},{}\n", u8::from(ok), u8::from(right)));
+        }
+        std::fs::write(path, out)?;
     }
     all.sort_unstable();
     println!(
-        "{:?} {:?}{}: {:.0} req/s over {:.1}s, concurrency {}, p50 {:.3} ms, p99 {:.3} ms, p999 {:.3} ms, errors {}, sent {} (warm-up included)",
+        "{:?} {:?}{}: {:.0} req/s over {:.1}s, concurrency {}, p50 {:.3} ms, p99 {:.3} ms, p999 {:.3} ms, errors {}, sent {} (warm-up included){}",
         args.protocol,
         args.rpc,
         if matches!(args.rpc, Rpc::Bulk) {
@@ -279,7 +360,12 @@ async fn main() -> anyhow::Result<()> {
         percentile(&all, 0.99),
         percentile(&all, 0.999),
         errors,
-        sent
+        sent,
+        if args.check_stable {
+            format!(", wrong {wrong}")
+        } else {
+            String::new()
+        }
     );
     Ok(())
 }
