@@ -87,7 +87,7 @@ async fn configmap_symlink_swap_is_seen_by_the_directory_watch() {
     let mut volume = ConfigMapVolume::new(pbflags_proto::EXAMPLE_DESCRIPTORS);
     let (registry, metrics, watcher, _) = setup(&volume.path());
     let shutdown = CancellationToken::new();
-    let task = watcher.spawn(shutdown.clone());
+    let task = Arc::new(watcher).spawn(shutdown.clone());
 
     let next = support::many_flags("cm", 5);
     volume.update(&next);
@@ -115,7 +115,7 @@ async fn a_burst_of_updates_settles_on_the_last_content() {
     let mut volume = ConfigMapVolume::new(pbflags_proto::EXAMPLE_DESCRIPTORS);
     let (registry, _metrics, watcher, _) = setup(&volume.path());
     let shutdown = CancellationToken::new();
-    let _task = watcher.spawn(shutdown.clone());
+    let _task = Arc::new(watcher).spawn(shutdown.clone());
     for n in 1..=5 {
         volume.update(&support::many_flags("burst", n));
     }
@@ -133,7 +133,7 @@ async fn polling_alone_notices_a_changed_hash() {
     config.poll_interval = Duration::from_millis(50);
     let watcher = DescriptorWatcher::new(config, registry.clone(), metrics);
     let shutdown = CancellationToken::new();
-    let _task = watcher.spawn(shutdown.clone());
+    let _task = Arc::new(watcher).spawn(shutdown.clone());
     std::fs::write(&path, support::many_flags("polled", 2)).expect("write");
     wait_for("poll reload", || registry.load().len() == 2).await;
     shutdown.cancel();
@@ -149,7 +149,7 @@ async fn sighup_reloads() {
     config.sighup = true;
     let watcher = DescriptorWatcher::new(config, registry.clone(), metrics);
     let shutdown = CancellationToken::new();
-    let _task = watcher.spawn(shutdown.clone());
+    let _task = Arc::new(watcher).spawn(shutdown.clone());
     std::fs::write(&path, support::many_flags("hup", 3)).expect("write");
     let status = std::process::Command::new("kill")
         .args(["-HUP", &std::process::id().to_string()])
@@ -349,24 +349,34 @@ fn a_file_that_keeps_changing_is_not_applied_and_is_retried() {
     let path = dir.path().join("d.pb");
     std::fs::write(&path, pbflags_proto::EXAMPLE_DESCRIPTORS).expect("write");
     let (registry, metrics, _, mut config) = setup(&path);
-    config.debounce = Duration::from_millis(100);
+    config.debounce = Duration::from_millis(300);
     let watcher = DescriptorWatcher::new(config, registry.clone(), metrics.clone());
     let before = registry.load().hash();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    // A different valid set every few milliseconds until told to stop (the first one before
-    // the reload starts).
-    let sets: Vec<Vec<u8>> = (0..400)
-        .map(|n| support::many_flags(&format!("busy{n}"), 2))
-        .collect();
-    std::fs::write(&path, &sets[0]).expect("write");
+    // A different valid set every few milliseconds until told to stop (the first one before the
+    // reload starts): one set of flags, made unique by a trailing unknown field (number 15, the
+    // write's sequence number), which parsing ignores.
+    let base = support::many_flags("busy", 2);
+    let numbered = move |n: u64| {
+        use prost::Message as _;
+        let mut b = base.clone();
+        prost::encoding::encode_key(15, prost::encoding::WireType::Varint, &mut b);
+        prost::encoding::encode_varint(n, &mut b);
+        let _ = prost_types::FileDescriptorSet::decode(&*b).expect("still a descriptor set");
+        b
+    };
+    std::fs::write(&path, numbered(0)).expect("write");
     let writer = {
         let (path, stop) = (path.clone(), stop.clone());
         std::thread::spawn(move || {
-            for set in sets.iter().cycle().skip(1) {
+            for n in 1.. {
                 if stop.load(std::sync::atomic::Ordering::SeqCst) {
                     break;
                 }
-                std::fs::write(&path, set).expect("write");
+                // Replaced whole (write and rename), so every read sees one complete set.
+                let tmp = path.with_extension("tmp");
+                std::fs::write(&tmp, numbered(n)).expect("write");
+                std::fs::rename(&tmp, &path).expect("rename");
                 std::thread::sleep(Duration::from_millis(3));
             }
         })
@@ -386,4 +396,61 @@ fn a_file_that_keeps_changing_is_not_applied_and_is_retried() {
         watcher.reload(Trigger::Poll),
         ReloadOutcome::Reloaded { .. }
     ));
+}
+
+/// The log lines `f` writes at WARN and above, as text.
+fn warnings_of(f: impl FnOnce()) -> String {
+    #[derive(Clone, Default)]
+    struct Buf(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    let text = String::from_utf8(buf.0.lock().expect("lock").clone()).expect("utf-8");
+    text
+}
+
+#[test]
+fn a_reload_that_removes_most_flags_warns_with_the_count() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("d.pb");
+    std::fs::write(&path, support::many_flags("big", 10)).expect("write");
+    let (registry, metrics, _, mut config) = setup(&path);
+    config.debounce = Duration::from_millis(10);
+    let watcher = DescriptorWatcher::new(config, registry.clone(), metrics);
+    // The example set (4 flags) → 10 flags of another feature: 4 of 4 removed.
+    let logs = warnings_of(|| {
+        assert!(matches!(
+            watcher.reload(Trigger::Manual),
+            ReloadOutcome::Reloaded { .. }
+        ));
+    });
+    assert!(logs.contains("remove most of the serving flags"), "{logs}");
+    assert!(
+        logs.contains("removed=4") && logs.contains("serving_before=4"),
+        "{logs}"
+    );
+    // 10 → 9 flags of the same feature: one removed, no warning.
+    std::fs::write(&path, support::many_flags("big", 9)).expect("write");
+    let logs = warnings_of(|| {
+        assert!(matches!(
+            watcher.reload(Trigger::Manual),
+            ReloadOutcome::Reloaded { .. }
+        ));
+    });
+    assert!(logs.is_empty(), "{logs}");
+    assert_eq!(registry.load().len(), 9);
 }

@@ -94,7 +94,10 @@ struct FirstAnswers(std::sync::Mutex<std::collections::HashMap<String, Option<Fl
 impl FirstAnswers {
     /// Whether `value` matches the first answer for `flag` (which it becomes if there is none).
     fn matches(&self, flag: &str, value: Option<FlagValue>) -> bool {
-        let mut m = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut m = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match m.get(flag) {
             Some(first) => *first == value,
             None => {
@@ -267,7 +270,10 @@ async fn main() -> anyhow::Result<()> {
             let period = args
                 .rate
                 .map(|r| Duration::from_secs_f64(args.concurrency as f64 / r.max(0.001)));
-            let mut next = Instant::now() + period.map_or(Duration::ZERO, |p| p.mul_f64(t as f64 / args.concurrency as f64));
+            let mut next = Instant::now()
+                + period.map_or(Duration::ZERO, |p| {
+                    p.mul_f64(t as f64 / args.concurrency as f64)
+                });
             let mut i = t;
             let quota = args.requests.map(|n| {
                 n / args.concurrency as u64 + u64::from((t as u64) < n % args.concurrency as u64)
@@ -339,7 +345,11 @@ async fn main() -> anyhow::Result<()> {
         records.sort_unstable();
         let mut out = String::with_capacity(records.len() * 24);
         for (at, latency, ok, right) in records {
-            out.push_str(&format!("{at},{latency},{},{}\n", u8::from(ok), u8::from(right)));
+            out.push_str(&format!(
+                "{at},{latency},{},{}\n",
+                u8::from(ok),
+                u8::from(right)
+            ));
         }
         std::fs::write(path, out)?;
     }
