@@ -419,8 +419,7 @@ fn warnings_of(f: impl FnOnce()) -> String {
         .with_writer(move || writer.clone())
         .finish();
     tracing::subscriber::with_default(subscriber, f);
-    let text = String::from_utf8(buf.0.lock().expect("lock").clone()).expect("utf-8");
-    text
+    String::from_utf8(buf.0.lock().expect("lock").clone()).expect("utf-8")
 }
 
 #[test]
