@@ -2,6 +2,9 @@
 # every clone and CI reuse one build.
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/pbflags/target}
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+# Incremental state is kept per checkout path: every fresh clone (CI) would add gigabytes of it to
+# the shared target directory for no gain in a one-off build.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 # step NAME: starts a named step; the previous one's duration is printed, and step_timings prints all.
@@ -22,6 +25,15 @@ within() {
     printf '\n!!! step "%s" exceeded its %s-minute limit: %s\n' "${_step:-?}" "$minutes" "$*" >&2
   fi
   return "$rc"
+}
+# Test and tool executables of earlier checkouts (each clone links its own, ~200 MB apiece) that
+# nothing ran or rebuilt for two days; cargo relinks any that is needed again.
+prune_stale_executables() {
+  local d
+  for d in "$CARGO_TARGET_DIR/debug/deps" "$CARGO_TARGET_DIR/release/deps"; do
+    [ -d "$d" ] && find "$d" -maxdepth 1 -type f -perm -u+x ! -name '*.so' -atime +2 -mtime +2 -delete 2>/dev/null
+  done
+  return 0
 }
 step_timings() {
   _end_step

@@ -7,6 +7,8 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$repo"
 
+prune_stale_executables
+
 step "formatting"
 cargo fmt --all --check
 
