@@ -65,7 +65,10 @@ pub fn decode<T: Message + Default>(
         Codec::Json => {
             let desc = descriptor(type_name)?;
             let mut de = serde_json::Deserializer::from_slice(body);
-            let msg = DynamicMessage::deserialize(desc, &mut de)
+            // Unknown fields are ignored, as connect-go and protojson with DiscardUnknown do:
+            // a client built from a newer schema (e.g. with a `context` field) keeps working.
+            let options = prost_reflect::DeserializeOptions::new().deny_unknown_fields(false);
+            let msg = DynamicMessage::deserialize_with_options(desc, &mut de, &options)
                 .and_then(|m| de.end().map(|()| m))
                 .map_err(|e| {
                     Status::invalid_argument(format!("malformed {type_name} JSON: {e}"))
@@ -172,6 +175,24 @@ pub fn error_of(body: &[u8]) -> (Option<Code>, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_json_fields_are_ignored_and_known_ones_still_checked() {
+        let req: pbflags_proto::v1::EvaluateRequest = decode(
+            Codec::Json,
+            br#"{"flagId":"notifications/2","context":{"plan":"pro"},"extra":1}"#,
+            "EvaluateRequest",
+        )
+        .expect("unknown fields are ignored");
+        assert_eq!(req.flag_id, "notifications/2");
+        let err = decode::<pbflags_proto::v1::EvaluateRequest>(
+            Codec::Json,
+            br#"{"flagId":7,"extra":1}"#,
+            "EvaluateRequest",
+        )
+        .expect_err("a known field of the wrong type is still refused");
+        assert_eq!(err.code(), Code::InvalidArgument);
+    }
 
     #[test]
     fn an_error_body_round_trips_through_error_response_and_error_of() {
