@@ -133,6 +133,11 @@ impl Metrics {
         let registry = Registry::new();
         let reg =
             |c: Box<dyn prometheus::core::Collector>| registry.register(c).expect("unique metric");
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, … as v0.6.
+        #[cfg(target_os = "linux")]
+        reg(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ));
 
         let evaluations = IntCounterVec::new(
             Opts::new(
@@ -451,6 +456,29 @@ mod tests {
             "pbflags_override_cache_size 0",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn process_families_are_exported_as_v0_6_did() {
+        let text = Metrics::new().render();
+        for family in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_virtual_memory_bytes",
+            "process_open_fds",
+            "process_max_fds",
+            "process_start_time_seconds",
+        ] {
+            let value = text
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{family} ")))
+                .unwrap_or_else(|| panic!("no {family} in\n{text}"));
+            let v: f64 = value.parse().expect("a number");
+            if family != "process_cpu_seconds_total" {
+                assert!(v > 0.0, "{family} = {v}");
+            }
         }
     }
 
