@@ -230,3 +230,67 @@ fn serve_drains_and_exits_cleanly_on_sigterm() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+#[test]
+fn json_logs_go_to_stdout_and_ignored_v0_6_keys_are_logged() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, "admin: ':9200'\nenv_name: prod\n").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pbflags-evaluator"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .args([
+            "--descriptors",
+            &example(),
+            "--server",
+            "http://127.0.0.1:1",
+        ])
+        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        .env_remove("PBFLAGS_DATABASE")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read stdout on a thread until the serving line (hang guard: 10 s), then stop the server.
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !lines.iter().any(|l: &String| l.contains("serving gRPC")) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        lines.push(rx.recv_timeout(left).expect("the serving line within 10 s"));
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let out = child.wait_with_output().unwrap();
+    lines.extend(rx.try_iter());
+    let records: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+        .collect();
+    for key in ["admin", "env_name"] {
+        assert!(
+            records.iter().any(|r| r["level"] == "WARN"
+                && r["fields"]["key"] == key
+                && r["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("config file key ignored"))),
+            "no warning for {key} in {lines:?}"
+        );
+    }
+    assert!(
+        out.stderr.is_empty(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -273,6 +273,8 @@ pub struct Config {
     pub connections: ConnLimits,
     /// Longest flag and entity ids accepted.
     pub ids: IdLimits,
+    /// Keys of the configuration file that v0.6 used and this evaluator ignores (the admin UI's).
+    pub ignored_keys: Vec<&'static str>,
 }
 
 /// A setting that is missing or invalid; the message names it. Exit code 64.
@@ -324,18 +326,15 @@ impl ServeArgs {
     }
 
     fn resolve_over(&self, file: FileConfig) -> Result<Config, ConfigError> {
-        for (key, v) in [
+        // v0.6 keys this evaluator accepts and ignores; logged once logging runs (see `serve`).
+        let ignored_keys = [
             ("admin", &file.admin),
             ("env_name", &file.env_name),
             ("env_color", &file.env_color),
-        ] {
-            if v.is_some() {
-                tracing::warn!(
-                    key,
-                    "config file key ignored: the admin UI is not part of this evaluator"
-                );
-            }
-        }
+        ]
+        .into_iter()
+        .filter_map(|(key, v)| v.is_some().then_some(key))
+        .collect();
         let source = self.source.resolve(&file)?;
         let listener = self.listener.resolve(&file)?;
         let telemetry = self.telemetry.resolve()?;
@@ -357,6 +356,7 @@ impl ServeArgs {
             worker_threads: listener.worker_threads,
             connections: listener.connections,
             ids: listener.ids,
+            ignored_keys,
             tls,
             tls_poll_interval,
             log_format: self.telemetry.log_format,
@@ -842,11 +842,12 @@ mod tests {
                 .to_string()
                 .contains("cache.flag_ttl")
         );
-        let (_d, path) = file("descriptors: d\nserver: http://x:1\nadmin: ':9200'\n");
-        assert!(
-            args(&["--config", &path]).resolve().is_ok(),
-            "v0.6 admin keys are ignored"
-        );
+        let (_d, path) =
+            file("descriptors: d\nserver: http://x:1\nadmin: ':9200'\nenv_color: red\n");
+        let c = args(&["--config", &path])
+            .resolve()
+            .expect("v0.6 admin keys are ignored");
+        assert_eq!(c.ignored_keys, ["admin", "env_color"]);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Logs and traces: tracing to stderr (text or JSON, filtered by level), one build-info line at
+//! Logs and traces: tracing as text on stderr or JSON lines on stdout (filtered by level), one build-info line at
 //! start, and OpenTelemetry trace export over OTLP/gRPC when an endpoint is configured
 //! (`--otlp-endpoint` or the standard `OTEL_EXPORTER_OTLP_ENDPOINT`); a no-op otherwise.
 
@@ -83,13 +83,21 @@ pub fn init(format: LogFormat, filter: &str, tracing_cfg: &Tracing) -> Telemetry
     let otel = provider
         .as_ref()
         .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("pbflags-evaluator")));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let registry = tracing_subscriber::registry().with(filter).with(otel);
+    // JSON lines go to stdout, where log collectors expect structured output; text stays on
+    // stderr, beside usage errors, for people at a terminal.
     let _ = match format {
         LogFormat::Json => registry
-            .with(fmt.json().with_current_span(false))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stdout)
+                    .json()
+                    .with_current_span(false),
+            )
             .try_init(),
-        LogFormat::Text => registry.with(fmt).try_init(),
+        LogFormat::Text => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .try_init(),
     };
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),

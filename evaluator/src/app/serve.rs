@@ -80,6 +80,12 @@ impl Prepared {
 
 /// Loads descriptors, builds the source and engine, migrates if asked, and binds the listener.
 pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
+    for key in &config.ignored_keys {
+        tracing::warn!(
+            key,
+            "config file key ignored: the admin UI is not part of this evaluator"
+        );
+    }
     let snapshot = descriptors::load_file(&config.descriptors)?;
     for w in snapshot.warnings() {
         tracing::warn!(warning = %w, "descriptor warning");
