@@ -59,6 +59,17 @@ async fn every_sslmode_behaves_as_libpq_documents_and_cleartext_is_refused() {
             "{mode}"
         );
     }
+    // A libpq keyword/value string, as v0.6 accepted.
+    let (host, port) = server
+        .address()
+        .split_once(':')
+        .map(|(h, p)| (h.to_owned(), p.to_owned()))
+        .unwrap();
+    let dsn = format!(
+        "host={host} port={port} user=pbflags dbname=pbflags sslmode=verify-full sslrootcert='{}'",
+        server.ca().display()
+    );
+    assert_eq!(session_ssl(&args(dsn, None)).await, Ok(true));
     // require encrypts without checking the certificate.
     assert_eq!(
         session_ssl(&args(format!("{base}?sslmode=require"), None)).await,

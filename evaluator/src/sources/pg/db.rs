@@ -113,10 +113,37 @@ pub fn redact(url: &str) -> String {
             out.replace_range(colon + 1..at, "***");
         }
     }
-    if let Some(p) = out.find("password=") {
-        let start = p + "password=".len();
-        let end = out[start..].find('&').map_or(out.len(), |i| i + start);
-        out.replace_range(start..end, "***");
+    if let Some(p) = out.find("password") {
+        // `password=…` in a URL query or a keyword/value string (spaces around `=`, quotes).
+        let after = &out[p + "password".len()..];
+        let eq = after.len() - after.trim_start().len();
+        if after[eq..].starts_with('=') {
+            let start = p + "password".len() + eq + 1;
+            let value = &out[start..];
+            let skip = value.len() - value.trim_start().len();
+            let start = start + skip;
+            let end = if out[start..].starts_with('\'') {
+                // Through the closing quote (escaped quotes are skipped).
+                let mut end = out.len();
+                let mut escaped = false;
+                for (i, c) in out[start + 1..].char_indices() {
+                    match c {
+                        '\\' if !escaped => escaped = true,
+                        '\'' if !escaped => {
+                            end = start + 1 + i + 1;
+                            break;
+                        }
+                        _ => escaped = false,
+                    }
+                }
+                end
+            } else {
+                out[start..]
+                    .find(|c: char| c == '&' || c.is_whitespace())
+                    .map_or(out.len(), |i| i + start)
+            };
+            out.replace_range(start..end, "***");
+        }
     }
     out
 }
@@ -175,7 +202,8 @@ impl DatabaseArgs {
     }
 }
 
-/// Parses a PostgreSQL URL; any other scheme (`mysql://`, a bare host) is refused by name.
+/// Parses a PostgreSQL URL, or a libpq keyword/value string (`host=db user=flags dbname=flags`), as
+/// v0.6 (pgx) accepted both; any other scheme (`mysql://`) is refused by name.
 fn connect_options(url: &str) -> Result<PgConnectOptions, DbError> {
     match url.split_once("://") {
         Some(("postgres" | "postgresql", _)) => {}
@@ -184,17 +212,103 @@ fn connect_options(url: &str) -> Result<PgConnectOptions, DbError> {
                 "{scheme}:// is not PostgreSQL; use a postgres:// or postgresql:// URL"
             )));
         }
+        None if url.contains('=') => return keyword_options(url),
         None => {
             return Err(DbError::InvalidUrl(
-                "not a URL; use postgres://user:password@host:5432/database".to_owned(),
+                "not a URL; use postgres://user:password@host:5432/database or \
+                 host=… user=… dbname=…"
+                    .to_owned(),
             ));
         }
     }
     PgConnectOptions::from_str(url).map_err(|e| DbError::InvalidUrl(redact(&e.to_string())))
 }
 
-/// Whether the URL's query sets `name`.
+/// The `key=value` pairs of a libpq keyword/value connection string: separated by whitespace,
+/// spaces allowed around `=`, values bare or in single quotes, `\` escaping the next character.
+fn keyword_pairs(dsn: &str) -> Result<Vec<(String, String)>, DbError> {
+    let bad = |why: &str| DbError::InvalidUrl(format!("connection string: {why}"));
+    let mut pairs = Vec::new();
+    let mut chars = dsn.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.peek().is_none() {
+            return Ok(pairs);
+        }
+        let mut key = String::new();
+        while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
+            key.push(c);
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.next() != Some('=') {
+            return Err(bad(&format!("{key:?} has no \"=\"")));
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut value = String::new();
+        let quoted = chars.next_if_eq(&'\'').is_some();
+        loop {
+            match chars.next() {
+                None if quoted => {
+                    return Err(bad(&format!("the value of {key} has no closing quote")));
+                }
+                None => break,
+                Some('\'') if quoted => break,
+                Some(c) if c.is_whitespace() && !quoted => break,
+                Some('\\') => match chars.next() {
+                    Some(c) => value.push(c),
+                    None => return Err(bad(&format!("the value of {key} ends in a backslash"))),
+                },
+                Some(c) => value.push(c),
+            }
+        }
+        pairs.push((key, value));
+    }
+}
+
+/// Connection options from a keyword/value string. Unknown keywords are refused by name, as libpq
+/// does; `connect_timeout` is accepted and left to `--db-connect-timeout`.
+fn keyword_options(dsn: &str) -> Result<PgConnectOptions, DbError> {
+    let bad = |why: String| DbError::InvalidUrl(format!("connection string: {why}"));
+    let mut o = PgConnectOptions::new_without_pgpass();
+    for (key, value) in keyword_pairs(dsn)? {
+        o = match key.as_str() {
+            "host" | "hostaddr" if value.starts_with('/') => o.socket(&value),
+            "host" | "hostaddr" => o.host(&value),
+            "port" => o.port(
+                value
+                    .parse()
+                    .map_err(|_| bad(format!("port {value:?} is not a port number")))?,
+            ),
+            "dbname" => o.database(&value),
+            "user" => o.username(&value),
+            "password" => o.password(&value),
+            "sslmode" => o.ssl_mode(
+                value
+                    .parse()
+                    .map_err(|_| bad(format!("sslmode {value:?} is not a libpq sslmode")))?,
+            ),
+            "sslrootcert" => o.ssl_root_cert(&value),
+            "sslcert" => o.ssl_client_cert(&value),
+            "sslkey" => o.ssl_client_key(&value),
+            "application_name" => o.application_name(&value),
+            "connect_timeout" => o,
+            other => {
+                return Err(bad(format!(
+                    "unsupported keyword {other:?}; use host, hostaddr, port, dbname, user, \
+                     password, sslmode, sslrootcert, sslcert, sslkey, application_name or \
+                     connect_timeout"
+                )));
+            }
+        };
+    }
+    Ok(o)
+}
+
+/// Whether the URL's query (or the keyword/value string) sets `name`.
 fn has_query_param(url: &str, name: &str) -> bool {
+    if !url.contains("://") {
+        return keyword_pairs(url).is_ok_and(|pairs| pairs.iter().any(|(k, _)| k == name));
+    }
     url.split_once('?').is_some_and(|(_, q)| {
         q.split('&')
             .any(|kv| kv.split_once('=').map_or(kv, |(k, _)| k) == name)
@@ -297,6 +411,7 @@ mod tests {
         for ok in [
             "postgres://a@b/c",
             "postgresql://a:pw@b:5432/c?sslmode=disable",
+            "host=b user=a dbname=c sslmode=disable",
         ] {
             assert!(args(ok).validate().is_ok(), "{ok}");
         }
@@ -310,6 +425,66 @@ mod tests {
             let e = args(bad).validate().unwrap_err().to_string();
             assert!(e.contains(says), "{bad}: {e}");
             assert!(!e.contains("hunter2"), "{e}");
+        }
+    }
+
+    #[test]
+    fn keyword_value_strings_parse_as_libpq_does() {
+        let pairs = keyword_pairs(
+            r"host=db.internal  port = 6432 dbname=flags user=app password='p w\'d' sslmode=require",
+        )
+        .unwrap();
+        let want = [
+            ("host", "db.internal"),
+            ("port", "6432"),
+            ("dbname", "flags"),
+            ("user", "app"),
+            ("password", "p w'd"),
+            ("sslmode", "require"),
+        ];
+        assert_eq!(
+            pairs,
+            want.map(|(k, v)| (k.to_owned(), v.to_owned())).to_vec()
+        );
+        let o = keyword_options("host=db.internal port=6432 dbname=flags user=app").unwrap();
+        assert_eq!(
+            (
+                o.get_host(),
+                o.get_port(),
+                o.get_database(),
+                o.get_username()
+            ),
+            ("db.internal", 6432, Some("flags"), "app")
+        );
+        assert!(matches!(
+            keyword_options("host=db sslmode=verify-full")
+                .unwrap()
+                .get_ssl_mode(),
+            PgSslMode::VerifyFull
+        ));
+        assert!(has_query_param("host=db sslmode=disable", "sslmode"));
+        for (bad, says) in [
+            ("host=db port=x", "port \"x\" is not a port number"),
+            ("host=db sslmode=sometimes", "sslmode \"sometimes\""),
+            ("host=db flavour=vanilla", "unsupported keyword \"flavour\""),
+            ("host=db password='open", "no closing quote"),
+            ("host", "\"host\" has no \"=\""),
+        ] {
+            let e = keyword_options(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn passwords_in_keyword_strings_never_print() {
+        for dsn in [
+            "host=db password=hunter2 user=app",
+            "host=db password = 'hunter 2' user=app",
+            "host=db password='a\\'hunter2' user=app",
+        ] {
+            let r = redact(dsn);
+            assert!(!r.contains("hunter"), "{r}");
+            assert!(r.contains("user=app"), "{r}");
         }
     }
 
