@@ -1,6 +1,8 @@
 //! Latency against a real PostgreSQL on loopback: cold misses (flag state fetched from the
 //! database), 100 concurrent misses for one flag (counted in queries), and a cold BulkEvaluate of
-//! 100 flags for an entity. Starts its own throwaway server with scripts/pg.sh.
+//! 100 flags for an entity; then misses during an outage, with the database refusing connections
+//! and black-holed (a listener that accepts and never answers). Starts its own throwaway server
+//! with scripts/pg.sh.
 //! `cargo bench -p pbflags-evaluator --bench postgres`
 
 #[path = "../tests/support/engine.rs"]
@@ -112,5 +114,67 @@ fn main() {
             percentile(&bulk, 0.99)
         );
         drop(server);
+
+        // Outages: 2,000 cold misses (500 ms fetch timeout, as configured by default) against a
+        // database that refuses connections, then one that is black-holed.
+        let refused = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let port = l.local_addr().expect("addr").port();
+            drop(l); // nothing listens there now: connections are refused
+            format!("postgres://u@127.0.0.1:{port}/flags?sslmode=disable")
+        };
+        let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let hole_url = format!(
+            "postgres://u@{}/flags?sslmode=disable",
+            hole.local_addr().expect("addr")
+        );
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = hole.accept().await {
+                held.push(s); // accepted, never answered
+            }
+        });
+        for (name, url) in [("refusing connections", refused), ("black-holed", hole_url)] {
+            let args = db::DatabaseArgs {
+                database: Some(url),
+                database_file: None,
+                db_pool_size: 4,
+                db_connect_timeout: Duration::from_secs(5),
+                db_statement_timeout: Duration::from_secs(5),
+                database_ca: None,
+            };
+            let metrics = Metrics::new();
+            let flags: Vec<_> = (1..=100)
+                .map(|i| harness::def(&format!("bench/{i}"), "", Some(FlagValue::int64(0))))
+                .collect();
+            let registry = Arc::new(Registry::new(Snapshot::new(flags, ContentHash::default(), vec![])));
+            let source = Arc::new(PgSource::new(
+                args.pool().expect("lazy pool"),
+                Duration::from_millis(500),
+                metrics.clone(),
+            ));
+            let engine = Engine::new(registry, source, Backend::Db, CacheConfig::default(), metrics.clone());
+            let mut samples = Vec::with_capacity(2000);
+            let started = Instant::now();
+            for n in 0..2000 {
+                let t = Instant::now();
+                let ev = engine.evaluate(&format!("bench/{}", n % 100 + 1), "").await;
+                samples.push(t.elapsed());
+                std::hint::black_box(ev);
+                engine.caches().flush();
+            }
+            let elapsed = started.elapsed();
+            let calls = fetches(&metrics, "flag_state");
+            let first: Vec<_> = samples[..3].iter().map(|d| format!("{d:.1?}")).collect();
+            samples.sort();
+            println!(
+                "outage, database {name}: 2000 misses in {elapsed:.2?}, {calls} source calls \
+                 (first three misses {}); p50 {:?}, p99 {:?}, max {:?}",
+                first.join(", "),
+                percentile(&samples, 0.50),
+                percentile(&samples, 0.99),
+                samples[samples.len() - 1]
+            );
+        }
     });
 }

@@ -395,6 +395,50 @@ async fn a_hundred_concurrent_evaluations_are_all_correct() {
 // ---- health and the kill poll -----------------------------------------------------------------------
 
 #[test]
+fn while_the_source_is_down_misses_answer_without_calling_it_but_one_probe_per_interval() {
+    let h = Harness::new(vec![def("f/1", "", b(true))]);
+    h.source.set_failing(true);
+    for i in 0..3 {
+        h.eval(&format!("x/{i}"), "");
+    }
+    assert_eq!(h.engine.health().status(), EvaluatorStatus::Degraded);
+    let calls = h.source.calls.fetches();
+    // Ten misses within the probe interval: none calls the source.
+    for i in 0..10 {
+        let ev = h.eval(&format!("y/{i}"), "");
+        assert_eq!(ev.source, Src::Default);
+    }
+    assert_eq!(h.source.calls.fetches(), calls);
+    assert_eq!(h.metrics.source_fast_failures.get(), 10);
+    // After the interval one miss probes (and fails again); the rest stay fast.
+    h.clock.advance(Duration::from_millis(500));
+    for i in 0..5 {
+        h.eval(&format!("w/{i}"), "");
+    }
+    assert_eq!(h.source.calls.fetches(), calls + 1);
+    assert_eq!(h.metrics.source_fast_failures.get(), 14);
+    // The next probe once the interval has passed; it finds the source back.
+    h.source.set_failing(false);
+    h.eval("z/1", "");
+    assert_eq!(
+        h.source.calls.fetches(),
+        calls + 1,
+        "still within the interval"
+    );
+    h.clock.advance(Duration::from_millis(500));
+    h.eval("z/2", "");
+    assert_eq!(h.source.calls.fetches(), calls + 2);
+    assert_eq!(h.engine.health().status(), EvaluatorStatus::Serving);
+    h.eval("z/3", "");
+    h.eval("z/4", "");
+    assert_eq!(
+        h.source.calls.fetches(),
+        calls + 4,
+        "every miss calls the source again"
+    );
+}
+
+#[test]
 fn health_degrades_after_three_failed_fetches_and_recovers_on_one_success() {
     let h = Harness::new(vec![def("f/1", "", b(true))]);
     assert_eq!(h.engine.health().status(), EvaluatorStatus::Connecting);
@@ -405,6 +449,8 @@ fn health_degrades_after_three_failed_fetches_and_recovers_on_one_success() {
     assert_eq!(h.engine.health_report().status, EvaluatorStatus::Degraded);
     assert_eq!(h.engine.health_report().consecutive_failures, 3);
     h.source.set_failing(false);
+    // The next miss to reach the source is the probe, one interval after the last failure.
+    h.clock.advance(Duration::from_millis(500));
     h.eval("f/1", "");
     assert_eq!(h.engine.health_report().status, EvaluatorStatus::Serving);
 }

@@ -110,6 +110,8 @@ pub struct Metrics {
     pub coalesced_fetches: IntCounter,
     /// `pbflags_source_invalid_values_total`: values from the source that could not be decoded.
     pub invalid_values: IntCounter,
+    /// `pbflags_source_fast_failures_total`: misses answered without calling a source known down.
+    pub source_fast_failures: IntCounter,
     reloads: IntCounterVec,
     tls_reloads: IntCounterVec,
     task_restarts: IntCounterVec,
@@ -300,6 +302,10 @@ impl Metrics {
             invalid_values: int_counter(
                 "pbflags_source_invalid_values_total",
                 "Values or states from the source that could not be decoded (treated as absent).",
+            ),
+            source_fast_failures: int_counter(
+                "pbflags_source_fast_failures_total",
+                "Cache misses answered at once, without calling the source, while it is known down (one probe call per 500ms goes through).",
             ),
             reloads,
             tls_reloads,

@@ -1,5 +1,6 @@
 //! Health of the connection to the state source: CONNECTING until the first success, SERVING,
-//! DEGRADED after 3 consecutive failures; and the kill poller's backoff multiplier.
+//! DEGRADED after 3 consecutive failures; the kill poller's backoff multiplier; and the fast
+//! path while the source is down ([`Health::admit`]).
 //!
 //! Lock-free: evaluations record outcomes on the hot path.
 
@@ -13,6 +14,9 @@ use crate::metrics::Metrics;
 /// Consecutive failures at which status turns DEGRADED.
 pub const DEGRADED_AFTER: u32 = 3;
 
+/// While DEGRADED, one source call per this many milliseconds is let through as a probe.
+pub const PROBE_INTERVAL_MS: u64 = 500;
+
 const CONNECTING: u32 = EvaluatorStatus::Connecting as u32;
 const SERVING: u32 = EvaluatorStatus::Serving as u32;
 const DEGRADED: u32 = EvaluatorStatus::Degraded as u32;
@@ -23,6 +27,8 @@ pub struct Health {
     failures: AtomicU32,
     /// Clock millisecond of the last success, plus one (0 = never).
     last_success: AtomicU64,
+    /// Clock millisecond of the last probe let through while DEGRADED, plus one (0 = never).
+    last_probe: AtomicU64,
     clock: Clock,
     metrics: Option<Metrics>,
 }
@@ -35,6 +41,7 @@ impl Health {
             status: AtomicU32::new(CONNECTING),
             failures: AtomicU32::new(0),
             last_success: AtomicU64::new(0),
+            last_probe: AtomicU64::new(0),
             clock,
             metrics,
         }
@@ -64,10 +71,33 @@ impl Health {
             .saturating_add(1);
         if n >= DEGRADED_AFTER {
             self.status.store(DEGRADED, Ordering::Relaxed);
+            // The next probe waits a full interval from this failure, not from the start of the
+            // call that failed (which may have taken the whole fetch timeout).
+            let now = self.clock.now_ms().min(u64::MAX - 1) + 1;
+            self.last_probe.store(now, Ordering::Relaxed);
         }
         if let Some(m) = &self.metrics {
             m.consecutive_failures.set(i64::from(n));
         }
+    }
+
+    /// Whether a cache miss may call the source now. Always while fewer than [`DEGRADED_AFTER`]
+    /// calls in a row have failed; while DEGRADED, only one call per [`PROBE_INTERVAL_MS`] after
+    /// the last failure or probe (the probe), so the other misses answer at once from last-known values or compiled defaults
+    /// instead of each waiting out the fetch timeout. A successful call (a probe, or the kill
+    /// poller's, which is never held back) ends the fast path.
+    #[inline]
+    pub fn admit(&self) -> bool {
+        if self.failures.load(Ordering::Relaxed) < DEGRADED_AFTER {
+            return true;
+        }
+        let now = self.clock.now_ms().min(u64::MAX - 1) + 1;
+        let last = self.last_probe.load(Ordering::Relaxed);
+        (last == 0 || now.saturating_sub(last) >= PROBE_INTERVAL_MS)
+            && self
+                .last_probe
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// The current status.
@@ -177,6 +207,36 @@ mod tests {
             (EvaluatorStatus::Serving, 0)
         );
         assert_eq!(m.consecutive_failures.get(), 0);
+    }
+
+    #[test]
+    fn while_degraded_one_call_per_probe_interval_is_admitted() {
+        let clock = Clock::manual();
+        let h = Health::new(clock.clone(), None);
+        h.record_success();
+        for _ in 0..DEGRADED_AFTER - 1 {
+            h.record_failure();
+            assert!(h.admit(), "not yet degraded: every call goes through");
+        }
+        h.record_failure();
+        assert!(
+            !h.admit(),
+            "a full interval after the failure that degraded it"
+        );
+        clock.advance(std::time::Duration::from_millis(PROBE_INTERVAL_MS));
+        assert!(h.admit(), "the first probe");
+        assert!(!h.admit() && !h.admit(), "the rest fail fast");
+        // The probe fails after a while: the next one is an interval after that failure.
+        clock.advance(std::time::Duration::from_millis(PROBE_INTERVAL_MS));
+        h.record_failure();
+        assert!(!h.admit());
+        clock.advance(std::time::Duration::from_millis(PROBE_INTERVAL_MS - 1));
+        assert!(!h.admit());
+        clock.advance(std::time::Duration::from_millis(1));
+        assert!(h.admit(), "the next probe");
+        assert!(!h.admit());
+        h.record_success();
+        assert!(h.admit() && h.admit(), "a success ends the fast path");
     }
 
     #[test]

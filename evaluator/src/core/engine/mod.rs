@@ -114,7 +114,20 @@ struct Shared {
     metrics: Metrics,
 }
 
+/// Why a miss was answered without calling the source.
+const SOURCE_DOWN: &str = "source known down; answered without calling it";
+
 impl Shared {
+    /// Whether a miss may call the source now (see [`Health::admit`]); counts the misses that may
+    /// not.
+    fn admit(&self) -> bool {
+        let admitted = self.health.admit();
+        if !admitted {
+            self.metrics.source_fast_failures.inc();
+        }
+        admitted
+    }
+
     /// Counts a fetched value whose type is not the flag's declared type (it is served as absent,
     /// see [`decide::mistyped`]).
     fn check_type(&self, flag_id: &str, value: Option<&FlagValue>) {
@@ -383,6 +396,11 @@ impl Engine {
             return Lookup::Fresh(e);
         }
         self.shared.metrics.count(Event::FLAG_MISS);
+        if !self.shared.admit() {
+            return self
+                .last_known_flag(flag_id, &home)
+                .map_or(Lookup::Unavailable, Lookup::Stale);
+        }
         let key: Arc<str> = flag_id.into();
         let shared = self.shared.clone();
         let flight_home = home.clone();
@@ -423,6 +441,11 @@ impl Engine {
             return Lookup::Fresh(e);
         }
         self.shared.metrics.count(Event::OVERRIDE_MISS);
+        if !self.shared.admit() {
+            return caches
+                .last_known_override(flag_id, entity_id)
+                .map_or(Lookup::Unavailable, Lookup::Stale);
+        }
         let key: OverrideKey = (flag_id.into(), entity_id.into());
         let shared = self.shared.clone();
         let flight_key = key.clone();
@@ -560,6 +583,10 @@ impl Engine {
         if missing.is_empty() {
             return batch;
         }
+        if !self.shared.admit() {
+            batch.failed = Some(SourceError::unavailable(SOURCE_DOWN));
+            return batch;
+        }
         let started = std::time::Instant::now();
         let span = tracing::info_span!("source.overrides", entity_id, flags = missing.len());
         let r = self
@@ -587,6 +614,10 @@ impl Engine {
             |id, home| self.cached_flag(id, home),
         );
         if missing.is_empty() {
+            return batch;
+        }
+        if !self.shared.admit() {
+            batch.failed = Some(SourceError::unavailable(SOURCE_DOWN));
             return batch;
         }
         let ids: Vec<String> = missing.iter().map(|(id, _)| id.clone()).collect();
