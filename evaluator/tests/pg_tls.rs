@@ -13,8 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use pbflags_evaluator::sources::pg::admin::{self, StateChange};
-use pbflags_evaluator::sources::pg::db::{self, DatabaseArgs, DbError};
-use pbflags_evaluator::sources::pg::sync;
+use pbflags_evaluator::sources::pg::db::{DatabaseArgs, DbError};
 use pbflags_proto::v1::{EvaluateRequest, EvaluationSource};
 use pg::PgServer;
 use server::Running;
@@ -105,12 +104,7 @@ async fn a_root_serves_state_read_over_verified_tls() {
     let server = PgServer::start_tls();
     let url = format!("postgres://pbflags@{}/pbflags", server.address());
     let pool = args(url.clone(), Some(server.ca())).pool().unwrap();
-    db::migrate(&pool).await.unwrap();
-    let snapshot =
-        pbflags_evaluator::core::registry::Snapshot::from_bytes(pbflags_proto::EXAMPLE_DESCRIPTORS)
-            .unwrap();
-    let flags: Vec<_> = snapshot.flags().iter().map(|f| (**f).clone()).collect();
-    sync::sync(&pool, &flags, false).await.unwrap();
+    server::migrate_and_sync_example(&pool).await;
     admin::set_state(
         &pool,
         "notifications/2",

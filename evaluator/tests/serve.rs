@@ -17,7 +17,6 @@ use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use pbflags_evaluator::sources::pg::admin::{self, StateChange};
-use pbflags_evaluator::sources::pg::{db, sync};
 use pbflags_proto::v1::flag_evaluator_service_client::FlagEvaluatorServiceClient;
 use pbflags_proto::v1::{
     BulkEvaluateRequest, EvaluateRequest, EvaluateResponse, EvaluationSource, EvaluatorStatus,
@@ -35,12 +34,7 @@ async fn start(extra: &[&str]) -> Running {
 async fn root_db() -> pg::TestDb {
     let db = pg::TestDb::create().await;
     let pool = db.pool().await;
-    db::migrate(&pool).await.unwrap();
-    let snapshot =
-        pbflags_evaluator::core::registry::Snapshot::from_bytes(pbflags_proto::EXAMPLE_DESCRIPTORS)
-            .unwrap();
-    let flags: Vec<_> = snapshot.flags().iter().map(|f| (**f).clone()).collect();
-    sync::sync(&pool, &flags, false).await.unwrap();
+    server::migrate_and_sync_example(&pool).await;
     admin::set_state(
         &pool,
         "notifications/2",

@@ -23,6 +23,17 @@ fn defaults() -> Defaults {
     }
 }
 
+/// The objects built for `fe` with no Secret hash.
+fn built(fe: &FlagEvaluator, tls_ca: bool) -> build::Desired {
+    build::build(&Inputs {
+        fe,
+        defaults: &defaults(),
+        secret_hash: None,
+        tls_ca,
+    })
+    .expect("builds")
+}
+
 fn render(fe: &FlagEvaluator, secret_hash: Option<&str>) -> String {
     let defaults = defaults();
     let inputs = Inputs {
@@ -163,14 +174,7 @@ fn tls_serves_https_mounts_the_secret_and_points_the_proxy_at_https() {
 #[test]
 fn the_database_ca_is_mounted_where_the_database_is_used_only() {
     let fe = fixture("tls");
-    let defaults = defaults();
-    let d = build::build(&Inputs {
-        fe: &fe,
-        defaults: &defaults,
-        secret_hash: None,
-        tls_ca: true,
-    })
-    .unwrap();
+    let d = built(&fe, true);
     let job = d.migration.as_ref().unwrap();
     let pods = [
         (Tier::Root, &pod_template(&d, Tier::Root).spec),
@@ -217,14 +221,7 @@ fn the_database_ca_is_mounted_where_the_database_is_used_only() {
 #[test]
 fn every_object_is_owned_and_labelled() {
     let fe = fixture("root-and-proxy");
-    let defaults = defaults();
-    let d = build::build(&Inputs {
-        fe: &fe,
-        defaults: &defaults,
-        secret_hash: None,
-        tls_ca: false,
-    })
-    .unwrap();
+    let d = built(&fe, false);
     let metas = d
         .deployments()
         .map(|o| &o.metadata)
@@ -283,14 +280,7 @@ fn a_changed_secret_changes_the_root_pod_template_only() {
 #[test]
 fn the_descriptors_volume_is_a_directory_mount_so_updates_need_no_restart() {
     let fe = fixture("proxy-only");
-    let defaults = defaults();
-    let d = build::build(&Inputs {
-        fe: &fe,
-        defaults: &defaults,
-        secret_hash: None,
-        tls_ca: false,
-    })
-    .unwrap();
+    let d = built(&fe, false);
     let pod = d
         .proxy
         .as_ref()
@@ -308,6 +298,7 @@ fn the_descriptors_volume_is_a_directory_mount_so_updates_need_no_restart() {
         (mount.mount_path.as_str(), mount.sub_path.as_deref()),
         ("/etc/pbflags/descriptors", None)
     );
+    let defaults = defaults();
     let inputs = Inputs {
         fe: &fe,
         defaults: &defaults,

@@ -99,3 +99,17 @@ pub async fn wait_until(what: &str, mut f: impl AsyncFnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Applies the migrations and syncs the example descriptors into the database of `pool`.
+pub async fn migrate_and_sync_example(pool: &sqlx::PgPool) {
+    pbflags_evaluator::sources::pg::db::migrate(pool)
+        .await
+        .expect("migrate");
+    let snapshot =
+        pbflags_evaluator::core::registry::Snapshot::from_bytes(pbflags_proto::EXAMPLE_DESCRIPTORS)
+            .expect("example descriptors");
+    let flags: Vec<_> = snapshot.flags().iter().map(|f| (**f).clone()).collect();
+    pbflags_evaluator::sources::pg::sync::sync(pool, &flags, false)
+        .await
+        .expect("sync");
+}
