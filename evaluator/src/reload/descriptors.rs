@@ -161,7 +161,7 @@ impl DescriptorWatcher {
             }
         };
         let hash = ContentHash::of(&bytes);
-        if hash == self.registry.load().hash() || self.last_failed().as_ref() == Some(&hash) {
+        if self.known(&hash) {
             tracing::debug!(trigger = trigger.as_str(), %hash, "descriptors unchanged");
             return ReloadOutcome::Unchanged;
         }
@@ -171,7 +171,7 @@ impl DescriptorWatcher {
             Ok(settled) => settled,
             Err(err) => return self.failed(trigger, None, err),
         };
-        if hash == self.registry.load().hash() || self.last_failed().as_ref() == Some(&hash) {
+        if self.known(&hash) {
             return ReloadOutcome::Unchanged;
         }
         let next = match Snapshot::from_bytes(&bytes) {
@@ -253,6 +253,11 @@ impl DescriptorWatcher {
             reads: MAX_READS,
             debounce: self.config.debounce,
         })
+    }
+
+    /// Whether `hash` is the serving content or content that already failed to load.
+    fn known(&self, hash: &ContentHash) -> bool {
+        *hash == self.registry.load().hash() || self.last_failed().as_ref() == Some(hash)
     }
 
     fn last_failed(&self) -> Option<ContentHash> {
