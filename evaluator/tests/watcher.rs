@@ -317,7 +317,7 @@ fn a_file_caught_half_written_in_place_is_read_again_and_the_whole_file_applied(
     let path = dir.path().join("d.pb");
     std::fs::write(&path, pbflags_proto::EXAMPLE_DESCRIPTORS).expect("write");
     let (registry, metrics, _, mut config) = setup(&path);
-    config.debounce = Duration::from_millis(500);
+    config.debounce = Duration::from_millis(1000);
     let watcher = DescriptorWatcher::new(config, registry.clone(), metrics.clone());
     // A slow writer: the new set's first part (exactly the truncation after options.proto, a
     // valid set with no flags), then the rest a moment later, in place.
@@ -349,7 +349,7 @@ fn a_file_that_keeps_changing_is_not_applied_and_is_retried() {
     let path = dir.path().join("d.pb");
     std::fs::write(&path, pbflags_proto::EXAMPLE_DESCRIPTORS).expect("write");
     let (registry, metrics, _, mut config) = setup(&path);
-    config.debounce = Duration::from_millis(300);
+    config.debounce = Duration::from_millis(1000);
     let watcher = DescriptorWatcher::new(config, registry.clone(), metrics.clone());
     let before = registry.load().hash();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
