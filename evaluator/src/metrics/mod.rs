@@ -258,12 +258,12 @@ impl Metrics {
         let rpc_duration = HistogramVec::new(
             HistogramOpts::new(
                 "pbflags_rpc_duration_seconds",
-                "RPC handling time, by method.",
+                "RPC handling time, by method and status code.",
             )
             .buckets(vec![
                 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0,
             ]),
-            &["method"],
+            &["method", "code"],
         )
         .expect("valid");
         reg(Box::new(rpc_duration.clone()));
@@ -401,7 +401,7 @@ impl Metrics {
     pub fn rpc(&self, method: &str, code: &str, seconds: f64) {
         self.rpc_requests.with_label_values(&[method, code]).inc();
         self.rpc_duration
-            .with_label_values(&[method])
+            .with_label_values(&[method, code])
             .observe(seconds);
     }
 

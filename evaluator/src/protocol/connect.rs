@@ -3,7 +3,7 @@
 //! `{"code": "...", "message": "..."}` with the protocol's HTTP status. JSON uses the canonical
 //! proto3 mapping, through prost-reflect and the compiled-in descriptors.
 //!
-//! The server side (decoding requests, encoding answers and errors) serves `server::connect`; the
+//! The server side (decoding requests, encoding answers and errors) serves `server::rpc`; the
 //! client side (building a call, reading an error) serves the proxy's upstream source. Status codes
 //! and their Connect names are in [`super::status`].
 
@@ -92,12 +92,32 @@ pub fn encode<T: Message>(codec: Codec, msg: &T, type_name: &str) -> Result<Vec<
     }
 }
 
-/// A Connect error response.
+/// A Connect error response: `{"code", "message", "details"}` with the code's HTTP status. The
+/// status's details (an encoded `google.rpc.Status`) become `details` entries (`type`, unpadded
+/// base64 `value`); its metadata become response headers.
 pub fn error_response(status: &Status) -> Response {
-    let body =
-        serde_json::json!({ "code": connect_name(status.code()), "message": status.message() });
+    let mut body = serde_json::json!({ "code": connect_name(status.code()) });
+    if !status.message().is_empty() {
+        body["message"] = status.message().into();
+    }
+    let details = super::status::details_of(status);
+    if !details.is_empty() {
+        use base64::Engine as _;
+        let engine = base64::engine::general_purpose::STANDARD_NO_PAD;
+        body["details"] = details
+            .iter()
+            .map(|any| {
+                let type_name = any.type_url.rsplit('/').next().unwrap_or("");
+                serde_json::json!({ "type": type_name, "value": engine.encode(&any.value) })
+            })
+            .collect();
+    }
     let mut resp = (connect_http_status(status.code()), body.to_string()).into_response();
-    resp.headers_mut().insert(
+    let headers = resp.headers_mut();
+    for (name, value) in status.metadata().clone().into_headers().iter() {
+        headers.append(name, value.clone());
+    }
+    headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );

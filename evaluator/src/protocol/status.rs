@@ -5,6 +5,40 @@ use tonic::{Code, Status};
 
 use crate::core::source::{ErrorKind, SourceError};
 
+/// `google.rpc.Status`: how gRPC carries error details (`grpc-status-details-bin`), and how tonic
+/// keeps them in [`Status::details`].
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RpcStatus {
+    /// The code's number.
+    #[prost(int32, tag = "1")]
+    pub code: i32,
+    /// The message.
+    #[prost(string, tag = "2")]
+    pub message: String,
+    /// The details.
+    #[prost(message, repeated, tag = "3")]
+    pub details: Vec<prost_types::Any>,
+}
+
+/// The detail messages a status carries (none when it has no details or they do not decode).
+pub fn details_of(status: &Status) -> Vec<prost_types::Any> {
+    if status.details().is_empty() {
+        return Vec::new();
+    }
+    <RpcStatus as prost::Message>::decode(status.details())
+        .map_or_else(|_| Vec::new(), |s| s.details)
+}
+
+/// A status with `details` attached, as gRPC and Connect carry them.
+pub fn with_details(code: Code, message: String, details: Vec<prost_types::Any>) -> Status {
+    let encoded = prost::Message::encode_to_vec(&RpcStatus {
+        code: code as i32,
+        message: message.clone(),
+        details,
+    });
+    Status::with_details(code, message, encoded.into())
+}
+
 /// The status a client sees for a state-source failure.
 pub fn from_source(e: &SourceError) -> Status {
     let (code, what) = match e.kind {

@@ -1,11 +1,12 @@
 //! One listener for everything: gRPC (HTTP/2 cleartext), gRPC-Web, Connect (HTTP/1.1 and HTTP/2),
 //! `grpc.health.v1`, `/metrics`, `/healthz` and `/readyz`.
 //!
-//! Requests whose content type is `application/grpc*` go to the tonic services (gRPC-Web translated
-//! by tonic-web); everything else goes to the HTTP router (Connect handlers, metrics, health).
+//! Requests for the evaluator service go to [`rpc::router`] (Connect, gRPC and gRPC-Web, proto and
+//! JSON); other `application/grpc*` requests to the other tonic services (`grpc.health.v1`,
+//! gRPC-Web translated by tonic-web); everything else to the HTTP routes (metrics, health).
 
 pub mod conn;
-pub mod connect;
+pub mod rpc;
 pub mod service;
 pub mod tls;
 
@@ -18,16 +19,15 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use http::{Request, StatusCode, header};
 use pbflags_proto::v1::EvaluatorStatus;
-use pbflags_proto::v1::flag_evaluator_service_server::FlagEvaluatorServiceServer;
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
 use crate::metrics::Metrics;
-use connect::ConnectState;
+use rpc::UnaryService as _;
 use service::Evaluator;
 
 /// Whether the process should receive traffic: set once descriptors are loaded and cleared when
@@ -98,48 +98,33 @@ pub struct AppParts {
     pub max_request_bytes: usize,
 }
 
-fn is_grpc(req: &Request<Body>) -> bool {
-    req.headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/grpc"))
-}
-
 /// The complete router.
 pub fn router(parts: AppParts) -> Router {
-    let grpc_service = FlagEvaluatorServiceServer::new(parts.evaluator.clone())
-        .max_decoding_message_size(parts.max_request_bytes)
-        .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
-        .send_compressed(tonic::codec::CompressionEncoding::Gzip);
     let grpc: Router = parts
         .grpc_routes
-        .add_service(grpc_service)
         .into_axum_router()
         .layer(tonic_web::GrpcWebLayer::new());
-
-    let connect_state = ConnectState {
-        evaluator: parts.evaluator.clone(),
-        max_request_bytes: parts.max_request_bytes,
-    };
+    let evaluator = rpc::router(
+        parts.evaluator.clone(),
+        rpc::RpcLimits {
+            max_request_bytes: parts.max_request_bytes,
+        },
+    );
     let http_state = HttpState {
         evaluator: parts.evaluator,
         readiness: parts.readiness,
     };
     let http: Router = Router::new()
-        .route(
-            "/pbflags.v1.FlagEvaluatorService/{method}",
-            post(connect::handle).with_state(connect_state),
-        )
-        .merge(
-            Router::new()
-                .route("/healthz", get(healthz))
-                .route("/readyz", get(readyz))
-                .route("/metrics", get(metrics))
-                .with_state(http_state),
-        );
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(http_state);
+    let prefix = format!("/{}/", Evaluator::NAME);
 
     Router::new().fallback_service(tower::service_fn(move |req: Request<Body>| {
-        let target = if is_grpc(&req) {
+        let target = if req.uri().path().starts_with(&prefix) {
+            evaluator.clone()
+        } else if rpc::is_grpc(req.headers()) {
             grpc.clone()
         } else {
             http.clone()

@@ -2,7 +2,7 @@
 //! RPCs, uncached, as in v0.6). Every protocol — gRPC, gRPC-Web, Connect — reaches these methods.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
 
 use pbflags_proto::v1::flag_evaluator_service_server::FlagEvaluatorService;
 use pbflags_proto::v1::{
@@ -13,7 +13,9 @@ use pbflags_proto::v1::{
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
+use super::rpc::{Answer, Call, UnaryService};
 use crate::core::engine::{Engine, Evaluation};
+use crate::protocol::connect::{decode, encode};
 use crate::protocol::status::{connect_name, from_source};
 
 /// The longest ids a request may carry, in bytes. Longer ids are refused with `invalid_argument`
@@ -87,7 +89,8 @@ impl Evaluator {
     }
 
     /// Runs one RPC inside its span (a child of the caller's trace when `metadata` carries
-    /// `traceparent`), and records its method, status code and duration.
+    /// `traceparent`). Its method, code and duration are recorded by the serving layer
+    /// ([`UnaryService::observe`]), which also sees the requests refused before they get here.
     async fn rpc<T>(
         &self,
         method: &'static str,
@@ -100,16 +103,88 @@ impl Evaluator {
             rpc.method = method
         );
         crate::protocol::trace_context::adopt_parent(&span, metadata.as_ref());
-        let started = Instant::now();
-        let r = call.instrument(span).await;
-        let code = match &r {
-            Ok(_) => "ok",
-            Err(s) => connect_name(s.code()),
-        };
+        call.instrument(span).await.map(Response::new)
+    }
+}
+
+/// The service's methods, as metric labels.
+const METHODS: [&str; 6] = [
+    "Evaluate",
+    "BulkEvaluate",
+    "Health",
+    "GetFlagState",
+    "GetKilledFlags",
+    "GetOverrides",
+];
+
+/// Decodes a `$req` from the call, runs the typed method, encodes the answer.
+macro_rules! typed {
+    ($this:expr, $call:expr, $method:ident, $req:literal, $resp:literal) => {{
+        let req = decode($call.codec, &$call.body, $req)?;
+        let request = Request::from_parts(
+            tonic::metadata::MetadataMap::from_headers($call.headers),
+            tonic::Extensions::default(),
+            req,
+        );
+        let resp = $this.$method(request).await?.into_inner();
+        encode($call.codec, &resp, $resp)
+    }};
+}
+
+impl Evaluator {
+    async fn dispatch(&self, call: Call) -> Result<Vec<u8>, Status> {
+        match call.method {
+            "Evaluate" => typed!(self, call, evaluate, "EvaluateRequest", "EvaluateResponse"),
+            "BulkEvaluate" => typed!(
+                self,
+                call,
+                bulk_evaluate,
+                "BulkEvaluateRequest",
+                "BulkEvaluateResponse"
+            ),
+            "Health" => typed!(self, call, health, "HealthRequest", "HealthResponse"),
+            "GetFlagState" => typed!(
+                self,
+                call,
+                get_flag_state,
+                "GetFlagStateRequest",
+                "GetFlagStateResponse"
+            ),
+            "GetKilledFlags" => typed!(
+                self,
+                call,
+                get_killed_flags,
+                "GetKilledFlagsRequest",
+                "GetKilledFlagsResponse"
+            ),
+            "GetOverrides" => typed!(
+                self,
+                call,
+                get_overrides,
+                "GetOverridesRequest",
+                "GetOverridesResponse"
+            ),
+            other => Err(Status::unimplemented(format!("no method {other}"))),
+        }
+    }
+}
+
+impl UnaryService for Evaluator {
+    const NAME: &'static str = "pbflags.v1.FlagEvaluatorService";
+
+    fn method(&self, method: &str) -> Option<&'static str> {
+        METHODS.iter().find(|m| **m == method).copied()
+    }
+
+    fn call(&self, call: Call) -> impl Future<Output = Answer> + Send + 'static {
+        let this = self.clone();
+        async move { Answer::from(this.dispatch(call).await) }
+    }
+
+    fn observe(&self, method: &'static str, code: tonic::Code, elapsed: Duration) {
         self.engine
             .metrics()
-            .rpc(method, code, started.elapsed().as_secs_f64());
-        r.map(Response::new)
+            .rpc(method, connect_name(code), elapsed.as_secs_f64());
     }
 }
 

@@ -1,0 +1,352 @@
+//! Unary RPC services over every protocol the server speaks: Connect (HTTP/1.1 and HTTP/2), gRPC
+//! and gRPC-Web, each with binary protobuf or JSON bodies, with gzip.
+//!
+//! A service implements [`UnaryService`]: it gets a method name, a [`Codec`] and the request body
+//! bytes, and answers with response bytes (or a [`Status`]) plus headers and trailers. [`router`]
+//! serves it at `/<package.Service>/<Method>`; the request's content type picks the protocol:
+//!
+//! | content type | protocol | codec |
+//! |---|---|---|
+//! | `application/proto`, `application/json` | Connect ([`connect`]) | proto, JSON |
+//! | `application/grpc`, `application/grpc+proto`, `application/grpc+json` | gRPC ([`grpc`]) | proto, JSON |
+//! | `application/grpc-web`, `application/grpc-web-text` (each also `+proto`, `+json`) | gRPC-Web (tonic-web, then [`grpc`]) | proto, JSON |
+//!
+//! Every response — answered by the service or refused before it (bad content type, malformed
+//! body, too large, unknown method, deadline) — is reported to [`UnaryService::observe`] once, with
+//! its code.
+
+pub mod connect;
+pub mod grpc;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::response::IntoResponse as _;
+use bytes::Bytes;
+use http::{HeaderMap, Request};
+use tonic::{Code, Status};
+use tower::{Layer as _, ServiceExt as _};
+
+pub use crate::protocol::connect::Codec;
+
+/// The method label for requests naming no method the service has.
+pub const UNKNOWN_METHOD: &str = "unknown";
+
+/// One call as the service sees it, whatever protocol carried it.
+#[derive(Debug)]
+pub struct Call {
+    /// The method, as returned by [`UnaryService::method`].
+    pub method: &'static str,
+    /// How `body` and the answer are encoded.
+    pub codec: Codec,
+    /// The request message, encoded with `codec` (uncompressed, unframed).
+    pub body: Bytes,
+    /// The request headers (protocol headers included).
+    pub headers: HeaderMap,
+    /// The caller's deadline, from `connect-timeout-ms` or `grpc-timeout`; the server enforces it.
+    pub timeout: Option<Duration>,
+}
+
+/// A service's answer: the response message (encoded with the call's codec) or an error, and the
+/// headers and trailers to send with either.
+#[derive(Debug)]
+pub struct Answer {
+    /// Response headers.
+    pub headers: HeaderMap,
+    /// Response trailers (Connect unary sends them as `trailer-` headers; gRPC as trailers, or
+    /// merged into the headers of an error).
+    pub trailers: HeaderMap,
+    /// The encoded response, or the error.
+    pub result: Result<Vec<u8>, Status>,
+}
+
+impl From<Result<Vec<u8>, Status>> for Answer {
+    fn from(result: Result<Vec<u8>, Status>) -> Self {
+        Self {
+            headers: HeaderMap::new(),
+            trailers: HeaderMap::new(),
+            result,
+        }
+    }
+}
+
+/// A unary RPC service served by [`router`].
+pub trait UnaryService: Clone + Send + Sync + 'static {
+    /// The fully qualified service name, e.g. `pbflags.v1.FlagEvaluatorService`.
+    const NAME: &'static str;
+
+    /// The static name of `method` if the service implements it.
+    fn method(&self, method: &str) -> Option<&'static str>;
+
+    /// Runs one call. Malformed bodies are the service's to refuse (`invalid_argument`).
+    fn call(&self, call: Call) -> impl Future<Output = Answer> + Send + 'static;
+
+    /// Told of every response once: its method ([`UNKNOWN_METHOD`] if none matched), code and
+    /// handling time.
+    fn observe(&self, _method: &'static str, _code: Code, _elapsed: Duration) {}
+}
+
+/// Request limits shared by the protocols.
+#[derive(Debug, Clone, Copy)]
+pub struct RpcLimits {
+    /// Largest request message, in bytes, before and after decompression.
+    pub max_request_bytes: usize,
+}
+
+struct Shared<S> {
+    service: S,
+    limits: RpcLimits,
+}
+
+/// How much of an over-size body is still read (and discarded) before the refusal is sent: an
+/// HTTP/1.1 client still writing its body would otherwise see a broken connection instead of the
+/// answer. Bounded in time by the connection's body read timeout.
+const DRAIN_BYTES: usize = 1 << 20;
+
+/// Reads a whole request body of at most `limit` bytes. A longer one is refused with
+/// `resource_exhausted` once up to [`DRAIN_BYTES`] more have been read and discarded; a body that
+/// stalls past the connection's body read timeout gets `deadline_exceeded`.
+pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, Status> {
+    use http_body_util::BodyExt as _;
+    let mut body = body;
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| body_error(&e))?;
+        let Ok(data) = frame.into_data() else {
+            continue; // request trailers carry nothing a unary call uses
+        };
+        seen = seen.saturating_add(data.len());
+        if seen <= limit {
+            buf.extend_from_slice(&data);
+        } else if seen > limit.saturating_add(DRAIN_BYTES) {
+            break;
+        }
+    }
+    if seen > limit {
+        return Err(Status::resource_exhausted(format!(
+            "request body exceeds {limit} bytes"
+        )));
+    }
+    Ok(buf.freeze())
+}
+
+/// The status for a request body that could not be read: too slow, or broken off.
+fn body_error(e: &axum::Error) -> Status {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(t) = c.downcast_ref::<crate::server::conn::BodyTimeout>() {
+            return Status::deadline_exceeded(t.to_string());
+        }
+        cause = c.source();
+    }
+    Status::invalid_argument(format!("request body could not be read: {e}"))
+}
+
+/// Where a request goes, from its content type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Connect,
+    Grpc(Codec),
+    /// gRPC-Web; the content type tonic-web is to see.
+    GrpcWeb(Codec, &'static str),
+    /// An `application/grpc*` subtype no codec serves.
+    GrpcUnsupported,
+}
+
+fn route_of(headers: &HeaderMap) -> Route {
+    let ct = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let base = ct.split(';').next().unwrap_or("").trim();
+    match base.to_ascii_lowercase().as_str() {
+        "application/grpc" | "application/grpc+proto" => Route::Grpc(Codec::Proto),
+        "application/grpc+json" => Route::Grpc(Codec::Json),
+        "application/grpc-web" | "application/grpc-web+proto" => {
+            Route::GrpcWeb(Codec::Proto, "application/grpc-web")
+        }
+        "application/grpc-web+json" => Route::GrpcWeb(Codec::Json, "application/grpc-web"),
+        "application/grpc-web-text" | "application/grpc-web-text+proto" => {
+            Route::GrpcWeb(Codec::Proto, "application/grpc-web-text")
+        }
+        "application/grpc-web-text+json" => {
+            Route::GrpcWeb(Codec::Json, "application/grpc-web-text")
+        }
+        b if b.starts_with("application/grpc") => Route::GrpcUnsupported,
+        _ => Route::Connect,
+    }
+}
+
+/// Whether a request is for some gRPC or gRPC-Web service (by its content type).
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    !matches!(route_of(headers), Route::Connect)
+}
+
+/// The content type a JSON response carries instead of tonic's proto one.
+fn json_content_type(ct: &str) -> Option<&'static str> {
+    match ct {
+        "application/grpc" | "application/grpc+proto" => Some("application/grpc+json"),
+        "application/grpc-web+proto" | "application/grpc-web" => Some("application/grpc-web+json"),
+        "application/grpc-web-text+proto" | "application/grpc-web-text" => {
+            Some("application/grpc-web-text+json")
+        }
+        _ => None,
+    }
+}
+
+/// Serves `service` on `POST /<S::NAME>/<method>` over Connect, gRPC and gRPC-Web.
+pub fn router<S: UnaryService>(service: S, limits: RpcLimits) -> Router {
+    let shared = Arc::new(Shared { service, limits });
+    let web = {
+        let shared = shared.clone();
+        tonic_web::GrpcWebLayer::new().layer(tower::service_fn(
+            move |req: Request<tonic::body::Body>| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(grpc::handle(&shared, req.map(Body::new)).await) }
+            },
+        ))
+    };
+    let path = format!("/{}/{{method}}", S::NAME);
+    let fallback = {
+        let shared = shared.clone();
+        move |req: Request<Body>| {
+            let shared = shared.clone();
+            async move { unknown_path(&shared, req).await }
+        }
+    };
+    Router::new().fallback(fallback).route(
+        &path,
+        axum::routing::any(move |req: Request<Body>| {
+            let (shared, web) = (shared.clone(), web.clone());
+            async move {
+                let route = route_of(req.headers());
+                let mut response = match route {
+                    Route::Connect => connect::handle(&shared, req).await,
+                    Route::Grpc(codec) => {
+                        let mut req = req;
+                        req.headers_mut().insert(
+                            http::header::CONTENT_TYPE,
+                            http::HeaderValue::from_static("application/grpc"),
+                        );
+                        req.extensions_mut().insert(codec);
+                        grpc::handle(&shared, req).await
+                    }
+                    Route::GrpcWeb(codec, ct) => {
+                        let mut req = req;
+                        req.headers_mut().insert(
+                            http::header::CONTENT_TYPE,
+                            http::HeaderValue::from_static(ct),
+                        );
+                        req.extensions_mut().insert(codec);
+                        match web.oneshot(req).await {
+                            Ok(r) => r.map(Body::new),
+                            Err(e) => match e {},
+                        }
+                    }
+                    Route::GrpcUnsupported => {
+                        shared.service.observe(
+                            UNKNOWN_METHOD,
+                            Code::InvalidArgument,
+                            Duration::ZERO,
+                        );
+                        return http::StatusCode::UNSUPPORTED_MEDIA_TYPE.into_response();
+                    }
+                };
+                if matches!(
+                    route,
+                    Route::Grpc(Codec::Json) | Route::GrpcWeb(Codec::Json, _)
+                ) {
+                    let ct = response
+                        .headers()
+                        .get(http::header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(json_content_type);
+                    if let Some(ct) = ct {
+                        response.headers_mut().insert(
+                            http::header::CONTENT_TYPE,
+                            http::HeaderValue::from_static(ct),
+                        );
+                    }
+                }
+                response
+            }
+        }),
+    )
+}
+
+/// A request for some other service: `unimplemented` (gRPC, gRPC-Web) or 404 (Connect), once the
+/// body is read.
+async fn unknown_path<S: UnaryService>(
+    shared: &Shared<S>,
+    req: Request<Body>,
+) -> axum::response::Response {
+    let route = route_of(req.headers());
+    let path = req.uri().path().to_owned();
+    let _ = read_body(req.into_body(), shared.limits.max_request_bytes).await;
+    shared
+        .service
+        .observe(UNKNOWN_METHOD, Code::Unimplemented, Duration::ZERO);
+    let status = Status::unimplemented(format!("{path} does not exist"));
+    match route {
+        Route::Connect => http::StatusCode::NOT_FOUND.into_response(),
+        Route::Grpc(_) | Route::GrpcUnsupported => status.into_http(),
+        Route::GrpcWeb(_, ct) => {
+            // A trailers-only gRPC-Web answer: the status in the headers.
+            let mut resp: axum::response::Response = status.into_http();
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(ct),
+            );
+            resp
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ct(v: &'static str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(v),
+        );
+        h
+    }
+
+    #[test]
+    fn the_content_type_picks_protocol_and_codec() {
+        assert_eq!(route_of(&ct("application/proto")), Route::Connect);
+        assert_eq!(
+            route_of(&ct("application/json; charset=utf-8")),
+            Route::Connect
+        );
+        assert_eq!(route_of(&ct("application/grpc")), Route::Grpc(Codec::Proto));
+        assert_eq!(
+            route_of(&ct("application/grpc+json")),
+            Route::Grpc(Codec::Json)
+        );
+        assert_eq!(
+            route_of(&ct("application/grpc-web+json")),
+            Route::GrpcWeb(Codec::Json, "application/grpc-web")
+        );
+        assert_eq!(
+            route_of(&ct("application/grpc-web-text+proto")),
+            Route::GrpcWeb(Codec::Proto, "application/grpc-web-text")
+        );
+        assert_eq!(
+            route_of(&ct("application/grpc+thrift")),
+            Route::GrpcUnsupported
+        );
+        assert_eq!(
+            json_content_type("application/grpc-web+proto"),
+            Some("application/grpc-web+json")
+        );
+    }
+}
