@@ -58,7 +58,7 @@ within 10 scripts/soak.sh 60
 step "interop: connect-go over Connect, gRPC and gRPC-Web against a root and a proxy, cleartext and TLS; curl"
 within 20 e2e/interop/run.sh
 
-step "Connect conformance suite (server mode): unary Connect, gRPC and gRPC-Web; HTTP/1.1 and HTTP/2; TLS; proto and JSON; gzip"
+step "Connect conformance suite: the server (unary Connect, gRPC, gRPC-Web; HTTP/1.1, HTTP/2; TLS; proto, JSON; gzip) and the upstream client"
 within 15 e2e/conformance/run.sh
 
 step "local Kubernetes control plane (built from Go modules; cached after the first build)"

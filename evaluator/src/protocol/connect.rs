@@ -158,38 +158,281 @@ pub fn timeout_of(headers: &HeaderMap) -> Result<Option<Duration>, Status> {
     Ok(Some(Duration::from_millis(ms)))
 }
 
-/// A unary call of `method` on the evaluator service at `base` (binary protobuf), carrying the
-/// caller's deadline and the current trace context.
-pub fn request(
-    base: &str,
-    method: &str,
-    body: Vec<u8>,
-    timeout: Duration,
-) -> Result<http::Request<Full<Bytes>>, http::Error> {
-    let mut request =
-        http::Request::post(format!("{base}/pbflags.v1.FlagEvaluatorService/{method}"))
-            .header(header::CONTENT_TYPE, "application/proto")
-            .header("connect-protocol-version", "1")
-            .header("connect-timeout-ms", timeout.as_millis().to_string())
-            .body(Full::new(Bytes::from(body)))?;
-    super::trace_context::inject_current(request.headers_mut());
-    Ok(request)
+/// What a unary call sends besides its message.
+#[derive(Debug, Clone, Default)]
+pub struct CallOptions {
+    /// The deadline: sent as `connect-timeout-ms` and enforced here too.
+    pub timeout: Option<Duration>,
+    /// Extra request headers.
+    pub headers: HeaderMap,
+    /// Largest response body accepted (`resource_exhausted` beyond).
+    pub max_response_bytes: usize,
 }
 
-/// The code and message of a failed call's body: a Connect error `{"code", "message"}`, or, for
-/// anything else, no code and an empty message (judge it by its HTTP status).
-pub fn error_of(body: &[u8]) -> (Option<Code>, String) {
-    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
-    let code = parsed
-        .as_ref()
-        .and_then(|v| v["code"].as_str())
-        .map(from_connect_name);
-    let message = parsed
-        .as_ref()
-        .and_then(|v| v["message"].as_str())
+/// A successful unary call.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// Response headers (without the `trailer-` ones).
+    pub headers: HeaderMap,
+    /// Trailers (the `trailer-` headers, prefix removed).
+    pub trailers: HeaderMap,
+    /// The response message, binary protobuf.
+    pub body: Bytes,
+}
+
+/// A failed unary call: the error the server sent, or one made from what went wrong.
+#[derive(Debug, Clone)]
+pub struct CallError {
+    /// The code.
+    pub code: Code,
+    /// The message.
+    pub message: String,
+    /// Error details.
+    pub details: Vec<prost_types::Any>,
+    /// Response headers, if a response came.
+    pub headers: HeaderMap,
+    /// Trailers, if a response came.
+    pub trailers: HeaderMap,
+}
+
+impl CallError {
+    /// An error with no response behind it.
+    pub fn new(code: Code, message: impl Into<String>) -> Box<Self> {
+        Box::new(Self {
+            code,
+            message: message.into(),
+            details: Vec::new(),
+            headers: HeaderMap::new(),
+            trailers: HeaderMap::new(),
+        })
+    }
+}
+
+/// The code the Connect protocol gives an HTTP status that carries no Connect error.
+pub fn code_of_http(status: http::StatusCode) -> Code {
+    match status.as_u16() {
+        400 => Code::Internal,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::Unimplemented,
+        429 | 502..=504 => Code::Unavailable,
+        _ => Code::Unknown,
+    }
+}
+
+/// A unary Connect call (binary protobuf) of `url` (`<base>/<package.Service>/<Method>`) with
+/// `client`, carrying the current trace context.
+pub async fn call<C>(
+    client: &hyper_util::client::legacy::Client<C, Full<Bytes>>,
+    url: &str,
+    message: Vec<u8>,
+    options: &CallOptions,
+) -> Result<Reply, Box<CallError>>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
+    let exchange = async {
+        let mut request = http::Request::post(url)
+            .header(header::CONTENT_TYPE, "application/proto")
+            .header(header::ACCEPT_ENCODING, "gzip")
+            .header("connect-protocol-version", "1")
+            .body(Full::new(Bytes::from(message)))
+            .map_err(|e| CallError::new(Code::Internal, format!("build request: {e}")))?;
+        let headers = request.headers_mut();
+        for (name, value) in &options.headers {
+            headers.append(name, value.clone());
+        }
+        if let Some(t) = options.timeout {
+            headers.insert(
+                "connect-timeout-ms",
+                HeaderValue::from(t.as_millis().max(1) as u64),
+            );
+        }
+        super::trace_context::inject_current(headers);
+        let response = client
+            .request(request)
+            .await
+            .map_err(|e| CallError::new(Code::Unavailable, e.to_string()))?;
+        read_reply(response, options.max_response_bytes).await
+    };
+    match options.timeout {
+        Some(t) => tokio::time::timeout(t, exchange).await.unwrap_or_else(|_| {
+            Err(CallError::new(
+                Code::DeadlineExceeded,
+                format!("no answer within {t:?}"),
+            ))
+        }),
+        None => exchange.await,
+    }
+}
+
+/// Reads a unary response: the message, or the error.
+async fn read_reply(
+    response: http::Response<hyper::body::Incoming>,
+    limit: usize,
+) -> Result<Reply, Box<CallError>> {
+    use http_body_util::BodyExt as _;
+    let (parts, body) = response.into_parts();
+    let (headers, trailers) = split_trailers(parts.headers);
+    let fail = |code: Code, message: String| {
+        Box::new(CallError {
+            code,
+            message,
+            details: Vec::new(),
+            headers: headers.clone(),
+            trailers: trailers.clone(),
+        })
+    };
+    let body = http_body_util::Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                fail(
+                    Code::ResourceExhausted,
+                    format!("response exceeds {limit} bytes"),
+                )
+            } else {
+                fail(Code::Unavailable, format!("response body: {e}"))
+            }
+        })?
+        .to_bytes();
+    let body = match headers
+        .get(header::CONTENT_ENCODING)
+        .map(HeaderValue::as_bytes)
+    {
+        None | Some(b"identity") => body,
+        Some(b"gzip") => {
+            let mut out = Vec::new();
+            let read = std::io::Read::read_to_end(
+                &mut std::io::Read::take(
+                    flate2::read::GzDecoder::new(body.as_ref()),
+                    limit as u64 + 1,
+                ),
+                &mut out,
+            );
+            match read {
+                Ok(n) if n > limit => {
+                    return Err(fail(
+                        Code::ResourceExhausted,
+                        format!("response exceeds {limit} bytes"),
+                    ));
+                }
+                Ok(_) => Bytes::from(out),
+                Err(e) => {
+                    return Err(fail(
+                        Code::Internal,
+                        format!("response is not valid gzip: {e}"),
+                    ));
+                }
+            }
+        }
+        Some(other) => {
+            return Err(fail(
+                Code::Internal,
+                format!(
+                    "response content-encoding {:?} was not asked for",
+                    String::from_utf8_lossy(other)
+                ),
+            ));
+        }
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
         .unwrap_or("")
-        .to_owned();
-    (code, message)
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if parts.status == http::StatusCode::OK {
+        return match content_type.as_str() {
+            "application/proto" => Ok(Reply {
+                headers,
+                trailers,
+                body,
+            }),
+            ct if ct.starts_with("application/") => Err(fail(
+                Code::Internal,
+                format!("response content-type {ct:?}; asked for application/proto"),
+            )),
+            ct => Err(fail(Code::Unknown, format!("response content-type {ct:?}"))),
+        };
+    }
+    let error = (content_type == "application/json")
+        .then(|| error_of(&body, parts.status))
+        .flatten();
+    Err(match error {
+        Some(mut e) => {
+            e.headers = headers;
+            e.trailers = trailers;
+            Box::new(e)
+        }
+        None => fail(code_of_http(parts.status), format!("HTTP {}", parts.status)),
+    })
+}
+
+/// Moves the `trailer-` headers of a unary response into trailers.
+fn split_trailers(all: HeaderMap) -> (HeaderMap, HeaderMap) {
+    let (mut headers, mut trailers) = (HeaderMap::new(), HeaderMap::new());
+    let mut current = None;
+    for (name, value) in all {
+        if let Some(n) = name {
+            current = Some(n);
+        }
+        let Some(name) = current.clone() else {
+            continue;
+        };
+        match name
+            .as_str()
+            .strip_prefix("trailer-")
+            .map(http::HeaderName::try_from)
+        {
+            Some(Ok(t)) => {
+                trailers.append(t, value);
+            }
+            _ => {
+                headers.append(name, value);
+            }
+        }
+    }
+    (headers, trailers)
+}
+
+/// A Connect error body, `{"code", "message", "details"}`, that came with HTTP `status`; `None` if
+/// the body is not a JSON object. A missing or unknown code is taken from the HTTP status.
+pub fn error_of(body: &[u8], status: http::StatusCode) -> Option<CallError> {
+    use base64::Engine as _;
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    v.as_object()?;
+    let code = v["code"]
+        .as_str()
+        .and_then(from_connect_name)
+        .unwrap_or_else(|| code_of_http(status));
+    let message = v["message"].as_str().unwrap_or("").to_owned();
+    let mut details = Vec::new();
+    for d in v["details"].as_array().into_iter().flatten() {
+        let (Some(t), Some(value)) = (d["type"].as_str(), d["value"].as_str()) else {
+            continue;
+        };
+        let padded = base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(value.trim_end_matches('='))
+            .ok();
+        if let Some(value) = padded {
+            details.push(prost_types::Any {
+                type_url: format!("type.googleapis.com/{t}"),
+                value,
+            });
+        }
+    }
+    Some(CallError {
+        code,
+        message,
+        details,
+        headers: HeaderMap::new(),
+        trailers: HeaderMap::new(),
+    })
 }
 
 #[cfg(test)]
@@ -216,34 +459,55 @@ mod tests {
 
     #[test]
     fn an_error_body_round_trips_through_error_response_and_error_of() {
-        let resp = error_response(&Status::not_found("no flag f/1"));
+        let status = super::super::status::with_details(
+            Code::NotFound,
+            "no flag f/1".into(),
+            vec![prost_types::Any {
+                type_url: "type.googleapis.com/pbflags.v1.FlagState".into(),
+                value: vec![10, 3, b'f', b'/', b'1'],
+            }],
+        );
+        let resp = error_response(&status);
         assert_eq!(resp.status(), http::StatusCode::NOT_FOUND);
         let body =
             futures_util::FutureExt::now_or_never(axum::body::to_bytes(resp.into_body(), 1 << 16))
                 .expect("in memory")
                 .expect("body");
+        let e = error_of(&body, http::StatusCode::NOT_FOUND).expect("a Connect error");
         assert_eq!(
-            error_of(&body),
-            (Some(Code::NotFound), "no flag f/1".to_owned())
+            (e.code, e.message.as_str()),
+            (Code::NotFound, "no flag f/1")
         );
-        assert_eq!(error_of(b"<html>bad gateway</html>"), (None, String::new()));
+        assert_eq!(e.details, super::super::status::details_of(&status));
+        let bad_gateway = http::StatusCode::BAD_GATEWAY;
+        assert!(error_of(b"<html>bad gateway</html>", bad_gateway).is_none());
+        for body in [
+            &br#"{"message":"oops"}"#[..],
+            br#"{"code":"nonsense","message":"oops"}"#,
+        ] {
+            let e = error_of(body, bad_gateway).expect("a Connect error");
+            assert_eq!((e.code, e.message.as_str()), (Code::Unavailable, "oops"));
+        }
     }
 
     #[test]
-    fn a_request_names_the_method_and_carries_the_deadline() {
-        let r = request(
-            "http://root:9201",
-            "GetFlagState",
-            vec![1, 2],
-            Duration::from_millis(500),
-        )
-        .expect("valid");
-        assert_eq!(
-            r.uri(),
-            "http://root:9201/pbflags.v1.FlagEvaluatorService/GetFlagState"
-        );
-        assert_eq!(r.headers()["connect-timeout-ms"], "500");
-        assert_eq!(r.headers()[header::CONTENT_TYPE], "application/proto");
-        assert_eq!(codec_of(r.headers()), Some(Codec::Proto));
+    fn http_statuses_without_a_connect_error_map_as_the_protocol_says() {
+        use http::StatusCode as H;
+        assert_eq!(code_of_http(H::BAD_REQUEST), Code::Internal);
+        assert_eq!(code_of_http(H::NOT_FOUND), Code::Unimplemented);
+        assert_eq!(code_of_http(H::TOO_MANY_REQUESTS), Code::Unavailable);
+        assert_eq!(code_of_http(H::GATEWAY_TIMEOUT), Code::Unavailable);
+        assert_eq!(code_of_http(H::CONFLICT), Code::Unknown);
+    }
+
+    #[test]
+    fn trailer_headers_are_split_off() {
+        let mut all = HeaderMap::new();
+        all.append("x-a", HeaderValue::from_static("1"));
+        all.append("trailer-x-b", HeaderValue::from_static("2"));
+        all.append("trailer-x-b", HeaderValue::from_static("3"));
+        let (h, t) = split_trailers(all);
+        assert_eq!(h.len(), 1);
+        assert_eq!(t.get_all("x-b").iter().count(), 2);
     }
 }

@@ -79,9 +79,9 @@ pub fn connect_name(code: Code) -> &'static str {
     }
 }
 
-/// The code a Connect error name stands for (unknown names are `Unknown`).
-pub fn from_connect_name(name: &str) -> Code {
-    match name {
+/// The code a Connect error name stands for (`None` for a name the protocol does not define).
+pub fn from_connect_name(name: &str) -> Option<Code> {
+    Some(match name {
         "canceled" => Code::Cancelled,
         "invalid_argument" => Code::InvalidArgument,
         "deadline_exceeded" => Code::DeadlineExceeded,
@@ -97,8 +97,9 @@ pub fn from_connect_name(name: &str) -> Code {
         "unavailable" => Code::Unavailable,
         "data_loss" => Code::DataLoss,
         "unauthenticated" => Code::Unauthenticated,
-        _ => Code::Unknown,
-    }
+        "unknown" => Code::Unknown,
+        _ => return None,
+    })
 }
 
 /// The HTTP status the Connect protocol gives a code.
@@ -150,7 +151,7 @@ mod tests {
             Code::ResourceExhausted,
             Code::Internal,
         ] {
-            assert_eq!(from_connect_name(connect_name(code)), code);
+            assert_eq!(from_connect_name(connect_name(code)), Some(code));
         }
         assert_eq!(
             connect_http_status(Code::NotFound),

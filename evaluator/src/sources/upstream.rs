@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use futures_util::StreamExt as _;
 use futures_util::future::BoxFuture;
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -22,7 +22,7 @@ use prost::Message;
 
 use crate::core::source::{ErrorKind, FlagState, Override, SourceError, SourceResult, StateSource};
 use crate::protocol::connect;
-use crate::protocol::status::kind_of;
+use crate::protocol::status::{connect_name, kind_of};
 
 /// Concurrent GetFlagState calls when a batch is fetched (the protocol has no batch call).
 const BATCH_CONCURRENCY: usize = 16;
@@ -210,34 +210,21 @@ impl UpstreamSource {
         method: &str,
         req: &Req,
     ) -> SourceResult<Resp> {
-        let request = connect::request(&self.base, method, req.encode_to_vec(), self.timeout)
-            .map_err(|e| SourceError::new(ErrorKind::Internal, format!("build request: {e}")))?;
-        let resp = client
-            .request(request)
-            .await
-            .map_err(|e| SourceError::unavailable(format!("upstream {method}: {e}")))?;
-        let status = resp.status();
-        let body = http_body_util::Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
-            .collect()
-            .await
-            .map_err(|e| SourceError::unavailable(format!("upstream {method} body: {e}")))?
-            .to_bytes();
-        if status.is_success() {
-            return Resp::decode(body).map_err(|e| {
-                SourceError::new(ErrorKind::Internal, format!("upstream {method}: {e}"))
-            });
-        }
-        // A Connect error names its code; anything else is judged by HTTP status.
-        let (code, message) = connect::error_of(&body);
-        let kind = match code {
-            Some(c) => kind_of(c),
-            None if status == http::StatusCode::NOT_FOUND => ErrorKind::Unimplemented,
-            None => ErrorKind::Unavailable,
+        let url = format!("{}/pbflags.v1.FlagEvaluatorService/{method}", self.base);
+        let options = connect::CallOptions {
+            timeout: Some(self.timeout),
+            headers: http::HeaderMap::new(),
+            max_response_bytes: MAX_RESPONSE_BYTES,
         };
-        Err(SourceError::new(
-            kind,
-            format!("upstream {method}: {status} {message}"),
-        ))
+        match connect::call(client, &url, req.encode_to_vec(), &options).await {
+            Ok(reply) => Resp::decode(reply.body).map_err(|e| {
+                SourceError::new(ErrorKind::Internal, format!("upstream {method}: {e}"))
+            }),
+            Err(e) => Err(SourceError::new(
+                kind_of(e.code),
+                format!("upstream {method}: {} {}", connect_name(e.code), e.message),
+            )),
+        }
     }
 }
 

@@ -236,6 +236,17 @@ pub fn router<S: UnaryService>(service: S, limits: RpcLimits) -> Router {
                         req.extensions_mut().insert(codec);
                         grpc::handle(&shared, req).await
                     }
+                    Route::GrpcWeb(_, _) if req.method() != http::Method::POST => {
+                        // tonic-web would answer 405 without reading the body.
+                        let _ = read_body(req.into_body(), shared.limits.max_request_bytes).await;
+                        shared
+                            .service
+                            .observe(UNKNOWN_METHOD, Code::Unimplemented, Duration::ZERO);
+                        let mut resp = http::StatusCode::METHOD_NOT_ALLOWED.into_response();
+                        resp.headers_mut()
+                            .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
+                        return resp;
+                    }
                     Route::GrpcWeb(codec, ct) => {
                         let mut req = req;
                         req.headers_mut().insert(
@@ -249,6 +260,7 @@ pub fn router<S: UnaryService>(service: S, limits: RpcLimits) -> Router {
                         }
                     }
                     Route::GrpcUnsupported => {
+                        let _ = read_body(req.into_body(), shared.limits.max_request_bytes).await;
                         shared.service.observe(
                             UNKNOWN_METHOD,
                             Code::InvalidArgument,

@@ -1,14 +1,18 @@
-//! The server under test for the Connect conformance suite (`connectconformance --mode server`):
+//! The programs under test for the Connect conformance suite.
+//!
+//! `pbflags-conformance server --protos <dir>` (`connectconformance --mode server`):
 //! `connectrpc.conformance.v1.ConformanceService`'s unary methods served by the evaluator's own
 //! serving stack — [`pbflags_evaluator::server::rpc`] for Connect, gRPC and gRPC-Web, the
-//! connection handling and TLS of [`pbflags_evaluator::server`].
+//! connection handling and TLS of [`pbflags_evaluator::server`]. Reads one length-prefixed
+//! `ServerCompatRequest` from stdin, starts the server on a free loopback port, writes a
+//! length-prefixed `ServerCompatResponse` to stdout and serves until SIGTERM. `<dir>` holds the
+//! suite's `connectrpc/conformance/v1/*.proto` (the Go module's `proto` directory); JSON bodies are
+//! mapped through descriptors compiled from them.
 //!
-//! Reads one length-prefixed `ServerCompatRequest` from stdin, starts the server on a free loopback
-//! port, writes a length-prefixed `ServerCompatResponse` to stdout and serves until SIGTERM.
-//!
-//! Usage: `pbflags-conformance --protos <dir>`, where `<dir>` holds the suite's
-//! `connectrpc/conformance/v1/*.proto` (the Go module's `proto` directory); JSON bodies are mapped
-//! through descriptors compiled from them.
+//! `pbflags-conformance client` (`connectconformance --mode client`): the proxy's upstream client —
+//! [`pbflags_evaluator::protocol::connect::call`] over the connector of
+//! [`pbflags_evaluator::sources::upstream`] — makes each call described by the length-prefixed
+//! `ClientCompatRequest`s on stdin and writes a `ClientCompatResponse` for each.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +24,8 @@ use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage};
 use prost_types::Any;
 use tonic::{Code, Status};
+
+mod client;
 
 const PACKAGE: &str = "connectrpc.conformance.v1";
 
@@ -295,11 +301,15 @@ fn pool(protos: &str) -> anyhow::Result<DescriptorPool> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let protos = match args.as_slice() {
-        [_, flag, dir] if flag == "--protos" => dir.clone(),
-        _ => bail!("usage: pbflags-conformance --protos <dir>"),
-    };
-    let pool = Arc::new(pool(&protos)?);
+    match args.as_slice() {
+        [_, mode, flag, dir] if mode == "server" && flag == "--protos" => server(dir).await,
+        [_, mode] if mode == "client" => client::run().await,
+        _ => bail!("usage: pbflags-conformance server --protos <dir> | pbflags-conformance client"),
+    }
+}
+
+async fn server(protos: &str) -> anyhow::Result<()> {
+    let pool = Arc::new(pool(protos)?);
     let req: ServerCompatRequest = read_message(&mut std::io::stdin().lock())?;
     if !req.client_tls_cert.is_empty() {
         bail!("client certificates are not configured for this server");
