@@ -410,13 +410,15 @@ fn while_the_source_is_down_misses_answer_without_calling_it_but_one_probe_per_i
     }
     assert_eq!(h.source.calls.fetches(), calls);
     assert_eq!(h.metrics.source_fast_failures.get(), 10);
-    // After the interval one miss probes (and fails again); the rest stay fast.
+    // After the interval one miss probes (and fails again); the rest stay fast. (Without a
+    // runtime the probe runs in the caller; with one, in the background.) All five are answered
+    // at once, so all count.
     h.clock.advance(Duration::from_millis(500));
     for i in 0..5 {
         h.eval(&format!("w/{i}"), "");
     }
     assert_eq!(h.source.calls.fetches(), calls + 1);
-    assert_eq!(h.metrics.source_fast_failures.get(), 14);
+    assert_eq!(h.metrics.source_fast_failures.get(), 15);
     // The next probe once the interval has passed; it finds the source back.
     h.source.set_failing(false);
     h.eval("z/1", "");
@@ -436,6 +438,53 @@ fn while_the_source_is_down_misses_answer_without_calling_it_but_one_probe_per_i
         calls + 4,
         "every miss calls the source again"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_source_is_down_a_probe_runs_in_the_background_and_its_caller_does_not_wait() {
+    let h = Harness::new(vec![def("f/1", "", b(true))]);
+    h.source.set_failing(true);
+    for i in 0..3 {
+        h.engine.evaluate(&format!("x/{i}"), "").await;
+    }
+    assert_eq!(h.engine.health().status(), EvaluatorStatus::Degraded);
+    // The source comes back, but slow: every call is held until released.
+    h.source.set_failing(false);
+    h.source.hold();
+    h.clock.advance(Duration::from_millis(500));
+    let calls = h.source.calls.fetches();
+    // The probe's caller is answered without waiting for the held call ...
+    let ev = tokio::time::timeout(Duration::from_secs(10), h.engine.evaluate("f/1", ""))
+        .await
+        .expect("not held back by the probe");
+    assert_eq!(ev.source, Src::Default);
+    let ids = ["f/1".to_owned()];
+    let ev = tokio::time::timeout(Duration::from_secs(10), h.engine.bulk_evaluate(&ids, ""))
+        .await
+        .expect("not held back");
+    assert_eq!(ev[0].1.source, Src::Default, "other misses stay fast");
+    // ... and the probe, released, brings the source back and fills the cache.
+    wait_for(|| h.source.calls.fetches() > calls).await;
+    h.source.release();
+    wait_for(|| h.engine.health().status() == EvaluatorStatus::Serving).await;
+    let ev = h.engine.evaluate("f/1", "").await;
+    assert_eq!(ev.source, Src::Default);
+    assert_eq!(
+        h.source.calls.fetches(),
+        calls + 1,
+        "served from the cache the probe filled"
+    );
+}
+
+/// Waits (bounded: a hang guard, not a performance claim) until `f` holds.
+async fn wait_for(f: impl Fn() -> bool) {
+    for _ in 0..1000 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition not reached in 10 s");
 }
 
 #[test]

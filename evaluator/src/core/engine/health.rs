@@ -21,6 +21,17 @@ const CONNECTING: u32 = EvaluatorStatus::Connecting as u32;
 const SERVING: u32 = EvaluatorStatus::Serving as u32;
 const DEGRADED: u32 = EvaluatorStatus::Degraded as u32;
 
+/// What a cache miss may do about the source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Call it and wait for the answer (the source is not known down).
+    Call,
+    /// Call it in the background, as this interval's probe, and answer at once.
+    Probe,
+    /// Answer at once without calling it.
+    Refuse,
+}
+
 /// Tracks source health.
 pub struct Health {
     status: AtomicU32,
@@ -81,23 +92,30 @@ impl Health {
         }
     }
 
-    /// Whether a cache miss may call the source now. Always while fewer than [`DEGRADED_AFTER`]
-    /// calls in a row have failed; while DEGRADED, only one call per [`PROBE_INTERVAL_MS`] after
-    /// the last failure or probe (the probe), so the other misses answer at once from last-known values or compiled defaults
-    /// instead of each waiting out the fetch timeout. A successful call (a probe, or the kill
-    /// poller's, which is never held back) ends the fast path.
+    /// What a cache miss may do about the source now. While fewer than [`DEGRADED_AFTER`] calls
+    /// in a row have failed: [`Admission::Call`]. While DEGRADED, one miss per
+    /// [`PROBE_INTERVAL_MS`] after the last failure or probe gets [`Admission::Probe`] (the call
+    /// runs in the background) and every other one [`Admission::Refuse`], so no miss waits out
+    /// the fetch timeout: each answers at once from last-known values or compiled defaults. A
+    /// successful call (a probe, or the kill poller's, which is never held back) ends the fast
+    /// path.
     #[inline]
-    pub fn admit(&self) -> bool {
+    pub fn admit(&self) -> Admission {
         if self.failures.load(Ordering::Relaxed) < DEGRADED_AFTER {
-            return true;
+            return Admission::Call;
         }
         let now = self.clock.now_ms().min(u64::MAX - 1) + 1;
         let last = self.last_probe.load(Ordering::Relaxed);
-        (last == 0 || now.saturating_sub(last) >= PROBE_INTERVAL_MS)
+        let probe = (last == 0 || now.saturating_sub(last) >= PROBE_INTERVAL_MS)
             && self
                 .last_probe
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
+                .is_ok();
+        if probe {
+            Admission::Probe
+        } else {
+            Admission::Refuse
+        }
     }
 
     /// The current status.
@@ -211,32 +229,42 @@ mod tests {
 
     #[test]
     fn while_degraded_one_call_per_probe_interval_is_admitted() {
+        use Admission::{Call, Probe, Refuse};
         let clock = Clock::manual();
         let h = Health::new(clock.clone(), None);
         h.record_success();
         for _ in 0..DEGRADED_AFTER - 1 {
             h.record_failure();
-            assert!(h.admit(), "not yet degraded: every call goes through");
+            assert_eq!(h.admit(), Call, "not yet degraded: every call goes through");
         }
         h.record_failure();
-        assert!(
-            !h.admit(),
+        assert_eq!(
+            h.admit(),
+            Refuse,
             "a full interval after the failure that degraded it"
         );
         clock.advance(std::time::Duration::from_millis(PROBE_INTERVAL_MS));
-        assert!(h.admit(), "the first probe");
-        assert!(!h.admit() && !h.admit(), "the rest fail fast");
+        assert_eq!(h.admit(), Probe, "the first probe");
+        assert_eq!(
+            [h.admit(), h.admit()],
+            [Refuse, Refuse],
+            "the rest fail fast"
+        );
         // The probe fails after a while: the next one is an interval after that failure.
         clock.advance(std::time::Duration::from_millis(PROBE_INTERVAL_MS));
         h.record_failure();
-        assert!(!h.admit());
+        assert_eq!(h.admit(), Refuse);
         clock.advance(std::time::Duration::from_millis(PROBE_INTERVAL_MS - 1));
-        assert!(!h.admit());
+        assert_eq!(h.admit(), Refuse);
         clock.advance(std::time::Duration::from_millis(1));
-        assert!(h.admit(), "the next probe");
-        assert!(!h.admit());
+        assert_eq!(h.admit(), Probe, "the next probe");
+        assert_eq!(h.admit(), Refuse);
         h.record_success();
-        assert!(h.admit() && h.admit(), "a success ends the fast path");
+        assert_eq!(
+            [h.admit(), h.admit()],
+            [Call, Call],
+            "a success ends the fast path"
+        );
     }
 
     #[test]

@@ -31,7 +31,7 @@ use crate::core::registry::{Registry, Snapshot, View};
 use crate::core::source::{self, SourceError, SourceResult, StateSource};
 use crate::metrics::{Backend, Event, Metrics, Operation, Tier};
 use coalesce::Coalescer;
-use health::Health;
+use health::{Admission, Health};
 use killset::KillSet;
 
 /// The result of one evaluation.
@@ -117,15 +117,31 @@ struct Shared {
 /// Why a miss was answered without calling the source.
 const SOURCE_DOWN: &str = "source known down; answered without calling it";
 
+/// Runs `fetch` as a background probe (its result lands in the caches); the caller answers at
+/// once. Without a Tokio runtime to run it on, it runs here and its result is returned.
+async fn probe<F>(fetch: F) -> Option<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn(fetch);
+            None
+        }
+        Err(_) => Some(fetch.await),
+    }
+}
+
 impl Shared {
-    /// Whether a miss may call the source now (see [`Health::admit`]); counts the misses that may
-    /// not.
-    fn admit(&self) -> bool {
-        let admitted = self.health.admit();
-        if !admitted {
+    /// What a miss may do about the source now (see [`Health::admit`]); counts the misses
+    /// answered at once because the source is known down (probes included).
+    fn admit(&self) -> Admission {
+        let admission = self.health.admit();
+        if admission != Admission::Call {
             self.metrics.source_fast_failures.inc();
         }
-        admitted
+        admission
     }
 
     /// Counts a fetched value whose type is not the flag's declared type (it is served as absent,
@@ -396,41 +412,46 @@ impl Engine {
             return Lookup::Fresh(e);
         }
         self.shared.metrics.count(Event::FLAG_MISS);
-        if !self.shared.admit() {
-            return self
-                .last_known_flag(flag_id, &home)
-                .map_or(Lookup::Unavailable, Lookup::Stale);
+        let stale = |e: Option<Arc<FlagEntry>>| e.map_or(Lookup::Unavailable, Lookup::Stale);
+        let admission = self.shared.admit();
+        if admission == Admission::Refuse {
+            return stale(self.last_known_flag(flag_id, &home));
         }
         let key: Arc<str> = flag_id.into();
         let shared = self.shared.clone();
         let flight_home = home.clone();
-        let (result, _) = self
-            .flag_flights
-            .run(
-                key.clone(),
-                move || -> BoxFuture<'static, SourceResult<Arc<FlagEntry>>> {
-                    Box::pin(async move {
-                        let started = std::time::Instant::now();
-                        let span = tracing::info_span!("source.flag_state", flag_id = %key);
-                        let r = shared.source.flag_state(&key).instrument(span).await;
-                        shared.observe(Operation::FlagState, &r, started);
-                        if let Ok(Some(state)) = &r {
-                            shared.check_type(&key, state.value.as_ref());
-                        }
-                        r.map(|state| match flight_home {
-                            Home::Slot(s, i) => shared.caches.put_slot(s.slot(i), state),
-                            Home::Map => shared.caches.put_flag(key, state),
-                        })
-                    })
-                },
-                || self.shared.metrics.coalesced_fetches.inc(),
-            )
-            .await;
+        let flight_key = key.clone();
+        let fetch: BoxFuture<'static, SourceResult<Arc<FlagEntry>>> = Box::pin(async move {
+            let started = std::time::Instant::now();
+            let span = tracing::info_span!("source.flag_state", flag_id = %key);
+            let r = shared.source.flag_state(&key).instrument(span).await;
+            shared.observe(Operation::FlagState, &r, started);
+            if let Ok(Some(state)) = &r {
+                shared.check_type(&key, state.value.as_ref());
+            }
+            r.map(|state| match flight_home {
+                Home::Slot(s, i) => shared.caches.put_slot(s.slot(i), state),
+                Home::Map => shared.caches.put_flag(key, state),
+            })
+        });
+        let result = if admission == Admission::Probe {
+            match probe(fetch).await {
+                Some(r) => r,
+                None => return stale(self.last_known_flag(flag_id, &home)),
+            }
+        } else {
+            self.flag_flights
+                .run(
+                    flight_key,
+                    move || fetch,
+                    || self.shared.metrics.coalesced_fetches.inc(),
+                )
+                .await
+                .0
+        };
         match result {
             Ok(e) => Lookup::Fresh(e),
-            Err(_) => self
-                .last_known_flag(flag_id, &home)
-                .map_or(Lookup::Unavailable, Lookup::Stale),
+            Err(_) => stale(self.last_known_flag(flag_id, &home)),
         }
     }
 
@@ -441,41 +462,49 @@ impl Engine {
             return Lookup::Fresh(e);
         }
         self.shared.metrics.count(Event::OVERRIDE_MISS);
-        if !self.shared.admit() {
-            return caches
+        let stale = || {
+            caches
                 .last_known_override(flag_id, entity_id)
-                .map_or(Lookup::Unavailable, Lookup::Stale);
+                .map_or(Lookup::Unavailable, Lookup::Stale)
+        };
+        let admission = self.shared.admit();
+        if admission == Admission::Refuse {
+            return stale();
         }
         let key: OverrideKey = (flag_id.into(), entity_id.into());
         let shared = self.shared.clone();
         let flight_key = key.clone();
-        let (result, _) = self
-            .override_flights
-            .run(
-                flight_key,
-                move || -> BoxFuture<'static, SourceResult<Arc<OverrideEntry>>> {
-                    Box::pin(async move {
-                        let (flag, entity) = key;
-                        let ids = [flag.to_string()];
-                        let started = std::time::Instant::now();
-                        let span = tracing::info_span!("source.overrides", entity_id = %entity);
-                        let r = shared
-                            .source
-                            .overrides(&entity, &ids)
-                            .instrument(span)
-                            .await;
-                        shared.observe(Operation::Overrides, &r, started);
-                        r.map(|rows| store_overrides(&shared, &entity, &ids, rows).remove(0))
-                    })
-                },
-                || self.shared.metrics.coalesced_fetches.inc(),
-            )
-            .await;
+        let fetch: BoxFuture<'static, SourceResult<Arc<OverrideEntry>>> = Box::pin(async move {
+            let (flag, entity) = key;
+            let ids = [flag.to_string()];
+            let started = std::time::Instant::now();
+            let span = tracing::info_span!("source.overrides", entity_id = %entity);
+            let r = shared
+                .source
+                .overrides(&entity, &ids)
+                .instrument(span)
+                .await;
+            shared.observe(Operation::Overrides, &r, started);
+            r.map(|rows| store_overrides(&shared, &entity, &ids, rows).remove(0))
+        });
+        let result = if admission == Admission::Probe {
+            match probe(fetch).await {
+                Some(r) => r,
+                None => return stale(),
+            }
+        } else {
+            self.override_flights
+                .run(
+                    flight_key,
+                    move || fetch,
+                    || self.shared.metrics.coalesced_fetches.inc(),
+                )
+                .await
+                .0
+        };
         match result {
             Ok(e) => Lookup::Fresh(e),
-            Err(_) => caches
-                .last_known_override(flag_id, entity_id)
-                .map_or(Lookup::Unavailable, Lookup::Stale),
+            Err(_) => stale(),
         }
     }
 
@@ -583,24 +612,38 @@ impl Engine {
         if missing.is_empty() {
             return batch;
         }
-        if !self.shared.admit() {
+        let admission = self.shared.admit();
+        if admission == Admission::Refuse {
             batch.failed = Some(SourceError::unavailable(SOURCE_DOWN));
             return batch;
         }
-        let started = std::time::Instant::now();
-        let span = tracing::info_span!("source.overrides", entity_id, flags = missing.len());
-        let r = self
-            .shared
-            .source
-            .overrides(entity_id, &missing)
-            .instrument(span)
-            .await;
-        self.shared.observe(Operation::Overrides, &r, started);
-        match r {
-            Ok(rows) => {
-                let entries = store_overrides(&self.shared, entity_id, &missing, rows);
-                batch.found.extend(missing.into_iter().zip(entries));
+        let shared = self.shared.clone();
+        let entity = entity_id.to_owned();
+        let fetch = async move {
+            let started = std::time::Instant::now();
+            let span =
+                tracing::info_span!("source.overrides", entity_id = %entity, flags = missing.len());
+            let r = shared
+                .source
+                .overrides(&entity, &missing)
+                .instrument(span)
+                .await;
+            shared.observe(Operation::Overrides, &r, started);
+            r.map(|rows| {
+                let entries = store_overrides(&shared, &entity, &missing, rows);
+                missing.into_iter().zip(entries).collect::<Vec<_>>()
+            })
+        };
+        let result = if admission == Admission::Probe {
+            match probe(fetch).await {
+                Some(r) => r,
+                None => Err(SourceError::unavailable(SOURCE_DOWN)),
             }
+        } else {
+            fetch.await
+        };
+        match result {
+            Ok(found) => batch.found.extend(found),
             Err(e) => batch.failed = Some(e),
         }
         batch
@@ -616,29 +659,45 @@ impl Engine {
         if missing.is_empty() {
             return batch;
         }
-        if !self.shared.admit() {
+        let admission = self.shared.admit();
+        if admission == Admission::Refuse {
             batch.failed = Some(SourceError::unavailable(SOURCE_DOWN));
             return batch;
         }
-        let ids: Vec<String> = missing.iter().map(|(id, _)| id.clone()).collect();
-        let started = std::time::Instant::now();
-        let span = tracing::info_span!("source.flag_states", flags = ids.len());
-        let r = self.shared.source.flag_states(&ids).instrument(span).await;
-        self.shared.observe(Operation::FlagState, &r, started);
-        match r {
-            Ok(mut rows) => {
-                for (id, home) in missing {
-                    let state = rows.remove(&id);
-                    if let Some(state) = &state {
-                        self.shared.check_type(&id, state.value.as_ref());
-                    }
-                    let entry = match home {
-                        Home::Slot(s, i) => self.shared.caches.put_slot(s.slot(i), state),
-                        Home::Map => self.shared.caches.put_flag(id.as_str().into(), state),
-                    };
-                    batch.found.insert(id, entry);
-                }
+        let shared = self.shared.clone();
+        let fetch = async move {
+            let ids: Vec<String> = missing.iter().map(|(id, _)| id.clone()).collect();
+            let started = std::time::Instant::now();
+            let span = tracing::info_span!("source.flag_states", flags = ids.len());
+            let r = shared.source.flag_states(&ids).instrument(span).await;
+            shared.observe(Operation::FlagState, &r, started);
+            r.map(|mut rows| {
+                missing
+                    .into_iter()
+                    .map(|(id, home)| {
+                        let state = rows.remove(&id);
+                        if let Some(state) = &state {
+                            shared.check_type(&id, state.value.as_ref());
+                        }
+                        let entry = match home {
+                            Home::Slot(s, i) => shared.caches.put_slot(s.slot(i), state),
+                            Home::Map => shared.caches.put_flag(id.as_str().into(), state),
+                        };
+                        (id, entry)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        };
+        let result = if admission == Admission::Probe {
+            match probe(fetch).await {
+                Some(r) => r,
+                None => Err(SourceError::unavailable(SOURCE_DOWN)),
             }
+        } else {
+            fetch.await
+        };
+        match result {
+            Ok(found) => batch.found.extend(found),
             Err(e) => batch.failed = Some(e),
         }
         batch
