@@ -459,7 +459,7 @@ mod tests {
 
     #[test]
     fn an_error_body_round_trips_through_error_response_and_error_of() {
-        let status = super::super::status::with_details(
+        let status = crate::protocol::status::with_details(
             Code::NotFound,
             "no flag f/1".into(),
             vec![prost_types::Any {
@@ -478,7 +478,7 @@ mod tests {
             (e.code, e.message.as_str()),
             (Code::NotFound, "no flag f/1")
         );
-        assert_eq!(e.details, super::super::status::details_of(&status));
+        assert_eq!(e.details, crate::protocol::status::details_of(&status));
         let bad_gateway = http::StatusCode::BAD_GATEWAY;
         assert!(error_of(b"<html>bad gateway</html>", bad_gateway).is_none());
         for body in [
