@@ -112,6 +112,8 @@ struct Reply {
     message: String,
     body: Bytes,
     headers: HeaderMap,
+    /// Whether the response message arrived gzip-compressed.
+    compressed: bool,
 }
 
 fn frame(flags: u8, msg: &[u8]) -> Vec<u8> {
@@ -235,11 +237,11 @@ async fn call(proto: Protocol, url: &str, msg: &[u8], o: Options) -> Reply {
     match proto {
         Protocol::Connect => {
             if parts.status == StatusCode::OK {
-                let body = if parts
+                let compressed = parts
                     .headers
                     .get("content-encoding")
-                    .is_some_and(|v| v == "gzip")
-                {
+                    .is_some_and(|v| v == "gzip");
+                let body = if compressed {
                     Bytes::from(gunzip(&bytes))
                 } else {
                     bytes
@@ -249,6 +251,7 @@ async fn call(proto: Protocol, url: &str, msg: &[u8], o: Options) -> Reply {
                     message: String::new(),
                     body,
                     headers: parts.headers,
+                    compressed,
                 };
             }
             let v: serde_json::Value = serde_json::from_slice(&bytes)
@@ -258,6 +261,7 @@ async fn call(proto: Protocol, url: &str, msg: &[u8], o: Options) -> Reply {
                 message: v["message"].as_str().unwrap_or("").to_owned(),
                 body: Bytes::new(),
                 headers: parts.headers,
+                compressed: false,
             }
         }
         Protocol::Grpc | Protocol::GrpcWeb => {
@@ -265,10 +269,14 @@ async fn call(proto: Protocol, url: &str, msg: &[u8], o: Options) -> Reply {
             let mut status: HeaderMap = parts.headers.clone();
             status.extend(trailers);
             let mut message = Bytes::new();
+            let mut compressed = false;
             for (flags, payload) in frames(&bytes) {
                 match flags {
                     0 => message = Bytes::from(payload),
-                    1 => message = Bytes::from(gunzip(&payload)),
+                    1 => {
+                        message = Bytes::from(gunzip(&payload));
+                        compressed = true;
+                    }
                     0x80 => {
                         for line in String::from_utf8(payload).unwrap().split("\r\n") {
                             if let Some((k, v)) = line.split_once(':') {
@@ -295,6 +303,7 @@ async fn call(proto: Protocol, url: &str, msg: &[u8], o: Options) -> Reply {
                     .unwrap_or_default(),
                 body: message,
                 headers: parts.headers,
+                compressed,
             }
         }
     }
@@ -423,6 +432,13 @@ async fn gzip_works_both_ways_on_every_protocol() {
             _ => "grpc-encoding",
         };
         assert_eq!(r.headers[encoding], "gzip", "{proto:?}: {:?}", r.headers);
+        assert!(r.compressed, "{proto:?}: a large answer is compressed");
+    }
+    // Small answers are never compressed, on any protocol.
+    for proto in ALL {
+        let r = call(proto, &s.url("Evaluate"), &evaluate("p/1"), o).await;
+        assert_eq!(r.code, "ok", "{proto:?}: {r:?}");
+        assert!(!r.compressed, "{proto:?}: {r:?}");
     }
     // Not accepted: not compressed. Unknown request encodings are refused.
     let r = call(

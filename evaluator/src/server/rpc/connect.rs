@@ -14,11 +14,8 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, header};
 use tonic::{Code, Status};
 
-use super::{Answer, Call, Shared, UNKNOWN_METHOD, UnaryService};
+use super::{Answer, COMPRESS_MIN_BYTES, Call, Shared, UNKNOWN_METHOD, UnaryService};
 use crate::protocol::connect::{codec_of, error_response, timeout_of};
-
-/// Answers shorter than this go uncompressed: gzip costs more than it saves on them.
-pub const COMPRESS_MIN_BYTES: usize = 1024;
 
 /// How a request body is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

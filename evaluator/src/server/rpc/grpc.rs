@@ -15,11 +15,13 @@ use bytes::{Buf as _, BufMut as _, Bytes};
 #[cfg(test)]
 use http::HeaderValue;
 use http::{HeaderMap, Request};
-use tonic::codec::{CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::{
+    CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder, SingleMessageCompressionOverride,
+};
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
 
-use super::{Call, Codec, Shared, UNKNOWN_METHOD, UnaryService};
+use super::{COMPRESS_MIN_BYTES, Call, Codec, Shared, UNKNOWN_METHOD, UnaryService};
 
 /// Passes message bytes through: decoding is the service's, by the call's codec.
 #[derive(Debug, Clone, Copy, Default)]
@@ -216,7 +218,12 @@ pub(super) async fn handle<S: UnaryService>(
                 service.observe(method, code, started.elapsed());
                 match answer.result {
                     Ok(bytes) => {
+                        let small = bytes.len() < COMPRESS_MIN_BYTES;
                         let mut r = tonic::Response::new(Bytes::from(bytes));
+                        if small {
+                            r.extensions_mut()
+                                .insert(SingleMessageCompressionOverride::Disable);
+                        }
                         *r.metadata_mut() = MetadataMap::from_headers(answer.headers);
                         if let Ok(mut t) = trailers.lock() {
                             *t = answer.trailers;

@@ -33,6 +33,10 @@ use tower::{Layer as _, ServiceExt as _};
 
 pub use crate::protocol::connect::Codec;
 
+/// Answers shorter than this go uncompressed on every protocol, whatever the client accepts: gzip
+/// costs far more than it saves on them (a typical Evaluate answer is under 100 bytes).
+pub const COMPRESS_MIN_BYTES: usize = 1024;
+
 /// The method label for requests naming no method the service has.
 pub const UNKNOWN_METHOD: &str = "unknown";
 
