@@ -7,7 +7,6 @@ use clap::Parser as _;
 use pbflags_evaluator::app::cli::{Cli, Command};
 use pbflags_evaluator::app::commands::{self, Failure};
 use pbflags_evaluator::app::{descriptors, logging, serve};
-use pbflags_evaluator::reload;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
@@ -26,9 +25,13 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Serve(args) => return run_serve(&args),
-        Command::Descriptors(args) => reload::descriptors::load_file(&args.descriptors)
-            .map(|s| descriptors::render(&s, args.json))
-            .map_err(Failure::from),
+        Command::Descriptors(args) => {
+            let loaded = commands::load(&args.descriptors);
+            if let Some(path) = &args.report {
+                write_report(path, loaded.as_ref());
+            }
+            loaded.map(|s| descriptors::render(&s, args.json))
+        }
         command => match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -36,7 +39,20 @@ fn main() -> ExitCode {
             Ok(rt) => rt.block_on(async {
                 match &command {
                     Command::Migrate(a) => commands::migrate(a).await,
-                    Command::Sync(a) => commands::sync(a).await,
+                    Command::Sync(a) => {
+                        let result = commands::sync(a).await;
+                        if let Some(path) = &a.report {
+                            let outcome = match &result {
+                                Ok(_) => commands::load(&a.descriptors),
+                                Err(f) => Err(Failure {
+                                    code: f.code,
+                                    message: f.message.clone(),
+                                }),
+                            };
+                            write_report(path, outcome.as_ref());
+                        }
+                        result
+                    }
                     Command::Flags(a) => commands::flags(a).await,
                     Command::Serve(_) | Command::Descriptors(_) => unreachable!("handled above"),
                 }
@@ -53,6 +69,19 @@ fn main() -> ExitCode {
             eprintln!("error: {}", f.message);
             ExitCode::from(f.code)
         }
+    }
+}
+
+/// Writes the `--report` line; a report that cannot be written is logged, not fatal.
+fn write_report(
+    path: &std::path::Path,
+    outcome: Result<&pbflags_evaluator::core::registry::Snapshot, &Failure>,
+) {
+    if let Err(e) = std::fs::write(path, commands::report(outcome)) {
+        eprintln!(
+            "warning: could not write the report to {}: {e}",
+            path.display()
+        );
     }
 }
 

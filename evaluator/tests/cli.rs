@@ -1,9 +1,15 @@
 //! The `pbflags-evaluator` binary's database subcommands, as an operator runs them.
 
+#![allow(clippy::unwrap_used)] // a panic is the failure report
+
 #[path = "support/pg.rs"]
 mod pg;
+#[path = "support/mod.rs"]
+mod support;
 
 use std::process::{Command, Output};
+
+use sha2::Digest as _;
 
 fn run<S: AsRef<std::ffi::OsStr>>(url: Option<&str>, args: &[S]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_pbflags-evaluator"));
@@ -293,4 +299,92 @@ fn json_logs_go_to_stdout_and_ignored_v0_6_keys_are_logged() {
         "stderr: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The `--report` line a Job leaves in its termination message.
+fn report(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(std::fs::read_to_string(path).unwrap().trim()).unwrap()
+}
+
+#[tokio::test]
+async fn checks_report_their_outcome_and_refusals_exit_65() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("report");
+    let out = out_file.to_str().unwrap();
+    // A good set: accepted, with its SHA-256 and flag count.
+    ok(&run(
+        None,
+        &["descriptors", "--descriptors", &example(), "--report", out],
+    ));
+    let r = report(&out_file);
+    assert_eq!(
+        (r["accepted"].as_bool(), r["flags"].as_u64()),
+        (Some(true), Some(4))
+    );
+    let sha = hex::encode(sha2::Sha256::digest(std::fs::read(example()).unwrap()));
+    assert_eq!(r["sha256"], sha);
+    // Garbage: refused (65), with the reason.
+    let garbage = dir.path().join("garbage.pb");
+    std::fs::write(&garbage, b"not a descriptor set").unwrap();
+    let bad = run(
+        None,
+        &[
+            "descriptors",
+            "--descriptors",
+            garbage.to_str().unwrap(),
+            "--report",
+            out,
+        ],
+    );
+    assert_eq!(bad.status.code(), Some(65));
+    let r = report(&out_file);
+    assert_eq!(
+        (r["accepted"].as_bool(), r["refused"].as_bool()),
+        (Some(false), Some(true))
+    );
+    assert!(!r["reason"].as_str().unwrap().is_empty(), "{r}");
+    // A missing file is a usage error.
+    let missing = run(None, &["descriptors", "--descriptors", "/nonexistent/d.pb"]);
+    assert_eq!(missing.status.code(), Some(64));
+
+    // sync: a breaking change is refused (65) naming the flag; --allow-breaking applies it.
+    let db = pg::TestDb::create().await;
+    let url = Some(db.url.as_str());
+    ok(&run(url, &["migrate"]));
+    ok(&run(
+        url,
+        &["sync", "--descriptors", &example(), "--report", out],
+    ));
+    assert_eq!(report(&out_file)["accepted"], true);
+    let changed = dir.path().join("changed.pb");
+    std::fs::write(
+        &changed,
+        support::compile(
+            "syntax = \"proto3\";\npackage example;\nimport \"pbflags/options.proto\";\n\
+             message Notifications {\n  option (pbflags.feature) = { id: \"notifications\" };\n\
+             string max_retries = 3 [(pbflags.flag) = { default: { string_value: { value: \"3\" } } }];\n}\n",
+        ),
+    )
+    .unwrap();
+    let changed = changed.to_str().unwrap();
+    let refused = run(url, &["sync", "--descriptors", changed, "--report", out]);
+    assert_eq!(refused.status.code(), Some(65));
+    let r = report(&out_file);
+    assert_eq!(r["refused"], true);
+    assert!(
+        r["reason"].as_str().unwrap().contains("notifications/3"),
+        "{r}"
+    );
+    ok(&run(
+        url,
+        &[
+            "sync",
+            "--descriptors",
+            changed,
+            "--allow-breaking",
+            "--report",
+            out,
+        ],
+    ));
+    assert_eq!(report(&out_file)["flags"], 1);
 }

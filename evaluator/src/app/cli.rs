@@ -41,6 +41,11 @@ pub struct DescriptorsArgs {
     /// Print JSON lines instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Also write the outcome as one JSON line to this file (e.g. `/dev/termination-log` in a
+    /// Kubernetes Job): `{"accepted":true,"sha256":…,"flags":N}` or
+    /// `{"accepted":false,"reason":…}`.
+    #[arg(long, env = "PBFLAGS_REPORT")]
+    pub report: Option<PathBuf>,
 }
 
 /// Arguments of `migrate`.
@@ -63,6 +68,11 @@ pub struct SyncArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Also write the outcome as one JSON line to this file (e.g. `/dev/termination-log` in a
+    /// Kubernetes Job): `{"accepted":true,"sha256":…,"flags":N}` or
+    /// `{"accepted":false,"reason":…}`.
+    #[arg(long, env = "PBFLAGS_REPORT")]
+    pub report: Option<PathBuf>,
     /// The database.
     #[command(flatten)]
     pub db: DatabaseArgs,

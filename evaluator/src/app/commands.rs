@@ -1,5 +1,6 @@
 //! The database subcommands (`migrate`, `sync`, `flags`): run them and render their results as text
-//! or JSON. Errors carry the exit code they map to: 64 for bad configuration, 1 otherwise.
+//! or JSON. Errors carry the exit code they map to: 64 for bad configuration, 65 for a descriptor
+//! set that is refused (unreadable as descriptors, no flags, breaking changes), 1 otherwise.
 
 use serde_json::json;
 
@@ -13,10 +14,45 @@ use pbflags_proto::v1::{FlagValue, State};
 /// A failed command: what to print and the exit code.
 #[derive(Debug)]
 pub struct Failure {
-    /// 64 for bad configuration, 1 for everything else.
+    /// 64 for bad configuration, 65 for a refused descriptor set, 1 for everything else.
     pub code: u8,
     /// The message.
     pub message: String,
+}
+
+/// Exit code of a refused descriptor set (`EX_DATAERR`): retrying cannot help.
+pub const REFUSED: u8 = 65;
+
+impl Failure {
+    /// A refused descriptor set.
+    pub fn refused(message: impl std::fmt::Display) -> Self {
+        Self {
+            code: REFUSED,
+            message: message.to_string(),
+        }
+    }
+}
+
+/// The outcome of checking a descriptor set, as `--report` writes it.
+pub fn report(outcome: Result<&crate::core::registry::Snapshot, &Failure>) -> String {
+    // A termination message holds 4 KiB; keep the reason well inside it.
+    const MAX_REASON: usize = 3000;
+    let line = match outcome {
+        Ok(s) => json!({ "accepted": true, "sha256": s.hash().to_string(), "flags": s.len() }),
+        Err(f) => {
+            let mut reason = f.message.clone();
+            if reason.len() > MAX_REASON {
+                let mut cut = MAX_REASON;
+                while !reason.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                reason.truncate(cut);
+                reason.push_str(" …");
+            }
+            json!({ "accepted": false, "refused": f.code == REFUSED, "reason": reason })
+        }
+    };
+    format!("{line}\n")
 }
 
 impl<E: std::fmt::Display> From<E> for Failure {
@@ -54,13 +90,18 @@ pub async fn migrate(args: &MigrateArgs) -> Result<String, Failure> {
 
 /// `sync`.
 pub async fn sync(args: &SyncArgs) -> Result<String, Failure> {
-    let snapshot = crate::reload::descriptors::load_file(&args.descriptors)?;
+    let snapshot = load(&args.descriptors)?;
     for w in snapshot.warnings() {
         eprintln!("warning: {w}");
     }
     let flags: Vec<_> = snapshot.flags().iter().map(|f| (**f).clone()).collect();
     let pool = pool(&args.db)?;
-    let report = sync::sync(&pool, &flags, args.allow_breaking).await?;
+    let report = sync::sync(&pool, &flags, args.allow_breaking)
+        .await
+        .map_err(|e| match e {
+            sync::SyncError::Db(_) => Failure::from(e),
+            refused => Failure::refused(refused),
+        })?;
     if args.json {
         return Ok(format!(
             "{}\n",
@@ -81,6 +122,18 @@ pub async fn sync(args: &SyncArgs) -> Result<String, Failure> {
         report.flags_updated.len(),
         report.flags_archived.len()
     ))
+}
+
+/// Reads a descriptor set; one that is not a descriptor set is refused (65), an unreadable file is
+/// a usage error (64).
+pub fn load(path: &std::path::Path) -> Result<crate::core::registry::Snapshot, Failure> {
+    crate::reload::descriptors::load_file(path).map_err(|e| match e {
+        crate::reload::descriptors::ReloadError::Read { .. } => Failure {
+            code: 64,
+            message: e.to_string(),
+        },
+        other => Failure::refused(other),
+    })
 }
 
 fn value_json(v: Option<&FlagValue>) -> serde_json::Value {
