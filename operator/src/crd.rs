@@ -31,6 +31,11 @@ pub const DEFAULT_DATABASE_KEY: &str = "url";
     printcolumn(name = "Root", type_ = "string", json_path = ".status.root.summary"),
     printcolumn(name = "Proxy", type_ = "string", json_path = ".status.proxy.summary"),
     printcolumn(
+        name = "Descriptors",
+        type_ = "string",
+        json_path = ".status.descriptors.summary"
+    ),
+    printcolumn(
         name = "Ready",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
@@ -45,8 +50,11 @@ pub const DEFAULT_DATABASE_KEY: &str = "url";
 #[x_kube(validation = Rule::new("has(self.root) || (has(self.proxy) && has(self.proxy.upstream))").message("a FlagEvaluator needs a root tier (spec.root, with a database Secret) or a proxy-only tier with an upstream URL (spec.proxy.upstream)"))]
 #[x_kube(validation = Rule::new("!(has(self.root) && has(self.proxy) && has(self.proxy.upstream))").message("spec.proxy.upstream must be empty when spec.root is set: the proxy then fronts this FlagEvaluator's root"))]
 pub struct FlagEvaluatorSpec {
-    /// The ConfigMap holding the descriptor set (`buf build -o descriptors.pb`). It is mounted into
-    /// every evaluator pod; updating it reloads the flags without restarting pods.
+    /// The ConfigMap holding the descriptor set (`buf build -o descriptors.pb`). When its content
+    /// changes, the operator checks the new set with a Job (for a root: `sync` into the database,
+    /// which refuses breaking changes) and only then publishes it to the pods (as
+    /// `<name>-descriptors`), which reload it without restarting. A refused set never reaches a
+    /// pod: `status.conditions` (DescriptorsAccepted) and an event say why.
     pub descriptors: DescriptorsRef,
     /// The root tier: evaluators reading flag state from PostgreSQL. Omit for a proxy-only
     /// FlagEvaluator.
@@ -100,6 +108,10 @@ pub struct DescriptorsRef {
     /// Key holding the descriptor set. Default: `descriptors.pb`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// Apply breaking changes (a flag's type changed, a layered flag made global, a move between
+    /// layers) instead of refusing the set, as `sync --allow-breaking` does. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_breaking: Option<bool>,
 }
 
 /// A key of a Secret in the FlagEvaluator's namespace.
@@ -243,6 +255,25 @@ pub struct TierStatus {
     pub summary: String,
 }
 
+/// The descriptor set the pods are given.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DescriptorsStatus {
+    /// SHA-256 of the published set (the evaluators export it as `pbflags_descriptor_info`).
+    pub sha256: String,
+    /// Flags it declares, when the check reported them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flags: Option<u64>,
+    /// When it was accepted (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted_at: Option<String>,
+    /// `<short hash> (<n> flags)`, for printing.
+    pub summary: String,
+    /// SHA-256 of a newer set in the ConfigMap that is being checked or was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<String>,
+}
+
 /// Observed state.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
@@ -250,7 +281,7 @@ pub struct FlagEvaluatorStatus {
     /// The generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Ready, Progressing and Degraded.
+    /// Ready, Progressing, Degraded and DescriptorsAccepted.
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -266,12 +297,20 @@ pub struct FlagEvaluatorStatus {
     /// The URL applications should call (gRPC, gRPC-Web or Connect).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// The published descriptor set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub descriptors: Option<DescriptorsStatus>,
 }
 
 impl DescriptorsRef {
     /// The ConfigMap key, defaulted.
     pub fn key(&self) -> &str {
         self.key.as_deref().unwrap_or(DEFAULT_DESCRIPTORS_KEY)
+    }
+
+    /// Whether breaking changes are applied.
+    pub fn allow_breaking(&self) -> bool {
+        self.allow_breaking == Some(true)
     }
 }
 

@@ -4,7 +4,8 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::crd::{FlagEvaluator, FlagEvaluatorStatus, TierStatus};
+use crate::crd::{DescriptorsStatus, FlagEvaluator, FlagEvaluatorStatus, TierStatus};
+use crate::rollout::{Decision, short};
 
 /// Condition reasons, for `kubectl describe` and alerts.
 pub mod reason {
@@ -32,6 +33,38 @@ pub mod reason {
     pub const APPLY_FAILED: &str = "ApplyFailed";
     /// Nothing is wrong.
     pub const OK: &str = "AsExpected";
+    /// A descriptor set is being checked before it is published.
+    pub const DESCRIPTOR_ROLLOUT: &str = "DescriptorRollout";
+    /// The ConfigMap's descriptor set is published.
+    pub const DESCRIPTORS_ACCEPTED: &str = "Accepted";
+    /// The ConfigMap's descriptor set was refused; the published one keeps serving.
+    pub const DESCRIPTORS_REFUSED: &str = "DescriptorsRefused";
+    /// The check of the ConfigMap's descriptor set failed without judging it.
+    pub const DESCRIPTORS_CHECK_FAILED: &str = "DescriptorsCheckFailed";
+}
+
+/// What the published copy says of itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Published {
+    /// SHA-256 of its content.
+    pub sha256: String,
+    /// Flags it declares, if known.
+    pub flags: Option<u64>,
+    /// When it was accepted.
+    pub accepted_at: Option<String>,
+}
+
+/// Where the descriptor rollout stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rollout {
+    /// The set the pods are given, if any yet.
+    pub published: Option<Published>,
+    /// SHA-256 of the set in the user's ConfigMap.
+    pub candidate: String,
+    /// What the rollout decided about it.
+    pub decision: Decision,
+    /// The check Job's name, if the candidate needed one.
+    pub check_job: Option<String>,
 }
 
 /// What blocks the FlagEvaluator, if anything.
@@ -54,6 +87,8 @@ pub struct Observed {
     pub proxy: Option<(i32, i32)>,
     /// The migrations Job is still running.
     pub migrating: bool,
+    /// The descriptor rollout, once references could be read.
+    pub descriptors: Option<Rollout>,
 }
 
 fn tier(t: Option<(i32, i32)>) -> Option<TierStatus> {
@@ -72,9 +107,26 @@ fn condition(
     generation: Option<i64>,
     now: &Time,
 ) -> Condition {
+    tri_condition(type_, Some(ok), reason, message, generation, now)
+}
+
+/// A condition whose status may be `Unknown` (`None`).
+fn tri_condition(
+    type_: &str,
+    ok: Option<bool>,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
     Condition {
         type_: type_.to_owned(),
-        status: if ok { "True" } else { "False" }.to_owned(),
+        status: match ok {
+            Some(true) => "True",
+            Some(false) => "False",
+            None => "Unknown",
+        }
+        .to_owned(),
         reason: reason.to_owned(),
         message,
         observed_generation: generation,
@@ -90,6 +142,11 @@ pub fn compute(fe: &FlagEvaluator, observed: &Observed, now: Time) -> FlagEvalua
         .flatten()
         .collect();
     let all_ready = tiers.iter().all(|(d, r)| r >= d);
+    let rollout = observed.descriptors.as_ref();
+    let checking = rollout.is_some_and(|r| r.decision == Decision::Checking);
+    let unpublished = rollout.is_some_and(|r| r.published.is_none());
+    // A refused or unchecked set while pods serve the published one degrades, but is no outage.
+    let descriptor_problem = rollout.and_then(descriptor_problem);
     let (ready, ready_reason, ready_msg) = match (&observed.problem, observed.migrating, all_ready)
     {
         (Some(p), _, _) => (false, p.reason, p.message.clone()),
@@ -98,6 +155,14 @@ pub fn compute(fe: &FlagEvaluator, observed: &Observed, now: Time) -> FlagEvalua
             reason::MIGRATING,
             "waiting for the migrations Job to finish".to_owned(),
         ),
+        (None, false, _) if unpublished => match &descriptor_problem {
+            Some(p) => (false, p.reason, p.message.clone()),
+            None => (
+                false,
+                reason::DESCRIPTOR_ROLLOUT,
+                "waiting for the first descriptor set to pass its check".to_owned(),
+            ),
+        },
         (None, false, true) => (
             true,
             reason::READY,
@@ -109,8 +174,23 @@ pub fn compute(fe: &FlagEvaluator, observed: &Observed, now: Time) -> FlagEvalua
             "waiting for evaluator replicas to become ready".to_owned(),
         ),
     };
-    let progressing = observed.problem.is_none() && !ready;
-    let degraded = observed.problem.is_some();
+    let rolling = checking && !unpublished;
+    let progressing = observed.problem.is_none() && (!ready || rolling);
+    let (progress_reason, progress_msg) = if !ready {
+        (ready_reason, ready_msg.clone())
+    } else {
+        (
+            reason::DESCRIPTOR_ROLLOUT,
+            rollout.map_or_else(String::new, |r| {
+                format!(
+                    "checking descriptor set {} before publishing it",
+                    short(&r.candidate)
+                )
+            }),
+        )
+    };
+    let problem = observed.problem.as_ref().or(descriptor_problem.as_ref());
+    let degraded = problem.is_some();
     let mut conditions = vec![
         condition(
             "Ready",
@@ -124,12 +204,12 @@ pub fn compute(fe: &FlagEvaluator, observed: &Observed, now: Time) -> FlagEvalua
             "Progressing",
             progressing,
             if progressing {
-                ready_reason
+                progress_reason
             } else {
                 reason::OK
             },
             if progressing {
-                ready_msg.clone()
+                progress_msg
             } else {
                 "nothing to roll out".to_owned()
             },
@@ -139,15 +219,15 @@ pub fn compute(fe: &FlagEvaluator, observed: &Observed, now: Time) -> FlagEvalua
         condition(
             "Degraded",
             degraded,
-            observed.problem.as_ref().map_or(reason::OK, |p| p.reason),
-            observed
-                .problem
-                .as_ref()
-                .map_or_else(|| "no problems".to_owned(), |p| p.message.clone()),
+            problem.map_or(reason::OK, |p| p.reason),
+            problem.map_or_else(|| "no problems".to_owned(), |p| p.message.clone()),
             generation,
             &now,
         ),
     ];
+    if let Some(r) = rollout {
+        conditions.push(accepted_condition(fe, r, generation, &now));
+    }
     if let Some(previous) = fe.status.as_ref() {
         for c in &mut conditions {
             if let Some(old) = previous.conditions.iter().find(|o| o.type_ == c.type_)
@@ -164,5 +244,91 @@ pub fn compute(fe: &FlagEvaluator, observed: &Observed, now: Time) -> FlagEvalua
         root: tier(observed.root),
         proxy: tier(observed.proxy),
         endpoint: Some(crate::build::endpoint(fe)),
+        descriptors: rollout.and_then(descriptors_status),
     }
+}
+
+/// The problem a refused or failed check is.
+fn descriptor_problem(r: &Rollout) -> Option<Problem> {
+    let keeps = r.published.as_ref().map_or_else(
+        || "no set is published yet, so no evaluator starts".to_owned(),
+        |p| format!("the pods keep {}", short(&p.sha256)),
+    );
+    match &r.decision {
+        Decision::Refused { reason } => Some(Problem {
+            reason: reason::DESCRIPTORS_REFUSED,
+            message: format!(
+                "descriptor set {} was refused; {keeps}: {reason}",
+                short(&r.candidate)
+            ),
+        }),
+        Decision::CheckFailed { reason } => Some(Problem {
+            reason: reason::DESCRIPTORS_CHECK_FAILED,
+            message: format!(
+                "the check of descriptor set {} failed ({}); {keeps}: {reason}",
+                short(&r.candidate),
+                r.check_job.as_deref().unwrap_or("no Job")
+            ),
+        }),
+        _ => None,
+    }
+}
+
+fn accepted_condition(
+    fe: &FlagEvaluator,
+    r: &Rollout,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    let source = format!(
+        "ConfigMap {}/{} key {:?}",
+        fe.metadata.namespace.as_deref().unwrap_or(""),
+        fe.spec.descriptors.config_map_name,
+        fe.spec.descriptors.key()
+    );
+    let (ok, reason, message) = match &r.decision {
+        Decision::Current | Decision::Publish { .. } => (
+            Some(true),
+            reason::DESCRIPTORS_ACCEPTED,
+            format!(
+                "descriptor set {} from {source} is published{}",
+                short(&r.candidate),
+                r.published
+                    .as_ref()
+                    .and_then(|p| p.flags)
+                    .map_or_else(String::new, |n| format!(" ({n} flags)"))
+            ),
+        ),
+        Decision::Check | Decision::Checking => (
+            None,
+            reason::DESCRIPTOR_ROLLOUT,
+            format!(
+                "checking descriptor set {} from {source} ({})",
+                short(&r.candidate),
+                r.check_job.as_deref().unwrap_or("waiting for migrations")
+            ),
+        ),
+        Decision::Refused { .. } | Decision::CheckFailed { .. } => {
+            let p = descriptor_problem(r).unwrap_or(Problem {
+                reason: reason::DESCRIPTORS_REFUSED,
+                message: String::new(),
+            });
+            (Some(false), p.reason, p.message)
+        }
+    };
+    tri_condition("DescriptorsAccepted", ok, reason, message, generation, now)
+}
+
+fn descriptors_status(r: &Rollout) -> Option<DescriptorsStatus> {
+    let p = r.published.as_ref()?;
+    Some(DescriptorsStatus {
+        sha256: p.sha256.clone(),
+        flags: p.flags,
+        accepted_at: p.accepted_at.clone(),
+        summary: match p.flags {
+            Some(n) => format!("{} ({n} flags)", short(&p.sha256)),
+            None => short(&p.sha256).to_owned(),
+        },
+        pending: (p.sha256 != r.candidate).then(|| r.candidate.clone()),
+    })
 }

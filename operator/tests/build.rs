@@ -7,6 +7,7 @@ use std::path::Path;
 
 use pbflags_operator::build::{self, Defaults, Inputs, Tier};
 use pbflags_operator::crd::FlagEvaluator;
+use pbflags_operator::reconcile::Candidate;
 
 fn fixture(name: &str) -> FlagEvaluator {
     let path =
@@ -30,17 +31,20 @@ fn built(fe: &FlagEvaluator, tls_ca: bool) -> build::Desired {
         defaults: &defaults(),
         secret_hash: None,
         tls_ca,
+        descriptors: None,
     })
     .expect("builds")
 }
 
 fn render(fe: &FlagEvaluator, secret_hash: Option<&str>) -> String {
     let defaults = defaults();
+    let candidate = Candidate::new(b"descriptor set bytes".to_vec());
     let inputs = Inputs {
         fe,
         defaults: &defaults,
         secret_hash: secret_hash.map(str::to_owned),
         tls_ca: fe.spec.tls.is_some(),
+        descriptors: Some(&candidate),
     };
     let d = build::build(&inputs).expect("builds");
     let mut docs: Vec<String> = Vec::new();
@@ -57,6 +61,10 @@ fn render(fe: &FlagEvaluator, secret_hash: Option<&str>) -> String {
     }
     if let Some(j) = &d.migration {
         push(serde_json::to_value(j).expect("json"));
+    }
+    if let Some((copy, job)) = &d.check {
+        push(serde_json::to_value(copy).expect("json"));
+        push(serde_json::to_value(job).expect("json"));
     }
     docs.join("---\n")
 }
@@ -104,6 +112,7 @@ fn tls_serves_https_mounts_the_secret_and_points_the_proxy_at_https() {
             defaults: &defaults,
             secret_hash: None,
             tls_ca,
+            descriptors: None,
         };
         let proxy = build::evaluator_args(&inputs, Tier::Proxy);
         assert!(proxy.contains(&"--server=https://flags-root.team-a.svc:9201".to_owned()));
@@ -123,6 +132,7 @@ fn tls_serves_https_mounts_the_secret_and_points_the_proxy_at_https() {
         defaults: &defaults,
         secret_hash: None,
         tls_ca: true,
+        descriptors: None,
     })
     .unwrap();
     for dep in d.deployments() {
@@ -259,6 +269,7 @@ fn a_changed_secret_changes_the_root_pod_template_only() {
         defaults: &defaults,
         secret_hash: Some("aaaa".into()),
         tls_ca: false,
+        descriptors: None,
     })
     .unwrap();
     let b = build::build(&Inputs {
@@ -266,6 +277,7 @@ fn a_changed_secret_changes_the_root_pod_template_only() {
         defaults: &defaults,
         secret_hash: Some("bbbb".into()),
         tls_ca: false,
+        descriptors: None,
     })
     .unwrap();
     assert_ne!(pod_template(&a, Tier::Root), pod_template(&b, Tier::Root));
@@ -304,6 +316,7 @@ fn the_descriptors_volume_is_a_directory_mount_so_updates_need_no_restart() {
         defaults: &defaults,
         secret_hash: None,
         tls_ca: false,
+        descriptors: None,
     };
     let args = build::evaluator_args(&inputs, Tier::Proxy);
     assert!(args.contains(&"--descriptors=/etc/pbflags/descriptors/flags.pb".to_owned()));
@@ -320,6 +333,7 @@ fn a_resource_that_did_not_come_from_the_api_is_refused() {
         defaults: &defaults,
         secret_hash: None,
         tls_ca: false,
+        descriptors: None,
     })
     .unwrap_err();
     assert!(e.to_string().contains("uid"));

@@ -28,14 +28,39 @@ fn fixture() -> FlagEvaluator {
     serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-/// The fixture's ConfigMap and database Secret.
-fn references(api: &FakeApi) {
+/// SHA-256 of `content`, hex.
+fn sha(content: &[u8]) -> String {
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(content))
+}
+
+/// The user's descriptors ConfigMap holding `content`.
+fn descriptors(api: &FakeApi, content: &[u8]) {
+    use base64::Engine as _;
     api.insert(
         "configmaps",
         json!({"apiVersion": "v1", "kind": "ConfigMap",
                "metadata": {"name": "flag-descriptors", "namespace": NS},
-               "binaryData": {"descriptors.pb": "AA=="}}),
+               "binaryData": {"descriptors.pb": base64::engine::general_purpose::STANDARD.encode(content)}}),
     );
+}
+
+/// The published copy of `content`, as an earlier reconcile left it.
+fn published(api: &FakeApi, content: &[u8]) {
+    api.insert(
+        "configmaps",
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "flags-published-descriptors", "namespace": NS,
+                            "labels": {"app.kubernetes.io/managed-by": "pbflags-operator",
+                                       "app.kubernetes.io/instance": "flags"},
+                            "annotations": {"pbflags.dev/descriptors-sha256": sha(content),
+                                            "pbflags.dev/descriptors-flags": "4"}}}),
+    );
+}
+
+/// The fixture's ConfigMap (already published) and database Secret.
+fn references(api: &FakeApi) {
+    descriptors(api, &[0]);
+    published(api, &[0]);
     api.insert(
         "secrets",
         json!({"apiVersion": "v1", "kind": "Secret",
@@ -330,4 +355,252 @@ async fn a_failed_write_fails_the_reconcile_and_names_the_object() {
         !api.saw("PATCH", "/deployments/"),
         "nothing after the failure is written"
     );
+}
+
+// ---- descriptor rollouts -----------------------------------------------------------------------
+
+/// A check Job's pod with `report` as its termination message.
+fn check_pod(api: &FakeApi, job: &str, report: &str) {
+    api.insert(
+        "pods",
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": format!("{job}-x1"), "namespace": NS, "labels": {"job-name": job}},
+               "status": {"containerStatuses": [{"name": "evaluator", "image": "i", "imageID": "",
+                   "ready": false, "restartCount": 0,
+                   "state": {"terminated": {"exitCode": 65, "message": report,
+                                            "finishedAt": "2026-12-02T00:00:00Z"}}}]}}),
+    );
+}
+
+fn check_job_name(content: &[u8]) -> String {
+    format!("flags-check-{}", &sha(content)[..10])
+}
+
+fn published_sha(api: &FakeApi) -> Option<String> {
+    api.get(&path("v1", NS, "configmaps", "flags-published-descriptors"))
+        .and_then(|cm| {
+            cm["metadata"]["annotations"]["pbflags.dev/descriptors-sha256"]
+                .as_str()
+                .map(str::to_owned)
+        })
+}
+
+#[tokio::test]
+async fn a_new_set_is_checked_by_a_job_then_published_and_the_check_cleaned_up() {
+    let api = FakeApi::default();
+    references(&api);
+    api.status_on_apply("deployments", replicas_status(3));
+    let mut fe = fixture();
+    fe.spec.root.as_mut().unwrap().migrate = None;
+    let new = b"new descriptors";
+    descriptors(&api, new);
+    // 1. A check Job (sync into the root's database) on a copy of exactly this content; the pods
+    // keep the published set.
+    api.status_on_apply("jobs", json!({"active": 1}));
+    let fe = run(&api, &fe).await;
+    let job = api
+        .get(&path("batch/v1", NS, "jobs", &check_job_name(new)))
+        .expect("check Job");
+    let args = &job["spec"]["template"]["spec"]["containers"][0]["args"];
+    assert_eq!(args[0], "sync", "{args}");
+    assert!(
+        args.as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == "--report=/dev/termination-log")
+    );
+    let copy = format!("flags-candidate-descriptors-{}", &sha(new)[..10]);
+    let volume = &job["spec"]["template"]["spec"]["volumes"][0]["configMap"]["name"];
+    assert_eq!(volume, copy.as_str());
+    assert_eq!(published_sha(&api), Some(sha(&[0])));
+    assert_eq!(
+        condition(&fe, "DescriptorsAccepted"),
+        ("Unknown", "DescriptorRollout")
+    );
+    assert_eq!(condition(&fe, "Progressing"), ("True", "DescriptorRollout"));
+    assert_eq!(
+        condition(&fe, "Ready"),
+        ("True", "AllReplicasReady"),
+        "the pods still serve"
+    );
+    let status = fe.status.as_ref().unwrap().descriptors.clone().unwrap();
+    assert_eq!(status.pending, Some(sha(new)));
+
+    // 2. It passed: published with the reported flag count; the check and its copy are deleted.
+    api.insert(
+        "jobs",
+        json!({"apiVersion": "batch/v1", "kind": "Job",
+               "metadata": {"name": check_job_name(new), "namespace": NS,
+                            "labels": {"app.kubernetes.io/managed-by": "pbflags-operator",
+                                       "app.kubernetes.io/instance": "flags",
+                                       "pbflags.dev/descriptors-check": "true"}},
+               "status": {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}}),
+    );
+    check_pod(
+        &api,
+        &check_job_name(new),
+        &format!(
+            "{{\"accepted\":true,\"sha256\":\"{}\",\"flags\":7}}",
+            sha(new)
+        ),
+    );
+    let fe = run(&api, &fe).await;
+    assert_eq!(published_sha(&api), Some(sha(new)));
+    assert_eq!(condition(&fe, "DescriptorsAccepted"), ("True", "Accepted"));
+    let status = fe.status.as_ref().unwrap().descriptors.clone().unwrap();
+    assert_eq!(status.flags, Some(7));
+    assert_eq!(status.summary, format!("{} (7 flags)", &sha(new)[..10]));
+    assert_eq!(status.pending, None);
+    assert!(api.saw("DELETE", &format!("/jobs/{}", check_job_name(new))));
+    assert!(api.saw("DELETE", &format!("/configmaps/{copy}")));
+}
+
+#[tokio::test]
+async fn a_refused_set_never_reaches_the_pods_and_allow_breaking_lets_it_through() {
+    let api = FakeApi::default();
+    references(&api);
+    api.status_on_apply("deployments", replicas_status(3));
+    let new = b"breaking descriptors";
+    descriptors(&api, new);
+    let fixture = || {
+        let mut fe = fixture();
+        fe.spec.root.as_mut().unwrap().migrate = None;
+        fe
+    };
+    api.insert(
+        "jobs",
+        json!({"apiVersion": "batch/v1", "kind": "Job",
+               "metadata": {"name": check_job_name(new), "namespace": NS,
+                            "labels": {"app.kubernetes.io/managed-by": "pbflags-operator",
+                                       "app.kubernetes.io/instance": "flags",
+                                       "pbflags.dev/descriptors-check": "true"}},
+               "status": {"failed": 1, "conditions": [{"type": "Failed", "status": "True"}]}}),
+    );
+    check_pod(
+        &api,
+        &check_job_name(new),
+        r#"{"accepted":false,"refused":true,"reason":"breaking changes refused (use --allow-breaking to apply them):\n  notifications/3: type INT64 -> STRING"}"#,
+    );
+    let fe = run(&api, &fixture()).await;
+    assert_eq!(
+        published_sha(&api),
+        Some(sha(&[0])),
+        "the published set stays"
+    );
+    assert_eq!(
+        condition(&fe, "DescriptorsAccepted"),
+        ("False", "DescriptorsRefused")
+    );
+    assert_eq!(condition(&fe, "Degraded"), ("True", "DescriptorsRefused"));
+    assert_eq!(
+        condition(&fe, "Ready"),
+        ("True", "AllReplicasReady"),
+        "the pods still serve"
+    );
+    let message = fe
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "DescriptorsAccepted")
+        .unwrap()
+        .message
+        .clone();
+    assert!(
+        message.contains("notifications/3") && message.contains(&sha(&[0])[..10]),
+        "{message}"
+    );
+    assert!(
+        !api.saw("DELETE", "/jobs/"),
+        "the refused check is kept for inspection"
+    );
+
+    // allowBreaking: a new check (a new Job name), with --allow-breaking.
+    let mut fe2 = fixture();
+    fe2.spec.descriptors.allow_breaking = Some(true);
+    api.status_on_apply("jobs", json!({"active": 1}));
+    run(&api, &fe2).await;
+    let name = format!("{}-breaking", check_job_name(new));
+    let job = api
+        .get(&path("batch/v1", NS, "jobs", &name))
+        .expect("a new check");
+    let args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(args.iter().any(|a| a == "--allow-breaking"), "{args:?}");
+    assert!(
+        api.saw("DELETE", &format!("/jobs/{}", check_job_name(new))),
+        "the old check is pruned"
+    );
+}
+
+#[tokio::test]
+async fn a_proxy_only_evaluator_checks_without_a_database_and_waits_for_its_first_set() {
+    use base64::Engine as _;
+    let api = FakeApi::default();
+    let fe: FlagEvaluator = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/proxy-only.yaml"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let ns = "team-b";
+    api.insert(
+        "configmaps",
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "flag-descriptors", "namespace": ns},
+               "binaryData": {"flags.pb": base64::engine::general_purpose::STANDARD.encode(b"first set")}}),
+    );
+    api.status_on_apply("jobs", json!({"active": 1}));
+    api.insert("flagevaluators", serde_json::to_value(&fe).unwrap());
+    reconcile(Arc::new(fe.clone()), context(&api))
+        .await
+        .unwrap();
+    let name = format!("edge-check-{}", &sha(b"first set")[..10]);
+    let job = api
+        .get(&path("batch/v1", ns, "jobs", &name))
+        .expect("a check Job");
+    let c = &job["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["args"][0], "descriptors");
+    assert!(c["env"].is_null(), "no database: {c}");
+    assert!(
+        !api.saw("PATCH", "/deployments/"),
+        "no pod before a set is published"
+    );
+    let stored = api
+        .get(&path("pbflags.dev/v1alpha1", ns, "flagevaluators", "edge"))
+        .unwrap();
+    let ready = stored["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (ready["status"].as_str(), ready["reason"].as_str()),
+        (Some("False"), Some("DescriptorRollout"))
+    );
+}
+
+#[tokio::test]
+async fn a_configmap_someone_else_made_under_the_published_name_is_not_taken_over() {
+    let api = FakeApi::default();
+    references(&api);
+    api.insert(
+        "configmaps",
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "flags-published-descriptors", "namespace": NS}}),
+    );
+    let fe = run(&api, &fixture()).await;
+    assert_eq!(
+        condition(&fe, "DescriptorsAccepted"),
+        ("False", "DescriptorsCheckFailed")
+    );
+    assert!(!api.saw("PATCH", "/configmaps/flags-published-descriptors"));
+    assert!(!api.saw("PATCH", "/deployments/"));
 }

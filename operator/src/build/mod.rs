@@ -12,13 +12,14 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ResourceRequirements, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, ResourceRequirements, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt as _};
 
 use crate::crd::FlagEvaluator;
 
+pub mod descriptors;
 mod network;
 mod pod;
 mod workload;
@@ -56,6 +57,8 @@ pub struct Inputs<'a> {
     pub secret_hash: Option<String>,
     /// Whether the TLS Secret (`spec.tls`) has a `ca.crt` for the proxy to check its root with.
     pub tls_ca: bool,
+    /// The descriptor set in the user's ConfigMap, if read.
+    pub descriptors: Option<&'a crate::reconcile::dereference::Candidate>,
 }
 
 /// The objects of one tier.
@@ -80,6 +83,9 @@ pub struct Desired {
     pub proxy: Option<TierObjects>,
     /// The migrations Job (`spec.root.migrate`); the root rolls out only after it succeeds.
     pub migration: Option<Job>,
+    /// The copy of the candidate descriptor set its check reads, and the check Job; applied only
+    /// when the candidate is not already published.
+    pub check: Option<(ConfigMap, Job)>,
 }
 
 impl Desired {
@@ -276,5 +282,11 @@ pub fn build(inputs: &Inputs<'_>) -> Result<Desired, BuildError> {
             .as_ref()
             .is_some_and(|r| r.migrate == Some(true))
             .then(|| workload::migration(inputs, &owner)),
+        check: inputs.descriptors.map(|c| {
+            (
+                descriptors::candidate(fe, &owner, &c.content, &c.sha256),
+                descriptors::check_job(inputs, &owner, &c.sha256),
+            )
+        }),
     })
 }

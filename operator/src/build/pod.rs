@@ -217,7 +217,8 @@ pub(super) fn pod_spec(
             std::iter::once(Volume {
                 name: "descriptors".to_owned(),
                 config_map: Some(ConfigMapVolumeSource {
-                    name: fe.spec.descriptors.config_map_name.clone(),
+                    // The published copy: only sets that passed their check reach a pod.
+                    name: super::descriptors::published_name(fe),
                     items: Some(vec![KeyToPath {
                         key: key.clone(),
                         path: key,

@@ -81,13 +81,14 @@ pub(super) fn migration(inputs: &Inputs<'_>, owner: &OwnerReference) -> Job {
     c.liveness_probe = None;
     c.readiness_probe = None;
     c.ports = None;
-    // The Job only talks to the database: it needs no TLS files.
+    // The Job only talks to the database: it needs no TLS files, and no descriptors (none may be
+    // published before migrations ran).
     if let Some(mounts) = c.volume_mounts.as_mut() {
-        mounts.retain(|m| m.name != "tls");
+        mounts.retain(|m| m.name != "tls" && m.name != "descriptors");
     }
     let mut pod = pod_spec(inputs, vec![c], Some("OnFailure".to_owned()));
     if let Some(volumes) = pod.volumes.as_mut() {
-        volumes.retain(|v| v.name != "tls");
+        volumes.retain(|v| v.name != "tls" && v.name != "descriptors");
     }
     Job {
         metadata: meta(fe, owner, migration_name(inputs), Some(Tier::Root)),

@@ -1,18 +1,26 @@
 //! Step three: write the [`Desired`] objects — identity and network first, then the migrations Job,
-//! then the workloads, the root only once migrations have succeeded — prune what is no longer
-//! wanted, and report what was observed for the status.
+//! then the descriptor rollout (check the ConfigMap's set, publish it once it passed; see
+//! [`crate::rollout`]), then the workloads (the root only once migrations have succeeded, every
+//! tier only once a descriptor set is published) — prune what is no longer wanted, and report what
+//! was observed for the status.
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::{Job, JobStatus};
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::ResourceExt as _;
+use kube::{Resource as _, ResourceExt as _};
 
 use super::Error;
 use super::cluster::Cluster;
-use crate::build::{Desired, Tier, names, tier_name};
+use super::dereference::Candidate;
+use crate::build::descriptors::{published, published_name};
+use crate::build::{Desired, MANAGED_BY, Tier, names, tier_name};
 use crate::crd::FlagEvaluator;
-use crate::status::{Observed, Problem, reason};
+use crate::rollout::{
+    self, ACCEPTED_AT_ANNOTATION, CHECK_LABEL, Decision, FLAGS_ANNOTATION, Report,
+    SHA256_ANNOTATION,
+};
+use crate::status::{Observed, Problem, Published, Rollout, reason};
 
 /// Failed pods after which the migrations Job counts as failed (its `backoffLimit`).
 const MIGRATION_FAILURES: i32 = 4;
@@ -53,10 +61,135 @@ pub fn replicas(d: &Deployment) -> (i32, i32) {
     (desired, ready.min(updated))
 }
 
+/// What the published copy says of itself.
+pub fn published_info(cm: &ConfigMap) -> Option<Published> {
+    let a = cm.metadata.annotations.as_ref()?;
+    Some(Published {
+        sha256: a.get(SHA256_ANNOTATION)?.clone(),
+        flags: a.get(FLAGS_ANNOTATION).and_then(|f| f.parse().ok()),
+        accepted_at: a.get(ACCEPTED_AT_ANNOTATION).cloned(),
+    })
+}
+
+/// The report in the termination message of the check Job's latest finished pod.
+async fn check_report(api: &Cluster<'_>, job: &str) -> Result<Option<Report>, Error> {
+    let pods = api.list::<Pod>(&format!("job-name={job}")).await?;
+    let mut reports: Vec<(String, Report)> = pods
+        .iter()
+        .filter_map(|p| p.status.as_ref()?.container_statuses.as_ref())
+        .flatten()
+        .filter_map(|c| c.state.as_ref()?.terminated.as_ref())
+        .filter_map(|t| {
+            let report = Report::parse(t.message.as_deref()?)?;
+            let at = t
+                .finished_at
+                .as_ref()
+                .map(|f| f.0.to_string())
+                .unwrap_or_default();
+            Some((at, report))
+        })
+        .collect();
+    reports.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(reports.pop().map(|(_, r)| r))
+}
+
+/// The descriptor rollout: checks the candidate set unless it is already published, publishes it
+/// once its check passed, and prunes the checks of older candidates. Checks run only once
+/// migrations have succeeded (`sync` needs the schema).
+async fn roll_out_descriptors(
+    fe: &FlagEvaluator,
+    desired: &Desired,
+    candidate: &Candidate,
+    may_check: bool,
+    api: &Cluster<'_>,
+) -> Result<Rollout, Error> {
+    let name = published_name(fe);
+    let existing_copy = api.get::<ConfigMap>(&name).await?;
+    let current = existing_copy.as_ref().and_then(published_info);
+    let mut rollout = Rollout {
+        published: current.clone(),
+        candidate: candidate.sha256.clone(),
+        decision: Decision::Current,
+        check_job: None,
+    };
+    // Never take over a ConfigMap someone else made under the published copy's name.
+    let foreign = existing_copy
+        .as_ref()
+        .is_some_and(|cm| cm.labels().get(MANAGED_BY.0).map(String::as_str) != Some(MANAGED_BY.1));
+    if foreign || fe.spec.descriptors.config_map_name == name {
+        rollout.published = None;
+        rollout.decision = Decision::CheckFailed {
+            reason: format!(
+                "ConfigMap {}/{name} is not managed by pbflags-operator, but the published \
+                 descriptors need that name; rename that ConfigMap",
+                api.namespace()
+            ),
+        };
+        return Ok(rollout);
+    }
+    let Some((copy, job)) = &desired.check else {
+        return Ok(rollout);
+    };
+    let job_name = job.name_any();
+    let existing = api.get::<Job>(&job_name).await?;
+    let report = match existing.as_ref().and_then(|j| j.status.as_ref()) {
+        Some(s) if s.succeeded.unwrap_or(0) + s.failed.unwrap_or(0) > 0 => {
+            check_report(api, &job_name).await?
+        }
+        _ => None,
+    };
+    let mut decision = rollout::decide(
+        current.as_ref().map(|p| p.sha256.as_str()),
+        &candidate.sha256,
+        existing.as_ref().and_then(|j| j.status.as_ref()),
+        report.as_ref(),
+    );
+    match &decision {
+        Decision::Check => {
+            decision = Decision::Checking;
+            if may_check {
+                api.apply(copy).await?;
+                api.apply(job).await?;
+            }
+        }
+        Decision::Publish { flags } => {
+            let owner = fe
+                .controller_owner_ref(&())
+                .ok_or_else(|| Error::Build(crate::build::BuildError::Incomplete("uid")))?;
+            let now = k8s_openapi::jiff::Timestamp::now().to_string();
+            let cm = published(
+                fe,
+                &owner,
+                &candidate.content,
+                &candidate.sha256,
+                *flags,
+                &now,
+            );
+            rollout.published = published_info(&api.apply(&cm).await?);
+        }
+        _ => {}
+    }
+    // Checks of other candidates are stale; this one's stays while it matters.
+    let keep = if matches!(decision, Decision::Current | Decision::Publish { .. }) {
+        vec![]
+    } else {
+        vec![job_name.clone(), copy.name_any()]
+    };
+    let check = format!("{CHECK_LABEL}=true");
+    api.prune_selected::<Job>(&fe.name_any(), &check, &keep)
+        .await?;
+    api.prune_selected::<ConfigMap>(&fe.name_any(), &check, &keep)
+        .await?;
+    rollout.check_job = Some(job_name);
+    rollout.decision = decision;
+    Ok(rollout)
+}
+
 /// Applies `desired` for `fe` and prunes what it no longer has.
 pub async fn apply(
     fe: &FlagEvaluator,
     desired: &Desired,
+    candidate: &Candidate,
     api: &Cluster<'_>,
 ) -> Result<Observed, Error> {
     let mut observed = Observed::default();
@@ -79,8 +212,12 @@ pub async fn apply(
         Gate::Migrating => observed.migrating = true,
         Gate::Failed(problem) => observed.problem = Some(problem),
     }
+    let rollout = roll_out_descriptors(fe, desired, candidate, gate_open(&observed), api).await?;
+    // Pods mount the published copy: none may start before there is one.
+    let publishable = rollout.published.is_some();
+    observed.descriptors = Some(rollout);
     if let Some(root) = &desired.root {
-        observed.root = if gate_open(&observed) {
+        observed.root = if gate_open(&observed) && publishable {
             Some(replicas(&api.apply(&root.deployment).await?))
         } else {
             // An existing root keeps serving its current version until migrations succeed.
@@ -91,7 +228,14 @@ pub async fn apply(
         };
     }
     if let Some(proxy) = &desired.proxy {
-        observed.proxy = Some(replicas(&api.apply(&proxy.deployment).await?));
+        observed.proxy = if publishable {
+            Some(replicas(&api.apply(&proxy.deployment).await?))
+        } else {
+            api.get::<Deployment>(&tier_name(fe, Tier::Proxy))
+                .await?
+                .as_ref()
+                .map(replicas)
+        };
     }
     let instance = fe.name_any();
     api.prune::<Deployment>(&instance, &names(desired.deployments()))

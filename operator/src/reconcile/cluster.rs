@@ -84,6 +84,19 @@ impl<'a> Cluster<'a> {
             .map_err(api_err(format!("apply {} {}/{name}", kind::<K>(), self.ns)))
     }
 
+    /// The objects of kind `K` matching the label `selector`.
+    pub async fn list<K>(&self, selector: &str) -> Result<Vec<K>, Error>
+    where
+        K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        self.api::<K>()
+            .list(&ListParams::default().labels(selector))
+            .await
+            .map(|l| l.items)
+            .map_err(api_err(format!("list {}s {selector}", kind::<K>())))
+    }
+
     /// Deletes the objects of kind `K` this operator made for `instance` whose names are not in
     /// `keep`.
     pub async fn prune<K>(&self, instance: &str, keep: &[String]) -> Result<(), Error>
@@ -91,11 +104,29 @@ impl<'a> Cluster<'a> {
         K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
         K::DynamicType: Default,
     {
+        self.prune_selected::<K>(instance, "", keep).await
+    }
+
+    /// Like [`Cluster::prune`], among the objects that also match `extra` (a label selector).
+    pub async fn prune_selected<K>(
+        &self,
+        instance: &str,
+        extra: &str,
+        keep: &[String],
+    ) -> Result<(), Error>
+    where
+        K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
         let api = self.api::<K>();
-        let selector = format!(
+        let mut selector = format!(
             "{}={},app.kubernetes.io/instance={instance}",
             MANAGED_BY.0, MANAGED_BY.1
         );
+        if !extra.is_empty() {
+            selector.push(',');
+            selector.push_str(extra);
+        }
         let list = api
             .list_metadata(&ListParams::default().labels(&selector))
             .await

@@ -10,9 +10,28 @@ use super::cluster::Cluster;
 use crate::crd::FlagEvaluator;
 use crate::status::{Problem, reason};
 
+/// The descriptor set in the user's ConfigMap: the candidate for publishing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// The content of the key.
+    pub content: Vec<u8>,
+    /// Its SHA-256, hex.
+    pub sha256: String,
+}
+
+impl Candidate {
+    /// A candidate with `content`.
+    pub fn new(content: Vec<u8>) -> Self {
+        let sha256 = hex::encode(sha2::Sha256::digest(&content));
+        Self { content, sha256 }
+    }
+}
+
 /// What the referenced objects tell the builders.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct References {
+    /// The descriptor set in the ConfigMap.
+    pub descriptors: Candidate,
     /// Keyed hash of the database Secret's value (root tier), so a changed Secret rolls the root
     /// pods; see [`keyed_hash`].
     pub secret_hash: Option<String>,
@@ -41,16 +60,17 @@ fn blocked<T>(reason: &'static str, message: String) -> Result<T, Stop> {
 
 /// Reads every reference of `fe`, in the order a user fixes them: descriptors, database, TLS.
 pub async fn dereference(fe: &FlagEvaluator, api: &Cluster<'_>) -> Result<References, Stop> {
-    check_descriptors(fe, api).await?;
+    let descriptors = read_descriptors(fe, api).await?;
     let secret_hash = database_hash(fe, api).await?;
     check_database_ca(fe, api).await?;
     Ok(References {
+        descriptors,
         secret_hash,
         tls_ca: check_tls(fe, api).await?,
     })
 }
 
-async fn check_descriptors(fe: &FlagEvaluator, api: &Cluster<'_>) -> Result<(), Stop> {
+async fn read_descriptors(fe: &FlagEvaluator, api: &Cluster<'_>) -> Result<Candidate, Stop> {
     let ns = api.namespace();
     let name = &fe.spec.descriptors.config_map_name;
     let key = fe.spec.descriptors.key();
@@ -60,15 +80,22 @@ async fn check_descriptors(fe: &FlagEvaluator, api: &Cluster<'_>) -> Result<(), 
             format!("ConfigMap {ns}/{name} (spec.descriptors.configMapName) does not exist"),
         );
     };
-    let has = cm.binary_data.as_ref().is_some_and(|d| d.contains_key(key))
-        || cm.data.as_ref().is_some_and(|d| d.contains_key(key));
-    if !has {
-        return blocked(
+    let content = cm
+        .binary_data
+        .and_then(|mut d| d.remove(key))
+        .map(|b| b.0)
+        .or_else(|| {
+            cm.data
+                .and_then(|mut d| d.remove(key))
+                .map(String::into_bytes)
+        });
+    match content {
+        Some(content) => Ok(Candidate::new(content)),
+        None => blocked(
             reason::CONFIG_MAP_KEY_MISSING,
             format!("ConfigMap {ns}/{name} has no key {key:?} (spec.descriptors.key)"),
-        );
+        ),
     }
-    Ok(())
 }
 
 /// A hash of the database Secret's value keyed with the Secret's uid (root tier only): it changes

@@ -28,7 +28,7 @@ use crate::crd::{FlagEvaluator, FlagEvaluatorStatus};
 use crate::metrics::Metrics;
 use crate::status::{self, Observed};
 pub use cluster::{Cluster, FIELD_MANAGER};
-pub use dereference::{References, Stop, dereference};
+pub use dereference::{Candidate, References, Stop, dereference};
 
 /// Shared state of the reconciler.
 pub struct Context {
@@ -99,8 +99,9 @@ pub async fn reconcile(fe: Arc<FlagEvaluator>, ctx: Arc<Context>) -> Result<Acti
                 defaults: &ctx.defaults,
                 secret_hash: refs.secret_hash,
                 tls_ca: refs.tls_ca,
+                descriptors: Some(&refs.descriptors),
             })?;
-            apply::apply(&fe, &desired, &api).await?
+            apply::apply(&fe, &desired, &refs.descriptors, &api).await?
         }
     };
     let status = status::compute(&fe, &observed, Time(k8s_openapi::jiff::Timestamp::now()));
@@ -161,11 +162,15 @@ async fn publish_transitions(ctx: &Context, fe: &FlagEvaluator, new: &FlagEvalua
             .and_then(|o| o.conditions.iter().find(|x| x.type_ == c.type_))
             .map(|x| x.status.as_str());
         if before == Some(c.status.as_str())
-            || (before.is_none() && c.status == "False" && c.type_ != "Ready")
+            || (before.is_none()
+                && c.status == "False"
+                && c.type_ != "Ready"
+                && c.type_ != "DescriptorsAccepted")
         {
             continue;
         }
         let warning = (c.type_ == "Degraded" && c.status == "True")
+            || (c.type_ == "DescriptorsAccepted" && c.status == "False")
             || (c.type_ == "Ready" && c.status == "False" && before == Some("True"));
         let type_ = if warning {
             EventType::Warning

@@ -152,6 +152,12 @@ impl FakeApi {
     async fn handle(&self, req: Request<kube::client::Body>) -> Response<Full<Bytes>> {
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
+        // list_metadata asks for PartialObjectMetadataList; list for the typed list.
+        let metadata_only = req
+            .headers()
+            .get(http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("PartialObjectMetadata"));
         let query = req.uri().query().map(percent_decode).unwrap_or_default();
         let body = req.into_body().collect_bytes().await.unwrap();
         let mut state = self.0.lock().unwrap();
@@ -191,18 +197,32 @@ impl FakeApi {
                             && labels_match(o, selector)
                     })
                     .map(|(_, o)| {
-                        json!({
-                            "apiVersion": "meta.k8s.io/v1",
-                            "kind": "PartialObjectMetadata",
-                            "metadata": o["metadata"],
-                        })
+                        if metadata_only {
+                            json!({
+                                "apiVersion": "meta.k8s.io/v1",
+                                "kind": "PartialObjectMetadata",
+                                "metadata": o["metadata"],
+                            })
+                        } else {
+                            o.clone()
+                        }
                     })
                     .collect();
+                let api_version = path
+                    .strip_prefix("/apis/")
+                    .or_else(|| path.strip_prefix("/api/"))
+                    .and_then(|p| p.split("/namespaces/").next())
+                    .unwrap_or("v1");
+                let (api_version, kind) = if metadata_only {
+                    ("meta.k8s.io/v1", "PartialObjectMetadataList".to_owned())
+                } else {
+                    (api_version, "List".to_owned())
+                };
                 respond(
                     StatusCode::OK,
                     &json!({
-                        "apiVersion": "meta.k8s.io/v1",
-                        "kind": "PartialObjectMetadataList",
+                        "apiVersion": api_version,
+                        "kind": kind,
                         "metadata": {},
                         "items": items,
                     }),
