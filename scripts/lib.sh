@@ -31,7 +31,14 @@ within() {
 prune_stale_executables() {
   local d
   for d in "$CARGO_TARGET_DIR/debug/deps" "$CARGO_TARGET_DIR/release/deps"; do
-    [ -d "$d" ] && find "$d" -maxdepth 1 -type f -perm -u+x ! -name '*.so' -atime +2 -mtime +2 -delete 2>/dev/null
+    [ -d "$d" ] || continue
+    # Test and binary executables (no extension) are hundreds of MB each with debug info; every
+    # rebuild leaves a new one beside the old. Keep the newest of each name, and none untouched
+    # for more than two days.
+    find "$d" -maxdepth 1 -type f -perm -u+x ! -name '*.*' -printf '%T@ %f\n' 2>/dev/null |
+      sort -rn | awk '{ n = $2; sub(/-[0-9a-f]+$/, "", n); if (seen[n]++) print $2 }' |
+      while read -r f; do rm -f "$d/$f"; done
+    find "$d" -maxdepth 1 -type f -perm -u+x ! -name '*.so' -atime +2 -mtime +2 -delete 2>/dev/null
   done
   return 0
 }

@@ -926,3 +926,120 @@ async fn only_one_replica_holds_the_lease() {
     assert!(!try_acquire(&client, &cfg("b")).await.unwrap());
     ns.delete(&client).await.unwrap();
 }
+
+#[tokio::test]
+async fn descriptor_updates_are_checked_then_published_and_the_last_of_rapid_updates_wins() {
+    use k8s_openapi::api::batch::v1::Job;
+    use k8s_openapi::api::core::v1::Pod;
+    use sha2::Digest as _;
+    let (_cp, client, ns, _) = setup("fe-rollout").await;
+    references(&client, &ns.name).await;
+    let sha = |b: &[u8]| hex::encode(sha2::Sha256::digest(b));
+    let fes = Api::<FlagEvaluator>::namespaced(client.clone(), &ns.name);
+    let published = async |fes: &Api<FlagEvaluator>| {
+        fes.get("flags")
+            .await
+            .ok()?
+            .status?
+            .descriptors
+            .map(|d| d.sha256)
+    };
+    // The first set is checked (kwok completes the check Job's pod) and published before any pod.
+    let fe = create_ready(
+        &client,
+        &ns.name,
+        serde_json::json!({
+            "descriptors": { "configMapName": "flags" },
+            "root": { "database": { "secretName": "db" } },
+            "proxy": {}
+        }),
+    )
+    .await;
+    assert_eq!(
+        fe.status
+            .as_ref()
+            .unwrap()
+            .descriptors
+            .as_ref()
+            .unwrap()
+            .sha256,
+        sha(&pbflags_proto_bytes())
+    );
+    assert_eq!(
+        condition(&fe, "DescriptorsAccepted"),
+        Some(("True".into(), "Accepted".into()))
+    );
+    let cms = Api::<ConfigMap>::namespaced(client.clone(), &ns.name);
+    let copy = cms.get("flags-published-descriptors").await.unwrap();
+    assert_eq!(
+        copy.binary_data.unwrap()["descriptors.pb"].0,
+        pbflags_proto_bytes()
+    );
+
+    // Three updates in a row: the last one is published, no check is left behind.
+    let last = b"third set".to_vec();
+    for content in [b"first set".to_vec(), b"second set".to_vec(), last.clone()] {
+        let patch = serde_json::json!({ "binaryData": { "descriptors.pb": ByteString(content) } });
+        cms.patch("flags", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+    }
+    let want = sha(&last);
+    wait_for("the last set published", 120, async || {
+        (published(&fes).await? == want).then_some(())
+    })
+    .await;
+    let jobs = Api::<Job>::namespaced(client.clone(), &ns.name);
+    wait_for("no check Job or copy left", 60, async || {
+        let selector =
+            kube::api::ListParams::default().labels("pbflags.dev/descriptors-check=true");
+        let j = jobs.list(&selector).await.ok()?.items.len();
+        let c = cms.list(&selector).await.ok()?.items.len();
+        (j == 0 && c == 0).then_some(())
+    })
+    .await;
+    // The evaluator pods were told (their kubelet refreshes the volume at once).
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns.name);
+    wait_for("every evaluator pod nudged", 60, async || {
+        let list = pods
+            .list(&kube::api::ListParams::default().labels("app.kubernetes.io/instance=flags"))
+            .await
+            .ok()?;
+        let evaluators: Vec<_> = list
+            .items
+            .iter()
+            .filter(|p| {
+                matches!(
+                    p.labels()
+                        .get("app.kubernetes.io/component")
+                        .map(String::as_str),
+                    Some("root" | "proxy")
+                )
+            })
+            .collect();
+        (!evaluators.is_empty()
+            && evaluators
+                .iter()
+                .all(|p| p.annotations().get("pbflags.dev/descriptors-sha256") == Some(&want)))
+        .then_some(())
+    })
+    .await;
+
+    // The key removed: degraded, naming it; the published set stays.
+    let patch = serde_json::json!({ "binaryData": { "descriptors.pb": null, "other": ByteString(vec![1]) } });
+    cms.patch("flags", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let fe = wait_condition(
+        &client,
+        &ns.name,
+        "Degraded",
+        "True",
+        Some("ConfigMapKeyMissing"),
+    )
+    .await;
+    assert!(degraded_message(&fe).contains("descriptors.pb"));
+    let copy = cms.get("flags-published-descriptors").await.unwrap();
+    assert_eq!(copy.annotations()["pbflags.dev/descriptors-sha256"], want);
+    ns.delete(&client).await.unwrap();
+}

@@ -604,3 +604,33 @@ async fn a_configmap_someone_else_made_under_the_published_name_is_not_taken_ove
     assert!(!api.saw("PATCH", "/configmaps/flags-published-descriptors"));
     assert!(!api.saw("PATCH", "/deployments/"));
 }
+
+#[tokio::test]
+async fn evaluator_pods_are_told_of_a_newly_published_set_once() {
+    let api = FakeApi::default();
+    references(&api);
+    api.status_on_apply("deployments", replicas_status(1));
+    api.status_on_apply("jobs", json!({"succeeded": 1}));
+    let pod = |name: &str, component: &str, sha: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": name, "namespace": NS,
+                            "labels": {"app.kubernetes.io/instance": "flags",
+                                       "app.kubernetes.io/name": "pbflags-evaluator",
+                                       "app.kubernetes.io/component": component},
+                            "annotations": {"pbflags.dev/descriptors-sha256": sha}}})
+    };
+    api.insert("pods", pod("flags-root-a", "root", "old"));
+    api.insert("pods", pod("flags-proxy-b", "proxy", &sha(&[0])));
+    api.insert("pods", pod("flags-migrate-c", "job", "old"));
+    run(&api, &fixture()).await;
+    assert!(
+        api.saw("PATCH", "/pods/flags-root-a"),
+        "{:?}",
+        api.requests()
+    );
+    assert!(!api.saw("PATCH", "/pods/flags-proxy-b"), "already told");
+    assert!(
+        !api.saw("PATCH", "/pods/flags-migrate-c"),
+        "not an evaluator"
+    );
+}

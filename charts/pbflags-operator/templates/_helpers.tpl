@@ -51,10 +51,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
-# Pods: read the termination message of descriptor-check Jobs (why a set was refused).
+# Pods: read the termination message of descriptor-check Jobs (why a set was refused), and
+# annotate evaluator pods when a new descriptor set is published, so their kubelet refreshes the
+# ConfigMap volume at once.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list"]
+  verbs: ["get", "list", "patch"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]

@@ -185,6 +185,36 @@ async fn roll_out_descriptors(
     Ok(rollout)
 }
 
+/// Tells the kubelet of every evaluator pod that the published copy changed: a pod update makes
+/// the kubelet remount the pod's ConfigMap volumes at once, instead of at its next periodic sync
+/// (about a minute later). Each pod is annotated with the published SHA-256 once; pods already
+/// annotated are left alone, so a settled FlagEvaluator costs one list. Failures are logged, not
+/// fatal: the kubelet's own sync still brings the set.
+async fn nudge_pods(fe: &FlagEvaluator, sha256: &str, api: &Cluster<'_>) -> Result<(), Error> {
+    let selector = format!(
+        "app.kubernetes.io/instance={},app.kubernetes.io/name=pbflags-evaluator",
+        fe.name_any()
+    );
+    let annotations =
+        std::collections::BTreeMap::from([(SHA256_ANNOTATION.to_owned(), sha256.to_owned())]);
+    for pod in api.list::<Pod>(&selector).await? {
+        let evaluator = matches!(
+            pod.labels()
+                .get("app.kubernetes.io/component")
+                .map(String::as_str),
+            Some("root" | "proxy")
+        );
+        let told = pod.annotations().get(SHA256_ANNOTATION).map(String::as_str) == Some(sha256);
+        if !evaluator || told || pod.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        if let Err(e) = api.annotate::<Pod>(&pod.name_any(), &annotations).await {
+            tracing::debug!(pod = %pod.name_any(), error = %e, "could not nudge pod");
+        }
+    }
+    Ok(())
+}
+
 /// Applies `desired` for `fe` and prunes what it no longer has.
 pub async fn apply(
     fe: &FlagEvaluator,
@@ -236,6 +266,13 @@ pub async fn apply(
                 .as_ref()
                 .map(replicas)
         };
+    }
+    if let Some(p) = observed
+        .descriptors
+        .as_ref()
+        .and_then(|r| r.published.as_ref())
+    {
+        nudge_pods(fe, &p.sha256, api).await?;
     }
     let instance = fe.name_any();
     api.prune::<Deployment>(&instance, &names(desired.deployments()))

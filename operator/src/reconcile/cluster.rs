@@ -84,6 +84,28 @@ impl<'a> Cluster<'a> {
             .map_err(api_err(format!("apply {} {}/{name}", kind::<K>(), self.ns)))
     }
 
+    /// Merge-patches the annotations of the object `name` (no field ownership taken).
+    pub async fn annotate<K>(
+        &self,
+        name: &str,
+        annotations: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(), Error>
+    where
+        K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        let patch = serde_json::json!({ "metadata": { "annotations": annotations } });
+        self.api::<K>()
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map(|_| ())
+            .map_err(api_err(format!(
+                "annotate {} {}/{name}",
+                kind::<K>(),
+                self.ns
+            )))
+    }
+
     /// The objects of kind `K` matching the label `selector`.
     pub async fn list<K>(&self, selector: &str) -> Result<Vec<K>, Error>
     where
