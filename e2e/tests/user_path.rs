@@ -21,14 +21,32 @@ use pbflags_e2e::node::{
     served_descriptor_sha, tier_pods,
 };
 use pbflags_e2e::{ControlPlane, TestNamespace, Tier, repo_root};
+use pbflags_operator::crd::FlagEvaluator;
 use sha2::Digest as _;
 
 fn descriptors_with_extra_flag() -> Vec<u8> {
-    let dir = tempfile::tempdir().unwrap();
     let src =
         std::fs::read_to_string(repo_root().join("proto/example/notifications.proto")).unwrap();
     let extra = "  bool quiet_hours = 5 [(pbflags.flag) = { default: { bool_value: { value: true } } }];\n}\n";
-    let src = src.trim_end().trim_end_matches('}').to_owned() + extra;
+    compile(src.trim_end().trim_end_matches('}').to_owned() + extra)
+}
+
+/// The example with notifications/3 turned from int64 into a string: a breaking change.
+fn descriptors_with_a_type_change() -> Vec<u8> {
+    let src =
+        std::fs::read_to_string(repo_root().join("proto/example/notifications.proto")).unwrap();
+    let src = src
+        .replace("int64 max_retries", "string max_retries")
+        .replace(
+            "int64_value: { value: 3 }",
+            "string_value: { value: \"3\" }",
+        );
+    assert!(src.contains("string max_retries"));
+    compile(src)
+}
+
+fn compile(src: String) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("example")).unwrap();
     std::fs::write(dir.path().join("example/notifications.proto"), src).unwrap();
     let mut compiler =
@@ -214,6 +232,59 @@ async fn from_zero_to_evaluating_flags_on_a_real_node() {
     );
     let v = client.evaluate(&endpoint, "notifications/5").unwrap();
     assert_eq!(v["value"]["boolValue"], true, "{v}");
+
+    // 7b. A breaking change is refused by the real sync in the check Job: the condition names the
+    // flag, and the pods keep serving the set they have.
+    let breaking = descriptors_with_a_type_change();
+    std::fs::write(dir.path().join("descriptors.pb"), &breaking).unwrap();
+    let manifest = cp
+        .run(
+            n,
+            &[
+                "create",
+                "configmap",
+                "flag-descriptors",
+                &format!(
+                    "--from-file=descriptors.pb={}",
+                    dir.path().join("descriptors.pb").display()
+                ),
+                "--dry-run=client",
+                "-o",
+                "yaml",
+            ],
+        )
+        .unwrap();
+    cp.run_with_input(n, &["apply", "-f", "-"], manifest.as_bytes())
+        .unwrap();
+    let fes = Api::<FlagEvaluator>::namespaced(admin.clone(), n);
+    let refusal = pbflags_e2e::wait_for(
+        "the breaking set refused",
+        Duration::from_secs(120),
+        async || {
+            let fe = fes.get("flags").await.ok()?;
+            let c = fe
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "DescriptorsAccepted")?;
+            (c.status == "False").then_some(c)
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(refusal.reason, "DescriptorsRefused");
+    assert!(
+        refusal.message.contains("notifications/3"),
+        "{}",
+        refusal.message
+    );
+    for ip in &ips {
+        assert_eq!(
+            served_descriptor_sha(ip, 9201).unwrap(),
+            new_sha,
+            "{ip} keeps its set"
+        );
+    }
 
     // 8. Kill a flag with the CLI in a pod; the proxy serves the compiled default (kill TTL 10s).
     let killed = evaluator_command(

@@ -7,12 +7,12 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::batch::v1::{
     Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement, PodFailurePolicyRule,
 };
-use k8s_openapi::api::core::v1::{ConfigMap, PodTemplateSpec};
+use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::ResourceExt as _;
 
-use super::pod::{container, pod_spec};
-use super::{DESCRIPTORS_DIR, Inputs, Tier, labels, meta};
+use super::workload::{job, job_pod};
+use super::{DESCRIPTORS_DIR, Inputs, Tier, meta};
 use crate::crd::FlagEvaluator;
 use crate::rollout::{
     ACCEPTED_AT_ANNOTATION, CHECK_LABEL, CHECK_RETRIES, FLAGS_ANNOTATION, SHA256_ANNOTATION, short,
@@ -128,25 +128,17 @@ pub fn check_job(inputs: &Inputs<'_>, owner: &OwnerReference, sha256: &str) -> J
             vec!["descriptors".to_owned(), descriptors, report],
         )
     };
-    let mut c = container(inputs, tier, args, None);
-    c.liveness_probe = None;
-    c.readiness_probe = None;
-    c.ports = None;
-    if let Some(mounts) = c.volume_mounts.as_mut() {
-        mounts.retain(|m| m.name != "tls");
-    }
-    let mut pod = pod_spec(inputs, vec![c], Some("Never".to_owned()));
+    let mut pod = job_pod(inputs, tier, args, &["tls"], "Never");
     for v in pod.volumes.iter_mut().flatten() {
         if let Some(cm) = v.config_map.as_mut().filter(|_| v.name == "descriptors") {
             cm.name = candidate_name(fe, sha256);
         }
     }
-    if let Some(volumes) = pod.volumes.as_mut() {
-        volumes.retain(|v| v.name != "tls");
-    }
-    Job {
-        metadata: check_meta(fe, owner, check_name(fe, sha256), sha256),
-        spec: Some(JobSpec {
+    job(
+        fe,
+        check_meta(fe, owner, check_name(fe, sha256), sha256),
+        pod,
+        JobSpec {
             backoff_limit: Some(CHECK_RETRIES),
             ttl_seconds_after_finished: Some(86_400),
             pod_failure_policy: Some(PodFailurePolicy {
@@ -160,15 +152,7 @@ pub fn check_job(inputs: &Inputs<'_>, owner: &OwnerReference, sha256: &str) -> J
                     on_pod_conditions: None,
                 }],
             }),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels(fe, None)),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(pod),
-            },
             ..JobSpec::default()
-        }),
-        ..Job::default()
-    }
+        },
+    )
 }

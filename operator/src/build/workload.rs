@@ -4,7 +4,7 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
-use k8s_openapi::api::core::v1::{PodTemplateSpec, ResourceRequirements};
+use k8s_openapi::api::core::v1::{PodSpec, PodTemplateSpec, ResourceRequirements};
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -75,26 +75,34 @@ pub(super) fn pdb(fe: &FlagEvaluator, owner: &OwnerReference, tier: Tier) -> Pod
     }
 }
 
-pub(super) fn migration(inputs: &Inputs<'_>, owner: &OwnerReference) -> Job {
-    let fe = inputs.fe;
-    let mut c = container(inputs, Tier::Root, vec!["migrate".to_owned()], None);
+/// A one-shot evaluator pod running `args`: no probes, no port, and without the volumes named in
+/// `drop` (what the command does not read).
+pub(super) fn job_pod(
+    inputs: &Inputs<'_>,
+    tier: Tier,
+    args: Vec<String>,
+    drop: &[&str],
+    restart_policy: &str,
+) -> PodSpec {
+    let mut c = container(inputs, tier, args, None);
     c.liveness_probe = None;
     c.readiness_probe = None;
     c.ports = None;
-    // The Job only talks to the database: it needs no TLS files, and no descriptors (none may be
-    // published before migrations ran).
     if let Some(mounts) = c.volume_mounts.as_mut() {
-        mounts.retain(|m| m.name != "tls" && m.name != "descriptors");
+        mounts.retain(|m| !drop.contains(&m.name.as_str()));
     }
-    let mut pod = pod_spec(inputs, vec![c], Some("OnFailure".to_owned()));
+    let mut pod = pod_spec(inputs, vec![c], Some(restart_policy.to_owned()));
     if let Some(volumes) = pod.volumes.as_mut() {
-        volumes.retain(|v| v.name != "tls" && v.name != "descriptors");
+        volumes.retain(|v| !drop.contains(&v.name.as_str()));
     }
+    pod
+}
+
+/// A Job with `metadata` running `pod` (labelled as the FlagEvaluator's) under `spec`.
+pub(super) fn job(fe: &FlagEvaluator, metadata: ObjectMeta, pod: PodSpec, spec: JobSpec) -> Job {
     Job {
-        metadata: meta(fe, owner, migration_name(inputs), Some(Tier::Root)),
+        metadata,
         spec: Some(JobSpec {
-            backoff_limit: Some(4),
-            ttl_seconds_after_finished: Some(86_400),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels(fe, None)),
@@ -102,8 +110,31 @@ pub(super) fn migration(inputs: &Inputs<'_>, owner: &OwnerReference) -> Job {
                 }),
                 spec: Some(pod),
             },
-            ..JobSpec::default()
+            ..spec
         }),
         ..Job::default()
     }
+}
+
+pub(super) fn migration(inputs: &Inputs<'_>, owner: &OwnerReference) -> Job {
+    let fe = inputs.fe;
+    // The Job only talks to the database: it needs no TLS files, and no descriptors (none may be
+    // published before migrations ran).
+    let pod = job_pod(
+        inputs,
+        Tier::Root,
+        vec!["migrate".to_owned()],
+        &["tls", "descriptors"],
+        "OnFailure",
+    );
+    job(
+        fe,
+        meta(fe, owner, migration_name(inputs), Some(Tier::Root)),
+        pod,
+        JobSpec {
+            backoff_limit: Some(4),
+            ttl_seconds_after_finished: Some(86_400),
+            ..JobSpec::default()
+        },
+    )
 }

@@ -634,19 +634,7 @@ impl Engine {
                 missing.into_iter().zip(entries).collect::<Vec<_>>()
             })
         };
-        let result = if admission == Admission::Probe {
-            match probe(fetch).await {
-                Some(r) => r,
-                None => Err(SourceError::unavailable(SOURCE_DOWN)),
-            }
-        } else {
-            fetch.await
-        };
-        match result {
-            Ok(found) => batch.found.extend(found),
-            Err(e) => batch.failed = Some(e),
-        }
-        batch
+        batch.run(admission, fetch).await
     }
 
     async fn bulk_flags(&self, wanted: &[(&str, Home)]) -> Batch<FlagEntry> {
@@ -688,19 +676,7 @@ impl Engine {
                     .collect::<Vec<_>>()
             })
         };
-        let result = if admission == Admission::Probe {
-            match probe(fetch).await {
-                Some(r) => r,
-                None => Err(SourceError::unavailable(SOURCE_DOWN)),
-            }
-        } else {
-            fetch.await
-        };
-        match result {
-            Ok(found) => batch.found.extend(found),
-            Err(e) => batch.failed = Some(e),
-        }
-        batch
+        batch.run(admission, fetch).await
     }
 
     /// Polls the kill set once: replaces it on success, keeps the last one on failure.
@@ -744,6 +720,28 @@ impl<T> Default for Batch<T> {
             found: HashMap::new(),
             failed: None,
         }
+    }
+}
+
+impl<T: Send + Sync + 'static> Batch<T> {
+    /// Runs the fetch of the misses and adds what it found: awaited, or, as this interval's probe
+    /// of a source known down, in the background (the misses then answer at once).
+    async fn run<F>(mut self, admission: Admission, fetch: F) -> Self
+    where
+        F: Future<Output = SourceResult<Vec<(String, Arc<T>)>>> + Send + 'static,
+    {
+        let result = if admission == Admission::Probe {
+            probe(fetch)
+                .await
+                .unwrap_or_else(|| Err(SourceError::unavailable(SOURCE_DOWN)))
+        } else {
+            fetch.await
+        };
+        match result {
+            Ok(found) => self.found.extend(found),
+            Err(e) => self.failed = Some(e),
+        }
+        self
     }
 }
 
