@@ -422,6 +422,15 @@ impl Engine {
         let flight_home = home.clone();
         let flight_key = key.clone();
         let fetch: BoxFuture<'static, SourceResult<Arc<FlagEntry>>> = Box::pin(async move {
+            // A caller that missed the cache just before an earlier flight filled it (and left)
+            // finds the entry here instead of querying again.
+            let filled = match &flight_home {
+                Home::Slot(s, i) => shared.caches.slot_fresh(s.slot(*i)),
+                Home::Map => shared.caches.flag(&key),
+            };
+            if let Some(e) = filled {
+                return Ok(e);
+            }
             let started = std::time::Instant::now();
             let span = tracing::info_span!("source.flag_state", flag_id = %key);
             let r = shared.source.flag_state(&key).instrument(span).await;
@@ -476,6 +485,10 @@ impl Engine {
         let flight_key = key.clone();
         let fetch: BoxFuture<'static, SourceResult<Arc<OverrideEntry>>> = Box::pin(async move {
             let (flag, entity) = key;
+            // As for flags: an entry an earlier flight stored after this caller missed.
+            if let Some(e) = shared.caches.override_entry(&flag, &entity) {
+                return Ok(e);
+            }
             let ids = [flag.to_string()];
             let started = std::time::Instant::now();
             let span = tracing::info_span!("source.overrides", entity_id = %entity);
