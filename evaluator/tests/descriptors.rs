@@ -267,3 +267,32 @@ fn a_set_that_makes_the_descriptor_library_panic_is_refused_not_fatal() {
     assert!(matches!(err, ParseError::Malformed), "{err:?}");
     assert!(err.to_string().contains("malformed input"), "{err}");
 }
+
+#[test]
+fn a_file_that_imports_itself_is_refused_not_a_stack_overflow() {
+    // Found by the descriptors fuzz target: prost-reflect recursed without end on this set (a file
+    // publicly importing itself) and overflowed the stack, taking the process down.
+    let path = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"))
+        .join("tests/data/descriptors-import-cycle.pb");
+    let bytes = std::fs::read(path).expect("regression input");
+    let err = descriptor::parse(&bytes).expect_err("refused");
+    assert!(matches!(err, ParseError::Imports(_)), "{err:?}");
+    // A cycle through two files, and an import index out of range, built by hand.
+    use prost::Message as _;
+    let file = |name: &str, deps: &[&str], public: &[i32]| prost_types::FileDescriptorProto {
+        name: Some(name.to_owned()),
+        dependency: deps.iter().map(|d| (*d).to_owned()).collect(),
+        public_dependency: public.to_vec(),
+        ..Default::default()
+    };
+    let set = |files| prost_types::FileDescriptorSet { file: files }.encode_to_vec();
+    let cycle = set(vec![
+        file("a.proto", &["b.proto"], &[0]),
+        file("b.proto", &["a.proto"], &[0]),
+    ]);
+    let err = descriptor::parse(&cycle).expect_err("refused");
+    assert!(err.to_string().contains("import cycle"), "{err}");
+    let out_of_range = set(vec![file("a.proto", &[], &[3])]);
+    let err = descriptor::parse(&out_of_range).expect_err("refused");
+    assert!(err.to_string().contains("import index 3"), "{err}");
+}

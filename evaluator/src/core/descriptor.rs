@@ -169,6 +169,11 @@ pub enum ParseError {
     /// Not a valid `FileDescriptorSet`, or its files do not link (e.g. a missing import).
     #[error("invalid descriptor set: {0}")]
     Invalid(#[source] prost_reflect::DescriptorError),
+    /// The files' imports do not form a tree: an import index out of range, or a file importing
+    /// itself directly or through others (protoc refuses both; the descriptor library would
+    /// recurse without end on a cycle of public imports).
+    #[error("invalid descriptor set: {0}")]
+    Imports(String),
     /// The descriptor library panicked on the input (a malformed set it does not handle); the
     /// panic is contained and the set refused like any other invalid one.
     #[error("invalid descriptor set: malformed input the descriptor parser could not handle")]
@@ -204,6 +209,71 @@ pub struct Parsed {
     pub warnings: Vec<Warning>,
 }
 
+/// Refuses a set whose imports do not form a tree (found by fuzzing: prost-reflect 0.16 recurses
+/// without end, overflowing the stack, on a file that publicly imports itself). Sets that do not
+/// decode at all are left to the descriptor library's own error.
+fn check_imports(bytes: &[u8]) -> Result<(), ParseError> {
+    use prost::Message as _;
+    let Ok(set) = prost_types::FileDescriptorSet::decode(bytes) else {
+        return Ok(());
+    };
+    let index: HashMap<&str, usize> = set
+        .file
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (f.name(), i))
+        .collect();
+    for f in &set.file {
+        let n = f.dependency.len();
+        let bad = f
+            .public_dependency
+            .iter()
+            .chain(&f.weak_dependency)
+            .find(|&&d| usize::try_from(d).map_or(true, |d| d >= n));
+        if let Some(d) = bad {
+            return Err(ParseError::Imports(format!(
+                "{:?} lists import index {d}, but has {n} imports",
+                f.name()
+            )));
+        }
+    }
+    // Depth-first over the imports present in the set, without recursion: 0 unvisited, 1 on the
+    // current path, 2 done.
+    let mut state = vec![0u8; set.file.len()];
+    for start in 0..set.file.len() {
+        if state[start] != 0 {
+            continue;
+        }
+        let mut stack = vec![(start, 0usize)];
+        state[start] = 1;
+        while let Some((file, next)) = stack.last_mut() {
+            let deps = &set.file[*file].dependency;
+            if *next == deps.len() {
+                state[*file] = 2;
+                stack.pop();
+                continue;
+            }
+            let dep = deps[*next].as_str();
+            *next += 1;
+            let Some(&d) = index.get(dep) else { continue };
+            match state[d] {
+                0 => {
+                    state[d] = 1;
+                    stack.push((d, 0));
+                }
+                1 => {
+                    return Err(ParseError::Imports(format!(
+                        "import cycle: {:?} imports {dep:?}, which imports it back",
+                        set.file[*file].name()
+                    )));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Parses a serialized `FileDescriptorSet` into flag definitions. A panic inside the descriptor
 /// library (found by fuzzing: prost-reflect 0.16 indexes out of bounds building some errors) is
 /// contained and reported as [`ParseError::Malformed`]: a bad file must never take the process down.
@@ -215,6 +285,7 @@ fn parse_unguarded(bytes: &[u8]) -> Result<Parsed, ParseError> {
     if bytes.is_empty() {
         return Err(ParseError::Empty);
     }
+    check_imports(bytes)?;
     let pool = DescriptorPool::decode(bytes).map_err(ParseError::Invalid)?;
     let feature_ext = find_extension(&pool, "google.protobuf.MessageOptions", FEATURE_EXTENSION)
         .ok_or(ParseError::MissingExtension {
