@@ -45,6 +45,30 @@ fn descriptors_with_a_type_change() -> Vec<u8> {
     compile(src)
 }
 
+/// `kubectl apply` of the `flag-descriptors` ConfigMap holding `descriptors`, as a user rolls out
+/// a set.
+fn apply_descriptors(cp: &ControlPlane, ns: &str, descriptors: &[u8]) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("descriptors.pb");
+    std::fs::write(&file, descriptors).unwrap();
+    let manifest = cp
+        .run(
+            ns,
+            &[
+                "create",
+                "configmap",
+                "flag-descriptors",
+                &format!("--from-file=descriptors.pb={}", file.display()),
+                "--dry-run=client",
+                "-o",
+                "yaml",
+            ],
+        )
+        .unwrap();
+    cp.run_with_input(ns, &["apply", "-f", "-"], manifest.as_bytes())
+        .unwrap();
+}
+
 fn compile(src: String) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("example")).unwrap();
@@ -187,28 +211,8 @@ async fn from_zero_to_evaluating_flags_on_a_real_node() {
     // kubelet's own ConfigMap volume update. The time to the last pod is reported.
     let new = descriptors_with_extra_flag();
     let new_sha = hex::encode(sha2::Sha256::digest(&new));
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("descriptors.pb"), &new).unwrap();
-    let manifest = cp
-        .run(
-            n,
-            &[
-                "create",
-                "configmap",
-                "flag-descriptors",
-                &format!(
-                    "--from-file=descriptors.pb={}",
-                    dir.path().join("descriptors.pb").display()
-                ),
-                "--dry-run=client",
-                "-o",
-                "yaml",
-            ],
-        )
-        .unwrap();
     let applied = Instant::now();
-    cp.run_with_input(n, &["apply", "-f", "-"], manifest.as_bytes())
-        .unwrap();
+    apply_descriptors(&cp, n, &new);
     let mut pods = tier_pods(&admin, n, "flags", "root").await.unwrap();
     pods.extend(tier_pods(&admin, n, "flags", "proxy").await.unwrap());
     let ips: Vec<String> = pods.iter().filter_map(pod_ip).map(str::to_owned).collect();
@@ -230,33 +234,38 @@ async fn from_zero_to_evaluating_flags_on_a_real_node() {
         reached.iter().min().unwrap(),
         reached.iter().max().unwrap()
     );
+    // The operator follows the rollout to the pods: its status counts the ready pods serving the
+    // set (it asks each one), and Progressing ends once all of them do.
+    let fes = Api::<FlagEvaluator>::namespaced(admin.clone(), n);
+    let want = format!("{} 4/4", &new_sha[..10]);
+    let fe = pbflags_e2e::wait_for(
+        "the status to count every pod serving the new set",
+        Duration::from_secs(60),
+        async || {
+            let fe = fes.get("flags").await.ok()?;
+            let s = fe.status.as_ref()?;
+            let progressing = s.conditions.iter().find(|c| c.type_ == "Progressing")?;
+            (s.descriptors.as_ref()?.summary == want && progressing.status == "False")
+                .then_some(fe)
+        },
+    )
+    .await
+    .unwrap();
+    eprintln!(
+        "descriptor rollout seen complete in the FlagEvaluator's status {:.1?} after kubectl apply",
+        applied.elapsed()
+    );
+    let d = fe.status.unwrap().descriptors.unwrap();
+    let (root, proxy) = (d.root.unwrap(), d.proxy.unwrap());
+    assert_eq!((root.ready, root.serving, root.unreachable), (2, 2, 0));
+    assert_eq!((proxy.ready, proxy.serving, proxy.unreachable), (2, 2, 0));
     let v = client.evaluate(&endpoint, "notifications/5").unwrap();
     assert_eq!(v["value"]["boolValue"], true, "{v}");
 
     // 7b. A breaking change is refused by the real sync in the check Job: the condition names the
     // flag, and the pods keep serving the set they have.
     let breaking = descriptors_with_a_type_change();
-    std::fs::write(dir.path().join("descriptors.pb"), &breaking).unwrap();
-    let manifest = cp
-        .run(
-            n,
-            &[
-                "create",
-                "configmap",
-                "flag-descriptors",
-                &format!(
-                    "--from-file=descriptors.pb={}",
-                    dir.path().join("descriptors.pb").display()
-                ),
-                "--dry-run=client",
-                "-o",
-                "yaml",
-            ],
-        )
-        .unwrap();
-    cp.run_with_input(n, &["apply", "-f", "-"], manifest.as_bytes())
-        .unwrap();
-    let fes = Api::<FlagEvaluator>::namespaced(admin.clone(), n);
+    apply_descriptors(&cp, n, &breaking);
     let refusal = pbflags_e2e::wait_for(
         "the breaking set refused",
         Duration::from_secs(120),

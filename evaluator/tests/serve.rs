@@ -297,6 +297,17 @@ async fn root_serves_every_rpc_over_grpc_connect_and_grpc_web() {
         )
     );
     assert_eq!(get(&format!("{base}/readyz")).await.0, http::StatusCode::OK);
+    // The served set, as the operator reads it: the SHA-256 of the file and its flag count.
+    let file = std::fs::read(format!(
+        "{}/../proto/example/descriptors.pb",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let (status, body) = get(&format!("{base}/descriptors")).await;
+    assert_eq!(status, http::StatusCode::OK);
+    let served: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(served["sha256"], hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&file)));
+    assert_eq!(served["flags"], 4);
     let (_, metrics) = get(&format!("{base}/metrics")).await;
     assert!(
         metrics.contains("pbflags_evaluations_total{source=\"override\",status=\"ok\"}"),

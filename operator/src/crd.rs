@@ -267,11 +267,36 @@ pub struct DescriptorsStatus {
     /// When it was accepted (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accepted_at: Option<String>,
-    /// `<short hash> (<n> flags)`, for printing.
+    /// `<short hash> <serving>/<ready>` (ready pods serving it, all tiers), for printing.
     pub summary: String,
     /// SHA-256 of a newer set in the ConfigMap that is being checked or was refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<String>,
+    /// Ready root pods and how many of them serve the published set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<ServingStatus>,
+    /// Ready proxy pods and how many of them serve the published set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ServingStatus>,
+}
+
+/// How many ready pods of a tier serve the published descriptor set (each pod's `GET /descriptors`).
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ServingStatus {
+    /// Ready pods.
+    pub ready: i32,
+    /// Ready pods serving the published set.
+    pub serving: i32,
+    /// Ready pods whose answer could not be read (counted as not serving).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unreachable: i32,
+    /// `serving/ready`, for printing.
+    pub summary: String,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
 }
 
 /// Observed state.

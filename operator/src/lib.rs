@@ -13,6 +13,7 @@ pub mod lease;
 pub mod metrics;
 pub mod reconcile;
 pub mod rollout;
+pub mod serving;
 pub mod status;
 
 /// The CRD wrapped for the Helm chart: installed when `crds.enabled`, kept on uninstall when

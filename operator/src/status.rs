@@ -4,8 +4,11 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::crd::{DescriptorsStatus, FlagEvaluator, FlagEvaluatorStatus, TierStatus};
+use crate::crd::{
+    DescriptorsStatus, FlagEvaluator, FlagEvaluatorStatus, ServingStatus, TierStatus,
+};
 use crate::rollout::{Decision, short};
+use crate::serving::{Serving, TierServing};
 
 /// Condition reasons, for `kubectl describe` and alerts.
 pub mod reason {
@@ -65,6 +68,8 @@ pub struct Rollout {
     pub decision: Decision,
     /// The check Job's name, if the candidate needed one.
     pub check_job: Option<String>,
+    /// Which ready pods serve the published set, once asked.
+    pub serving: Option<Serving>,
 }
 
 /// What blocks the FlagEvaluator, if anything.
@@ -175,9 +180,12 @@ pub fn compute(fe: &FlagEvaluator, observed: &Observed, now: Time) -> FlagEvalua
         ),
     };
     let rolling = checking && !unpublished;
-    let progressing = observed.problem.is_none() && (!ready || rolling);
+    let taking_up = rollout.and_then(taking_up);
+    let progressing = observed.problem.is_none() && (!ready || rolling || taking_up.is_some());
     let (progress_reason, progress_msg) = if !ready {
         (ready_reason, ready_msg.clone())
+    } else if let (false, Some(message)) = (rolling, &taking_up) {
+        (reason::DESCRIPTOR_ROLLOUT, message.clone())
     } else {
         (
             reason::DESCRIPTOR_ROLLOUT,
@@ -244,7 +252,7 @@ pub fn compute(fe: &FlagEvaluator, observed: &Observed, now: Time) -> FlagEvalua
         root: tier(observed.root),
         proxy: tier(observed.proxy),
         endpoint: Some(crate::build::endpoint(fe)),
-        descriptors: rollout.and_then(descriptors_status),
+        descriptors: rollout.and_then(|r| descriptors_status(fe, r)),
     }
 }
 
@@ -319,16 +327,57 @@ fn accepted_condition(
     tri_condition("DescriptorsAccepted", ok, reason, message, generation, now)
 }
 
-fn descriptors_status(r: &Rollout) -> Option<DescriptorsStatus> {
+fn serving_status(t: TierServing) -> ServingStatus {
+    ServingStatus {
+        ready: t.ready,
+        serving: t.serving,
+        unreachable: t.unreachable,
+        summary: format!("{}/{}", t.serving, t.ready),
+    }
+}
+
+fn descriptors_status(fe: &FlagEvaluator, r: &Rollout) -> Option<DescriptorsStatus> {
     let p = r.published.as_ref()?;
+    let serving = r.serving.as_ref();
     Some(DescriptorsStatus {
         sha256: p.sha256.clone(),
         flags: p.flags,
         accepted_at: p.accepted_at.clone(),
-        summary: match p.flags {
-            Some(n) => format!("{} ({n} flags)", short(&p.sha256)),
+        summary: match serving.map(Serving::total) {
+            Some(t) => format!("{} {}/{}", short(&p.sha256), t.serving, t.ready),
             None => short(&p.sha256).to_owned(),
         },
         pending: (p.sha256 != r.candidate).then(|| r.candidate.clone()),
+        root: serving
+            .filter(|_| fe.spec.root.is_some())
+            .map(|s| serving_status(s.root)),
+        proxy: serving
+            .filter(|_| fe.spec.proxy.is_some())
+            .map(|s| serving_status(s.proxy)),
     })
+}
+
+/// What `Progressing` says while ready pods do not all serve the published set yet.
+fn taking_up(r: &Rollout) -> Option<String> {
+    let p = r.published.as_ref()?;
+    let s = r.serving.as_ref().filter(|s| !s.complete())?;
+    let t = s.total();
+    let mut message = format!(
+        "descriptor set {} is served by {} of {} ready pods (root {}/{}, proxy {}/{})",
+        short(&p.sha256),
+        t.serving,
+        t.ready,
+        s.root.serving,
+        s.root.ready,
+        s.proxy.serving,
+        s.proxy.ready
+    );
+    if let Some(why) = &s.unreachable_reason {
+        message.push_str(&format!(
+            "; {} did not answer, e.g. {why} (the operator reads each ready pod's GET /descriptors \
+             on the evaluator port)",
+            t.unreachable
+        ));
+    }
+    Some(message)
 }

@@ -1024,6 +1024,43 @@ async fn descriptor_updates_are_checked_then_published_and_the_last_of_rapid_upd
         .then_some(())
     })
     .await;
+    // The operator asks each ready pod which set it serves. kwok's pods run nothing, so none
+    // answers: the status says so instead of claiming the rollout complete.
+    let fe = wait_for("the pods' answers counted", 60, async || {
+        let fe = fes.get("flags").await.ok()?;
+        let d = fe.status.as_ref()?.descriptors.as_ref()?;
+        let proxy = d.proxy.as_ref()?;
+        (d.sha256 == want && proxy.ready >= 1).then_some(fe)
+    })
+    .await;
+    let d = fe.status.as_ref().unwrap().descriptors.clone().unwrap();
+    let (root, proxy) = (d.root.clone().unwrap(), d.proxy.clone().unwrap());
+    assert_eq!((root.serving, proxy.serving), (0, 0), "{d:?}");
+    assert_eq!(
+        (root.unreachable, proxy.unreachable),
+        (root.ready, proxy.ready)
+    );
+    assert_eq!(
+        d.summary,
+        format!("{} 0/{}", &want[..10], root.ready + proxy.ready)
+    );
+    let progressing = fe
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Progressing")
+        .unwrap();
+    assert_eq!(
+        (progressing.status.as_str(), progressing.reason.as_str()),
+        ("True", "DescriptorRollout")
+    );
+    assert!(
+        progressing.message.contains("did not answer"),
+        "{}",
+        progressing.message
+    );
 
     // The key removed: degraded, naming it; the published set stays.
     let patch = serde_json::json!({ "binaryData": { "descriptors.pb": null, "other": ByteString(vec![1]) } });

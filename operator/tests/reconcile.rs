@@ -81,8 +81,13 @@ fn context(api: &FakeApi) -> Arc<Context> {
 
 /// Runs one reconcile; returns the FlagEvaluator with the status the fake now holds.
 async fn run(api: &FakeApi, fe: &FlagEvaluator) -> FlagEvaluator {
+    run_with(api, fe, context(api)).await
+}
+
+/// [`run`] with the context `ctx`.
+async fn run_with(api: &FakeApi, fe: &FlagEvaluator, ctx: Arc<Context>) -> FlagEvaluator {
     api.insert("flagevaluators", serde_json::to_value(fe).unwrap());
-    reconcile(Arc::new(fe.clone()), context(api))
+    reconcile(Arc::new(fe.clone()), ctx)
         .await
         .expect("reconcile succeeds");
     let mut after = fe.clone();
@@ -449,7 +454,7 @@ async fn a_new_set_is_checked_by_a_job_then_published_and_the_check_cleaned_up()
     assert_eq!(condition(&fe, "DescriptorsAccepted"), ("True", "Accepted"));
     let status = fe.status.as_ref().unwrap().descriptors.clone().unwrap();
     assert_eq!(status.flags, Some(7));
-    assert_eq!(status.summary, format!("{} (7 flags)", &sha(new)[..10]));
+    assert_eq!(status.summary, format!("{} 0/0", &sha(new)[..10]));
     assert_eq!(status.pending, None);
     assert!(api.saw("DELETE", &format!("/jobs/{}", check_job_name(new))));
     assert!(api.saw("DELETE", &format!("/configmaps/{copy}")));
@@ -633,4 +638,95 @@ async fn evaluator_pods_are_told_of_a_newly_published_set_once() {
         !api.saw("PATCH", "/pods/flags-migrate-c"),
         "not an evaluator"
     );
+}
+
+/// An evaluator pod of `component` at `ip`, ready or not, already told of `sha`.
+fn evaluator_pod(name: &str, component: &str, ip: &str, ready: bool, sha: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "namespace": NS,
+                        "labels": {"app.kubernetes.io/instance": "flags",
+                                   "app.kubernetes.io/name": "pbflags-evaluator",
+                                   "app.kubernetes.io/component": component},
+                        "annotations": {"pbflags.dev/descriptors-sha256": sha}},
+           "status": {"podIP": ip,
+                      "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}})
+}
+
+/// Answers `GET /descriptors` on a free loopback port with the SHA-256 in `served`.
+async fn descriptors_endpoint(served: Arc<std::sync::Mutex<String>>) -> u16 {
+    let app = axum::Router::new().route(
+        "/descriptors",
+        axum::routing::get(move || {
+            let sha = served.lock().unwrap().clone();
+            async move { json!({"sha256": sha, "flags": 4}).to_string() }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}
+
+#[tokio::test]
+async fn status_counts_the_ready_pods_that_serve_the_published_set_per_tier() {
+    let api = FakeApi::default();
+    references(&api);
+    // The Deployments report every replica ready; the pods below are what the probe asks.
+    api.status_on_apply("deployments", replicas_status(3));
+    api.status_on_apply("jobs", json!({"succeeded": 1}));
+    let new = sha(&[0]);
+    let served = Arc::new(std::sync::Mutex::new("old".to_owned()));
+    let port = descriptors_endpoint(served.clone()).await;
+    // Pods at 127.0.0.1 reach the endpoint; nothing listens on 127.0.0.2 at that port.
+    api.insert("pods", evaluator_pod("flags-root-a", "root", "127.0.0.1", true, &new));
+    api.insert("pods", evaluator_pod("flags-root-b", "root", "127.0.0.1", false, &new));
+    api.insert("pods", evaluator_pod("flags-proxy-a", "proxy", "127.0.0.1", true, &new));
+    api.insert("pods", evaluator_pod("flags-proxy-b", "proxy", "127.0.0.2", true, &new));
+    let ctx = || {
+        Arc::new(
+            Context::new(
+                api.client(),
+                Defaults {
+                    image: "pbflags-evaluator:test".into(),
+                },
+                Metrics::new(),
+            )
+            .probing_port(port),
+        )
+    };
+
+    // The pods still serve the old set: Ready, but Progressing until they take up the new one.
+    let fe = run_with(&api, &fixture(), ctx()).await;
+    let d = fe.status.as_ref().unwrap().descriptors.clone().unwrap();
+    assert_eq!(d.summary, format!("{} 0/3", &new[..10]));
+    let (root, proxy) = (d.root.unwrap(), d.proxy.unwrap());
+    assert_eq!((root.ready, root.serving, root.unreachable), (1, 0, 0));
+    assert_eq!((proxy.ready, proxy.serving, proxy.unreachable), (2, 0, 1));
+    assert_eq!(proxy.summary, "0/2");
+    assert_eq!(condition(&fe, "Ready"), ("True", "AllReplicasReady"));
+    assert_eq!(condition(&fe, "Progressing"), ("True", "DescriptorRollout"));
+    let message = &fe.status.as_ref().unwrap().conditions[1].message;
+    assert!(
+        message.contains("served by 0 of 3 ready pods (root 0/1, proxy 0/2)")
+            && message.contains("1 did not answer")
+            && message.contains("127.0.0.2"),
+        "{message}"
+    );
+
+    // Once they serve it, the count follows; the pod that cannot be reached still keeps the
+    // rollout from being complete.
+    *served.lock().unwrap() = new.clone();
+    let fe = run_with(&api, &fe, ctx()).await;
+    let d = fe.status.as_ref().unwrap().descriptors.clone().unwrap();
+    assert_eq!(d.summary, format!("{} 2/3", &new[..10]));
+    assert_eq!(d.root.unwrap().summary, "1/1");
+    assert_eq!(condition(&fe, "Progressing"), ("True", "DescriptorRollout"));
+
+    // Once that pod is no longer ready, every ready pod serves it: the rollout is complete.
+    api.insert("pods", evaluator_pod("flags-proxy-b", "proxy", "127.0.0.2", false, &new));
+    let fe = run_with(&api, &fe, ctx()).await;
+    let d = fe.status.as_ref().unwrap().descriptors.clone().unwrap();
+    assert_eq!(d.summary, format!("{} 2/2", &new[..10]));
+    assert_eq!(d.proxy.unwrap().summary, "1/1");
+    assert_eq!(condition(&fe, "Progressing"), ("False", "AsExpected"));
 }

@@ -1,5 +1,5 @@
 //! One listener for everything: gRPC (HTTP/2 cleartext), gRPC-Web, Connect (HTTP/1.1 and HTTP/2),
-//! `grpc.health.v1`, `/metrics`, `/healthz` and `/readyz`.
+//! `grpc.health.v1`, `/metrics`, `/healthz`, `/readyz` and `/descriptors`.
 //!
 //! Requests for the evaluator service go to [`rpc::router`] (Connect, gRPC and gRPC-Web, proto and
 //! JSON); other `application/grpc*` requests to the other tonic services (`grpc.health.v1`,
@@ -79,6 +79,22 @@ async fn readyz(State(s): State<HttpState>) -> Response {
     }
 }
 
+/// The descriptor set this process serves: `{"sha256":"…","flags":N}`. The operator reads it to
+/// count the pods that serve a published set (`status.descriptors`); the same hash is exported as
+/// `pbflags_descriptor_info`.
+async fn descriptors(State(s): State<HttpState>) -> Response {
+    let snapshot = s.evaluator.engine().registry().load_full();
+    let body = serde_json::json!({ "sha256": snapshot.hash().to_string(), "flags": snapshot.len() });
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body.to_string(),
+    )
+        .into_response()
+}
+
 async fn metrics(State(s): State<HttpState>) -> Response {
     // Refresh the cache-size gauges before rendering.
     s.evaluator.engine().health_report();
@@ -118,6 +134,7 @@ pub fn router(parts: AppParts) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/descriptors", get(descriptors))
         .with_state(http_state);
     let prefix = format!("/{}/", Evaluator::NAME);
 

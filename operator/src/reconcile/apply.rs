@@ -20,6 +20,7 @@ use crate::rollout::{
     self, ACCEPTED_AT_ANNOTATION, CHECK_LABEL, Decision, FLAGS_ANNOTATION, Report,
     SHA256_ANNOTATION,
 };
+use crate::serving::{self, Prober, Serving, tier_of};
 use crate::status::{Observed, Problem, Published, Rollout, reason};
 
 /// Failed pods after which the migrations Job counts as failed (its `backoffLimit`).
@@ -111,6 +112,7 @@ async fn roll_out_descriptors(
         candidate: candidate.sha256.clone(),
         decision: Decision::Current,
         check_job: None,
+        serving: None,
     };
     // Never take over a ConfigMap someone else made under the published copy's name.
     let foreign = existing_copy
@@ -185,34 +187,37 @@ async fn roll_out_descriptors(
     Ok(rollout)
 }
 
-/// Tells the kubelet of every evaluator pod that the published copy changed: a pod update makes
-/// the kubelet remount the pod's ConfigMap volumes at once, instead of at its next periodic sync
-/// (about a minute later). Each pod is annotated with the published SHA-256 once; pods already
-/// annotated are left alone, so a settled FlagEvaluator costs one list. Failures are logged, not
-/// fatal: the kubelet's own sync still brings the set.
-async fn nudge_pods(fe: &FlagEvaluator, sha256: &str, api: &Cluster<'_>) -> Result<(), Error> {
+/// Tells the kubelet of every evaluator pod that the published copy changed, then asks the ready
+/// ones which set they serve (see [`crate::serving`]).
+///
+/// The nudge: a pod update makes the kubelet remount the pod's ConfigMap volumes at once, instead
+/// of at its next periodic sync (about a minute later). Each pod is annotated with the published
+/// SHA-256 once; pods already annotated are left alone. Failures are logged, not fatal: the
+/// kubelet's own sync still brings the set.
+async fn pods_serving(
+    fe: &FlagEvaluator,
+    sha256: &str,
+    api: &Cluster<'_>,
+    prober: &Prober,
+) -> Result<Serving, Error> {
     let selector = format!(
         "app.kubernetes.io/instance={},app.kubernetes.io/name=pbflags-evaluator",
         fe.name_any()
     );
     let annotations =
         std::collections::BTreeMap::from([(SHA256_ANNOTATION.to_owned(), sha256.to_owned())]);
-    for pod in api.list::<Pod>(&selector).await? {
-        let evaluator = matches!(
-            pod.labels()
-                .get("app.kubernetes.io/component")
-                .map(String::as_str),
-            Some("root" | "proxy")
-        );
+    let pods = api.list::<Pod>(&selector).await?;
+    for pod in &pods {
         let told = pod.annotations().get(SHA256_ANNOTATION).map(String::as_str) == Some(sha256);
-        if !evaluator || told || pod.metadata.deletion_timestamp.is_some() {
+        if tier_of(pod).is_none() || told || pod.metadata.deletion_timestamp.is_some() {
             continue;
         }
         if let Err(e) = api.annotate::<Pod>(&pod.name_any(), &annotations).await {
             tracing::debug!(pod = %pod.name_any(), error = %e, "could not nudge pod");
         }
     }
-    Ok(())
+    let answers = prober.ask(&pods, fe.spec.tls.is_some()).await;
+    Ok(serving::count(&answers, sha256))
 }
 
 /// Applies `desired` for `fe` and prunes what it no longer has.
@@ -221,6 +226,7 @@ pub async fn apply(
     desired: &Desired,
     candidate: &Candidate,
     api: &Cluster<'_>,
+    prober: &Prober,
 ) -> Result<Observed, Error> {
     let mut observed = Observed::default();
     api.apply(&desired.service_account).await?;
@@ -267,12 +273,10 @@ pub async fn apply(
                 .map(replicas)
         };
     }
-    if let Some(p) = observed
-        .descriptors
-        .as_ref()
-        .and_then(|r| r.published.as_ref())
+    if let Some(rollout) = observed.descriptors.as_mut()
+        && let Some(p) = &rollout.published
     {
-        nudge_pods(fe, &p.sha256, api).await?;
+        rollout.serving = Some(pods_serving(fe, &p.sha256, api, prober).await?);
     }
     let instance = fe.name_any();
     api.prune::<Deployment>(&instance, &names(desired.deployments()))

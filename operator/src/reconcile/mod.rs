@@ -30,6 +30,10 @@ use crate::status::{self, Observed};
 pub use cluster::{Cluster, FIELD_MANAGER};
 pub use dereference::{Candidate, References, Stop, dereference};
 
+/// The evaluator's port, as the probe dials it.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+const PROBE_PORT: u16 = build::PORT as u16;
+
 /// Shared state of the reconciler.
 pub struct Context {
     /// API client.
@@ -40,6 +44,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// Publishes Kubernetes events about FlagEvaluators.
     pub recorder: Recorder,
+    /// Asks evaluator pods which descriptor set they serve.
+    pub prober: crate::serving::Prober,
 }
 
 impl Context {
@@ -51,7 +57,16 @@ impl Context {
             defaults,
             metrics,
             recorder,
+            prober: crate::serving::Prober::new(PROBE_PORT),
         }
+    }
+
+    /// Asks evaluator pods on `port` instead of the evaluator's port (tests serve answers on a
+    /// free port).
+    #[must_use]
+    pub fn probing_port(mut self, port: u16) -> Self {
+        self.prober = crate::serving::Prober::new(port);
+        self
     }
 }
 
@@ -101,7 +116,7 @@ pub async fn reconcile(fe: Arc<FlagEvaluator>, ctx: Arc<Context>) -> Result<Acti
                 tls_ca: refs.tls_ca,
                 descriptors: Some(&refs.descriptors),
             })?;
-            apply::apply(&fe, &desired, &refs.descriptors, &api).await?
+            apply::apply(&fe, &desired, &refs.descriptors, &api, &ctx.prober).await?
         }
     };
     let status = status::compute(&fe, &observed, Time(k8s_openapi::jiff::Timestamp::now()));
@@ -126,8 +141,18 @@ pub async fn reconcile(fe: Arc<FlagEvaluator>, ctx: Arc<Context>) -> Result<Acti
         ctx.metrics.status_writes.inc();
     }
     ctx.metrics.reconciled(started.elapsed().as_secs_f64());
-    // Watches bring changes; the periodic requeue is a safety net.
-    Ok(Action::requeue(Duration::from_secs(300)))
+    Ok(Action::requeue(requeue_after(&observed)))
+}
+
+/// When to look again. Watches bring changes, so the periodic requeue is a safety net, except
+/// while pods are still taking up a published descriptor set: nothing the operator watches
+/// changes when an evaluator reloads, so it asks again soon (less soon when pods do not answer).
+fn requeue_after(observed: &Observed) -> Duration {
+    match observed.descriptors.as_ref().and_then(|r| r.serving.as_ref()) {
+        Some(s) if !s.complete() && s.total().unreachable > 0 => Duration::from_secs(10),
+        Some(s) if !s.complete() => Duration::from_secs(1),
+        _ => Duration::from_secs(300),
+    }
 }
 
 /// Requeues a failed reconcile with a short delay.
