@@ -261,6 +261,38 @@ async fn hardened_pods_survive_a_secret_roll_and_a_deleted_root_under_load() {
     eprintln!("root pod deleted: replaced in {replaced:.1?}; client loop {summary:?}");
     assert_served(&summary, "with a root pod deleted");
 
+    // A rolling update of the proxy tier while the client calls the proxy Service: each old pod
+    // keeps serving, not ready, for its shutdown delay while the Service's endpoints catch up,
+    // and tells keep-alive clients to reconnect; no call fails.
+    let proxies_before: Vec<String> = tier_pods(&admin, n, "flags", "proxy")
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.metadata.uid.clone().unwrap())
+        .collect();
+    let load = client.start_loop(&endpoint, "notifications/2", 40).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cp.run(n, &["rollout", "restart", "deployment/flags-proxy"])
+        .unwrap();
+    let rolled = eventually(
+        "the proxy tier to roll onto new pods",
+        Duration::from_secs(120),
+        async || {
+            let pods = tier_pods(&admin, n, "flags", "proxy")
+                .await
+                .unwrap_or_default();
+            pods.len() == proxies_before.len()
+                && pods.iter().all(|p| {
+                    is_ready(p) && !proxies_before.contains(p.metadata.uid.as_ref().unwrap())
+                })
+        },
+    )
+    .await
+    .unwrap();
+    let summary = load.finish().unwrap();
+    eprintln!("proxy tier rolled in {rolled:.1?}; client loop {summary:?}");
+    assert_served(&summary, "through a rolling update of the proxy tier");
+
     ns.delete(&admin).await.unwrap();
 }
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::Api;
+use kube::api::{Api, Patch, PatchParams};
 use pbflags_e2e::eventually;
 use pbflags_e2e::node::{
     self, ClientPod, Images, NODE_IP, OPERATOR_NAMESPACE, evaluator_command, is_ready, pod_ip,
@@ -24,11 +24,14 @@ use pbflags_e2e::{ControlPlane, TestNamespace, Tier, repo_root};
 use pbflags_operator::crd::FlagEvaluator;
 use sha2::Digest as _;
 
-fn descriptors_with_extra_flag() -> Vec<u8> {
+fn descriptors_with_extra_flag(round: usize) -> Vec<u8> {
     let src =
         std::fs::read_to_string(repo_root().join("proto/example/notifications.proto")).unwrap();
-    let extra = "  bool quiet_hours = 5 [(pbflags.flag) = { default: { bool_value: { value: true } } }];\n}\n";
-    compile(src.trim_end().trim_end_matches('}').to_owned() + extra)
+    let extra = format!(
+        "  bool quiet_hours = 5 [(pbflags.flag) = {{ default: {{ bool_value: {{ value: true }} }} }}];\n  \
+         string rollout_round = 6 [(pbflags.flag) = {{ default: {{ string_value: {{ value: \"round-{round}\" }} }} }}];\n}}\n"
+    );
+    compile(src.trim_end().trim_end_matches('}').to_owned() + &extra)
 }
 
 /// The example with notifications/3 turned from int64 into a string: a breaking change.
@@ -208,57 +211,73 @@ async fn from_zero_to_evaluating_flags_on_a_real_node() {
     assert_eq!(v["value"]["stringValue"], "daily", "{v}");
 
     // 7. New descriptors with `kubectl apply`: every evaluator pod serves the new set, through the
-    // kubelet's own ConfigMap volume update. The time to the last pod is reported.
-    let new = descriptors_with_extra_flag();
-    let new_sha = hex::encode(sha2::Sha256::digest(&new));
-    let applied = Instant::now();
-    apply_descriptors(&cp, n, &new);
+    // check Job, the publish and the pod nudge, and the operator's status counts the pods serving
+    // it. The time from the apply to each pod serving it is reported; PBFLAGS_ROLLOUT_ROUNDS
+    // rollouts (default 1) give more samples.
+    let rounds: usize = std::env::var("PBFLAGS_ROLLOUT_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(1);
     let mut pods = tier_pods(&admin, n, "flags", "root").await.unwrap();
     pods.extend(tier_pods(&admin, n, "flags", "proxy").await.unwrap());
     let ips: Vec<String> = pods.iter().filter_map(pod_ip).map(str::to_owned).collect();
     assert_eq!(ips.len(), 4);
-    let mut reached = Vec::new();
-    for ip in &ips {
-        eventually(
-            &format!("{ip} to serve {new_sha}"),
-            Duration::from_secs(240),
-            async || served_descriptor_sha(ip, 9201).is_ok_and(|s| s == new_sha),
+    let fes = Api::<FlagEvaluator>::namespaced(admin.clone(), n);
+    let (mut reached, mut complete) = (Vec::new(), Vec::new());
+    let mut new_sha = String::new();
+    for round in 0..rounds {
+        let new = descriptors_with_extra_flag(round);
+        new_sha = hex::encode(sha2::Sha256::digest(&new));
+        let applied = Instant::now();
+        apply_descriptors(&cp, n, &new);
+        for ip in &ips {
+            eventually(
+                &format!("{ip} to serve {new_sha}"),
+                Duration::from_secs(240),
+                async || served_descriptor_sha(ip, 9201).is_ok_and(|s| s == new_sha),
+            )
+            .await
+            .unwrap();
+            reached.push(applied.elapsed());
+        }
+        // The operator follows the rollout to the pods: its status counts the ready pods serving
+        // the set (it asks each one), and Progressing ends once all of them do.
+        let want = format!("{} 4/4", &new_sha[..10]);
+        let fe = pbflags_e2e::wait_for(
+            "the status to count every pod serving the new set",
+            Duration::from_secs(60),
+            async || {
+                let fe = fes.get("flags").await.ok()?;
+                let s = fe.status.as_ref()?;
+                let progressing = s.conditions.iter().find(|c| c.type_ == "Progressing")?;
+                (s.descriptors.as_ref()?.summary == want && progressing.status == "False")
+                    .then_some(fe)
+            },
         )
         .await
         .unwrap();
-        reached.push(applied.elapsed());
+        complete.push(applied.elapsed());
+        let d = fe.status.unwrap().descriptors.unwrap();
+        let (root, proxy) = (d.root.unwrap(), d.proxy.unwrap());
+        assert_eq!((root.ready, root.serving, root.unreachable), (2, 2, 0));
+        assert_eq!((proxy.ready, proxy.serving, proxy.unreachable), (2, 2, 0));
     }
+    let quantile = |v: &mut Vec<Duration>, q: f64| {
+        v.sort();
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+        let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
+        v[i]
+    };
     eprintln!(
-        "descriptor rollout (check Job, publish, pod nudge, kubelet volume refresh, reload): {} pods; first at {:.1?}, last at {:.1?} after kubectl apply",
+        "descriptor rollout, kubectl apply → pod serving the set: {} samples ({rounds} rollouts × {} pods); p50 {:.2?}, p99 {:.2?}, max {:.2?}; → status complete: p50 {:.2?}, max {:.2?}",
+        reached.len(),
         ips.len(),
-        reached.iter().min().unwrap(),
-        reached.iter().max().unwrap()
+        quantile(&mut reached, 0.5),
+        quantile(&mut reached, 0.99),
+        quantile(&mut reached, 1.0),
+        quantile(&mut complete, 0.5),
+        quantile(&mut complete, 1.0),
     );
-    // The operator follows the rollout to the pods: its status counts the ready pods serving the
-    // set (it asks each one), and Progressing ends once all of them do.
-    let fes = Api::<FlagEvaluator>::namespaced(admin.clone(), n);
-    let want = format!("{} 4/4", &new_sha[..10]);
-    let fe = pbflags_e2e::wait_for(
-        "the status to count every pod serving the new set",
-        Duration::from_secs(60),
-        async || {
-            let fe = fes.get("flags").await.ok()?;
-            let s = fe.status.as_ref()?;
-            let progressing = s.conditions.iter().find(|c| c.type_ == "Progressing")?;
-            (s.descriptors.as_ref()?.summary == want && progressing.status == "False")
-                .then_some(fe)
-        },
-    )
-    .await
-    .unwrap();
-    eprintln!(
-        "descriptor rollout seen complete in the FlagEvaluator's status {:.1?} after kubectl apply",
-        applied.elapsed()
-    );
-    let d = fe.status.unwrap().descriptors.unwrap();
-    let (root, proxy) = (d.root.unwrap(), d.proxy.unwrap());
-    assert_eq!((root.ready, root.serving, root.unreachable), (2, 2, 0));
-    assert_eq!((proxy.ready, proxy.serving, proxy.unreachable), (2, 2, 0));
     let v = client.evaluate(&endpoint, "notifications/5").unwrap();
     assert_eq!(v["value"]["boolValue"], true, "{v}");
 
@@ -294,6 +313,62 @@ async fn from_zero_to_evaluating_flags_on_a_real_node() {
             "{ip} keeps its set"
         );
     }
+
+    // 7c. A set that does not parse is refused as well; the pods keep their set.
+    let garbage = b"not a descriptor set".to_vec();
+    let garbage_sha = hex::encode(sha2::Sha256::digest(&garbage));
+    apply_descriptors(&cp, n, &garbage);
+    let refusal = pbflags_e2e::wait_for(
+        "the unparseable set refused",
+        Duration::from_secs(120),
+        async || {
+            let s = fes.get("flags").await.ok()?.status?;
+            let c = s
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "DescriptorsAccepted")?;
+            (s.descriptors?.pending.as_deref() == Some(garbage_sha.as_str())
+                && c.status == "False")
+                .then_some(c)
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(refusal.reason, "DescriptorsRefused");
+    assert!(
+        refusal.message.contains(&garbage_sha[..10]),
+        "{}",
+        refusal.message
+    );
+    for ip in &ips {
+        assert_eq!(served_descriptor_sha(ip, 9201).unwrap(), new_sha);
+    }
+
+    // 7d. `allowBreaking: true` pushes the breaking change on purpose: synced, published, served
+    // by every pod, and notifications/3 answers as a string.
+    let allow = serde_json::json!({ "spec": { "descriptors": { "allowBreaking": true } } });
+    fes.patch("flags", &PatchParams::default(), &Patch::Merge(&allow))
+        .await
+        .unwrap();
+    apply_descriptors(&cp, n, &breaking);
+    let breaking_sha = hex::encode(sha2::Sha256::digest(&breaking));
+    let want = format!("{} 4/4", &breaking_sha[..10]);
+    pbflags_e2e::wait_for(
+        "the breaking set served by every pod",
+        Duration::from_secs(120),
+        async || {
+            let s = fes.get("flags").await.ok()?.status?;
+            let accepted = s
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "DescriptorsAccepted" && c.status == "True");
+            (accepted && s.descriptors?.summary == want).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let v = client.evaluate(&endpoint, "notifications/3").unwrap();
+    assert_eq!(v["value"]["stringValue"], "3", "{v}");
 
     // 8. Kill a flag with the CLI in a pod; the proxy serves the compiled default (kill TTL 10s).
     let killed = evaluator_command(

@@ -191,15 +191,16 @@ fn invalid_environment_values_and_urls_exit_64_naming_the_setting() {
     assert!(!String::from_utf8_lossy(&out.stderr).contains("hunter2"));
 }
 
-#[test]
-fn serve_drains_and_exits_cleanly_on_sigterm() {
+/// `serve` as a proxy of nothing (answers are compiled defaults) on a free loopback port, with
+/// `extra` arguments; returns the process and its address once it accepts connections.
+fn serve_on_free_port(extra: &[&str]) -> (std::process::Child, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     let listen = format!("127.0.0.1:{port}");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pbflags-evaluator"))
+    let child = Command::new(env!("CARGO_BIN_EXE_pbflags-evaluator"))
         .args([
             "serve",
             "--descriptors",
@@ -209,6 +210,7 @@ fn serve_drains_and_exits_cleanly_on_sigterm() {
             "--listen",
             &listen,
         ])
+        .args(extra)
         .env_remove("PBFLAGS_DATABASE")
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -218,16 +220,23 @@ fn serve_drains_and_exits_cleanly_on_sigterm() {
         assert!(std::time::Instant::now() < deadline, "server did not start");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    (child, listen)
+}
+
+fn sigterm(child: &std::process::Child) {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
+}
+
+/// Waits (bounded: a hang guard) for `child` to exit; returns its status.
+fn exited(child: &mut std::process::Child) -> std::process::ExitStatus {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     loop {
         if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "exit status {status}");
-            break;
+            return status;
         }
         assert!(
             std::time::Instant::now() < deadline,
@@ -235,6 +244,81 @@ fn serve_drains_and_exits_cleanly_on_sigterm() {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+/// One HTTP/1.0 request on a new connection: the status line and the body.
+fn http(addr: &str, method: &str, path: &str, body: &str) -> (String, String) {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    (
+        head.lines().next().unwrap_or("").to_owned(),
+        body.to_owned(),
+    )
+}
+
+#[test]
+fn serve_drains_and_exits_cleanly_on_sigterm() {
+    let (mut child, _) = serve_on_free_port(&[]);
+    sigterm(&child);
+    let status = exited(&mut child);
+    assert!(status.success(), "exit status {status}");
+}
+
+#[test]
+fn during_the_shutdown_delay_new_connections_are_served_and_readyz_says_503() {
+    // A delay far longer than the test: what happens during it does not depend on timing.
+    let (mut child, addr) = serve_on_free_port(&["--shutdown-delay", "5m"]);
+    assert!(http(&addr, "GET", "/readyz", "").0.contains(" 200 "));
+    sigterm(&child);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let (status, body) = loop {
+        let answer = http(&addr, "GET", "/readyz", "");
+        if !answer.0.contains(" 200 ") {
+            break answer;
+        }
+        assert!(std::time::Instant::now() < deadline, "still ready");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.contains(" 503 "), "{status}");
+    assert!(body.starts_with("not ready"), "{body}");
+    // Not ready, still serving: a request on a new connection is answered.
+    let (status, body) = http(
+        &addr,
+        "POST",
+        "/pbflags.v1.FlagEvaluatorService/Evaluate",
+        r#"{"flagId":"notifications/1"}"#,
+    );
+    assert!(status.contains(" 200 "), "{status} {body}");
+    assert!(body.contains("boolValue"), "{body}");
+    // Keep-alive clients are told to reconnect (to a pod that is not shutting down).
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    {
+        use std::io::{Read as _, Write as _};
+        write!(s, "GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        assert!(
+            answer.to_lowercase().contains("connection: close"),
+            "{answer}"
+        );
+    }
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+    // A second signal ends the delay at once.
+    sigterm(&child);
+    assert_eq!(exited(&mut child).code(), Some(130));
 }
 
 #[test]

@@ -559,7 +559,7 @@ async fn tls_waits_for_a_complete_secret_then_serves_https_on_every_tier() {
 async fn drift_is_repaired_proxy_is_switched_off_and_deletion_collects_everything() {
     let (_cp, client, ns, _) = setup("fe-drift").await;
     descriptors(&client, &ns.name).await;
-    create_ready(
+    let fe = create_ready(
         &client,
         &ns.name,
         serde_json::json!({
@@ -568,6 +568,17 @@ async fn drift_is_repaired_proxy_is_switched_off_and_deletion_collects_everythin
         }),
     )
     .await;
+    // Without a root (no database) the set is checked and published all the same.
+    let d = fe.status.as_ref().unwrap().descriptors.clone().unwrap();
+    assert_eq!(
+        d.sha256,
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(pbflags_proto_bytes()))
+    );
+    assert!(d.root.is_none() && d.proxy.is_some(), "{d:?}");
+    assert_eq!(
+        condition(&fe, "DescriptorsAccepted"),
+        Some(("True".into(), "Accepted".into()))
+    );
     let deployments = Api::<Deployment>::namespaced(client.clone(), &ns.name);
 
     // Someone scales the owned Deployment by hand: the operator puts it back.

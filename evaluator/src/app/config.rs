@@ -117,6 +117,11 @@ pub struct ListenerArgs {
     /// How long in-flight requests may take to finish at shutdown [default: 10s].
     #[arg(long, env = "PBFLAGS_SHUTDOWN_TIMEOUT", value_parser = duration)]
     pub shutdown_timeout: Option<Duration>,
+    /// How long to keep serving after a shutdown signal, not ready, before draining: the time load
+    /// balancers (Kubernetes endpoints) need to stop sending new connections [default: 0s; the
+    /// operator sets 5s].
+    #[arg(long, env = "PBFLAGS_SHUTDOWN_DELAY", value_parser = duration)]
+    pub shutdown_delay: Option<Duration>,
     /// How often the descriptor file's hash is compared [default: 30s].
     #[arg(long, env = "PBFLAGS_DESCRIPTOR_POLL_INTERVAL", value_parser = duration)]
     pub descriptor_poll_interval: Option<Duration>,
@@ -251,6 +256,8 @@ pub struct Config {
     pub max_bulk_flags: usize,
     /// Drain deadline at shutdown.
     pub shutdown_timeout: Duration,
+    /// Time served not-ready after a shutdown signal, before the drain.
+    pub shutdown_delay: Duration,
     /// Descriptor hash poll interval.
     pub descriptor_poll_interval: Duration,
     /// Log format.
@@ -352,6 +359,7 @@ impl ServeArgs {
             max_request_bytes: listener.max_request_bytes,
             max_bulk_flags: listener.max_bulk_flags,
             shutdown_timeout: listener.shutdown_timeout,
+            shutdown_delay: listener.shutdown_delay,
             descriptor_poll_interval: listener.descriptor_poll_interval,
             worker_threads: listener.worker_threads,
             connections: listener.connections,
@@ -520,6 +528,7 @@ struct Listener {
     max_request_bytes: usize,
     max_bulk_flags: usize,
     shutdown_timeout: Duration,
+    shutdown_delay: Duration,
     descriptor_poll_interval: Duration,
     worker_threads: usize,
     connections: ConnLimits,
@@ -558,6 +567,7 @@ impl ListenerArgs {
             max_request_bytes,
             max_bulk_flags,
             shutdown_timeout: self.shutdown_timeout.unwrap_or(Duration::from_secs(10)),
+            shutdown_delay: self.shutdown_delay.unwrap_or(Duration::ZERO),
             descriptor_poll_interval,
             worker_threads,
             connections: self.connections()?,

@@ -2,7 +2,8 @@
 //! descriptor watcher and the server together, and runs them until shutdown.
 //!
 //! Shutdown: the token is cancelled (first SIGTERM/SIGINT) → readiness and `grpc.health.v1` turn
-//! NOT_SERVING → in-flight requests drain within the deadline → background tasks stop.
+//! NOT_SERVING → requests are still accepted and served for `--shutdown-delay` → the listener
+//! closes and in-flight requests drain within the deadline → background tasks stop.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -272,11 +273,19 @@ pub async fn run(prepared: Prepared, shutdown: CancellationToken) {
 
     let on_shutdown = {
         let (shutdown, readiness, health) = (shutdown.clone(), readiness.clone(), health.clone());
+        let delay = config.shutdown_delay;
         async move {
             shutdown.cancelled().await;
             readiness.set(false);
             set_health(&health, tonic_health::ServingStatus::NotServing).await;
-            tracing::info!("shutting down: not ready, draining in-flight requests");
+            if !delay.is_zero() {
+                // Kubernetes removes a terminating pod from its Service's endpoints while it is
+                // signalled, not before: connections keep arriving for a moment. Keep accepting and
+                // serving them, not ready, until the endpoints have caught up.
+                tracing::info!(?delay, "shutting down: not ready, serving on until the delay ends");
+                tokio::time::sleep(delay).await;
+            }
+            tracing::info!("shutting down: draining in-flight requests");
         }
     };
     let server_token = CancellationToken::new();

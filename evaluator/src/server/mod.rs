@@ -126,6 +126,7 @@ pub fn router(parts: AppParts) -> Router {
             max_request_bytes: parts.max_request_bytes,
         },
     );
+    let readiness = parts.readiness.clone();
     let http_state = HttpState {
         evaluator: parts.evaluator,
         readiness: parts.readiness,
@@ -146,7 +147,20 @@ pub fn router(parts: AppParts) -> Router {
         } else {
             http.clone()
         };
-        async move { Ok::<_, Infallible>(target.oneshot(req).await.into_response()) }
+        let http1 = req.version() < http::Version::HTTP_2;
+        let readiness = readiness.clone();
+        async move {
+            let mut response = target.oneshot(req).await.into_response();
+            // Shutting down (not ready) but still serving: an HTTP/1.1 client is told to take its
+            // next request elsewhere, so no keep-alive connection is left for the drain to close
+            // under a request in flight.
+            if http1 && !readiness.get() {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+            }
+            Ok::<_, Infallible>(response)
+        }
     }))
 }
 

@@ -15,6 +15,12 @@ use super::{
 };
 use crate::crd::FlagEvaluator;
 
+/// How long a terminating evaluator keeps serving, not ready, while its Service's endpoints catch
+/// up (`--shutdown-delay`): connections routed to it in that time are still answered.
+pub const SHUTDOWN_DELAY_SECONDS: i64 = 5;
+/// The evaluator's drain deadline (`--shutdown-timeout`, its default).
+const DRAIN_SECONDS: i64 = 10;
+
 /// The arguments an evaluator of `tier` runs with. The README's local commands use the same ones.
 pub fn evaluator_args(inputs: &Inputs<'_>, tier: Tier) -> Vec<String> {
     let fe = inputs.fe;
@@ -23,6 +29,7 @@ pub fn evaluator_args(inputs: &Inputs<'_>, tier: Tier) -> Vec<String> {
         "serve".to_owned(),
         format!("--descriptors={DESCRIPTORS_DIR}/{key}"),
         format!("--listen=0.0.0.0:{PORT}"),
+        format!("--shutdown-delay={SHUTDOWN_DELAY_SECONDS}s"),
     ];
     let telemetry = fe.spec.telemetry.clone().unwrap_or_default();
     args.push(format!(
@@ -195,7 +202,12 @@ pub(super) fn pod_spec(
     let placement = fe.spec.placement.clone().unwrap_or_default();
     let key = fe.spec.descriptors.key().to_owned();
     let database_ca = database_ca_volume(fe, &containers);
+    // Evaluator pods (no restart policy given): the delay, the drain, and a margin to exit.
+    let grace = restart_policy
+        .is_none()
+        .then_some(SHUTDOWN_DELAY_SECONDS + DRAIN_SECONDS + 5);
     PodSpec {
+        termination_grace_period_seconds: grace,
         service_account_name: Some(fe.name_any()),
         automount_service_account_token: Some(false),
         containers,
