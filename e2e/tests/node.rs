@@ -48,6 +48,37 @@ fn assert_served(summary: &LoopSummary, what: &str) {
     }
 }
 
+fn pod_uids(pods: &[Pod]) -> Vec<String> {
+    pods.iter()
+        .map(|p| p.metadata.uid.clone().unwrap())
+        .collect()
+}
+
+/// Waits until every pod of `tier` is a ready pod that is not in `before` (and the old ones are
+/// gone); returns how long that took.
+async fn rolled_onto_new_pods(
+    admin: &kube::Client,
+    n: &str,
+    tier: &str,
+    before: &[String],
+) -> Duration {
+    eventually(
+        &format!("the {tier} tier to roll onto new pods"),
+        Duration::from_secs(120),
+        async || {
+            let pods = tier_pods(admin, n, "flags", tier)
+                .await
+                .unwrap_or_default();
+            pods.len() == before.len()
+                && pods
+                    .iter()
+                    .all(|p| is_ready(p) && !before.contains(p.metadata.uid.as_ref().unwrap()))
+        },
+    )
+    .await
+    .unwrap()
+}
+
 fn uid_and_restarts(pods: &[Pod]) -> BTreeMap<String, i32> {
     pods.iter()
         .map(|p| {
@@ -183,12 +214,7 @@ async fn hardened_pods_survive_a_secret_roll_and_a_deleted_root_under_load() {
 
     // A database Secret change rolls the root; the client never sees a failure; proxies stay.
     let proxies_before = uid_and_restarts(&tier_pods(&admin, n, "flags", "proxy").await.unwrap());
-    let roots_before: Vec<String> = tier_pods(&admin, n, "flags", "root")
-        .await
-        .unwrap()
-        .iter()
-        .map(|p| p.metadata.uid.clone().unwrap())
-        .collect();
+    let roots_before = pod_uids(&tier_pods(&admin, n, "flags", "root").await.unwrap());
     let load = client.start_loop(&endpoint, "notifications/2", 40).unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let changed = cp
@@ -208,21 +234,7 @@ async fn hardened_pods_survive_a_secret_roll_and_a_deleted_root_under_load() {
         .unwrap();
     cp.run_with_input(n, &["apply", "-f", "-"], changed.as_bytes())
         .unwrap();
-    let rolled = eventually(
-        "the root to roll onto new pods",
-        Duration::from_secs(120),
-        async || {
-            let pods = tier_pods(&admin, n, "flags", "root")
-                .await
-                .unwrap_or_default();
-            pods.len() == 2
-                && pods.iter().all(|p| {
-                    is_ready(p) && !roots_before.contains(p.metadata.uid.as_ref().unwrap())
-                })
-        },
-    )
-    .await
-    .unwrap();
+    let rolled = rolled_onto_new_pods(&admin, n, "root", &roots_before).await;
     let summary = load.finish().unwrap();
     eprintln!("secret roll: root replaced in {rolled:.1?}; client loop {summary:?}");
     assert_served(&summary, "during the root's roll");
@@ -264,31 +276,12 @@ async fn hardened_pods_survive_a_secret_roll_and_a_deleted_root_under_load() {
     // A rolling update of the proxy tier while the client calls the proxy Service: each old pod
     // keeps serving, not ready, for its shutdown delay while the Service's endpoints catch up,
     // and tells keep-alive clients to reconnect; no call fails.
-    let proxies_before: Vec<String> = tier_pods(&admin, n, "flags", "proxy")
-        .await
-        .unwrap()
-        .iter()
-        .map(|p| p.metadata.uid.clone().unwrap())
-        .collect();
+    let proxies_before = pod_uids(&tier_pods(&admin, n, "flags", "proxy").await.unwrap());
     let load = client.start_loop(&endpoint, "notifications/2", 40).unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     cp.run(n, &["rollout", "restart", "deployment/flags-proxy"])
         .unwrap();
-    let rolled = eventually(
-        "the proxy tier to roll onto new pods",
-        Duration::from_secs(120),
-        async || {
-            let pods = tier_pods(&admin, n, "flags", "proxy")
-                .await
-                .unwrap_or_default();
-            pods.len() == proxies_before.len()
-                && pods.iter().all(|p| {
-                    is_ready(p) && !proxies_before.contains(p.metadata.uid.as_ref().unwrap())
-                })
-        },
-    )
-    .await
-    .unwrap();
+    let rolled = rolled_onto_new_pods(&admin, n, "proxy", &proxies_before).await;
     let summary = load.finish().unwrap();
     eprintln!("proxy tier rolled in {rolled:.1?}; client loop {summary:?}");
     assert_served(&summary, "through a rolling update of the proxy tier");

@@ -56,7 +56,8 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log_level)?)
         .init();
     tracing::info!(
-        version = env!("CARGO_PKG_VERSION"),
+        version = pbflags_runtime::VERSION,
+        git_sha = pbflags_runtime::GIT_SHA,
         "pbflags-operator starting"
     );
     let client = kube::Client::try_default().await?;

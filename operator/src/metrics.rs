@@ -18,6 +18,7 @@ impl Metrics {
     #[allow(clippy::expect_used)] // fixed, valid names: registration cannot fail
     pub fn new() -> Self {
         let registry = Registry::new();
+        pbflags_runtime::register_build_info(&registry, "pbflags_operator_build_info");
         let reconciles = IntCounter::new(
             "pbflags_operator_reconciles_total",
             "Successful reconciles.",

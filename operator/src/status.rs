@@ -32,6 +32,8 @@ pub mod reason {
     pub const MIGRATING: &str = "Migrating";
     /// The migrations Job failed.
     pub const MIGRATION_FAILED: &str = "MigrationFailed";
+    /// An object the FlagEvaluator needs has a name taken by an object it does not control.
+    pub const NAME_CONFLICT: &str = "NameConflict";
     /// Writing objects to the API failed.
     pub const APPLY_FAILED: &str = "ApplyFailed";
     /// Nothing is wrong.

@@ -1091,3 +1091,60 @@ async fn descriptor_updates_are_checked_then_published_and_the_last_of_rapid_upd
     assert_eq!(copy.annotations()["pbflags.dev/descriptors-sha256"], want);
     ns.delete(&client).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_service_account_made_by_hand_is_neither_taken_over_nor_collected() {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let (_cp, client, ns, _) = setup("fe-names").await;
+    descriptors(&client, &ns.name).await;
+    let accounts = Api::<ServiceAccount>::namespaced(client.clone(), &ns.name);
+    let mine = ServiceAccount {
+        metadata: kube::api::ObjectMeta {
+            name: Some("flags-evaluator".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    accounts.create(&PostParams::default(), &mine).await.unwrap();
+    create_fe(
+        &client,
+        &ns.name,
+        serde_json::json!({
+            "descriptors": { "configMapName": "flags" },
+            "proxy": { "upstream": "http://root.elsewhere.svc:9201" }
+        }),
+    )
+    .await
+    .unwrap();
+    let fe = wait_condition(&client, &ns.name, "Degraded", "True", Some("NameConflict")).await;
+    assert!(
+        degraded_message(&fe).contains(&format!("ServiceAccount {}/flags-evaluator", ns.name)),
+        "{}",
+        degraded_message(&fe)
+    );
+    let untouched = accounts.get("flags-evaluator").await.unwrap();
+    assert!(untouched.metadata.owner_references.is_none());
+    assert!(untouched.labels().is_empty());
+    assert!(
+        Api::<Deployment>::namespaced(client.clone(), &ns.name)
+            .get_opt("flags-proxy")
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing is deployed while a name is taken"
+    );
+
+    // The hand-made account gone, the FlagEvaluator gets its own (the operator looks again
+    // within 30 s).
+    accounts
+        .delete("flags-evaluator", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_condition(&client, &ns.name, "Ready", "True", None).await;
+    let owned = accounts.get("flags-evaluator").await.unwrap();
+    assert_eq!(
+        owned.owner_references()[0].uid,
+        fe.metadata.uid.clone().unwrap()
+    );
+    ns.delete(&client).await.unwrap();
+}

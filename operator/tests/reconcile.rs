@@ -234,7 +234,10 @@ async fn a_failed_migration_degrades_and_keeps_the_existing_root() {
     api.insert(
         "deployments",
         json!({"apiVersion": "apps/v1", "kind": "Deployment",
-               "metadata": {"name": "flags-root", "namespace": NS},
+               "metadata": {"name": "flags-root", "namespace": NS,
+                            "ownerReferences": [{"apiVersion": "pbflags.dev/v1alpha1",
+                                "kind": "FlagEvaluator", "name": "flags", "controller": true,
+                                "uid": "11111111-2222-3333-4444-555555555555"}]},
                "spec": {"replicas": 2}, "status": replicas_status(2)}),
     );
     api.status_on_apply("jobs", json!({"failed": 5}));
@@ -268,7 +271,7 @@ async fn after_migrations_every_tier_is_applied_and_ready() {
             &path("policy/v1", NS, "poddisruptionbudgets", name)
         ));
     }
-    assert!(api.saw("PATCH", &path("v1", NS, "serviceaccounts", "flags")));
+    assert!(api.saw("PATCH", &path("v1", NS, "serviceaccounts", "flags-evaluator")));
     assert_eq!(condition(&fe, "Ready"), ("True", "AllReplicasReady"));
     let applied = api.get(&deployment("flags-root")).unwrap();
     let pod = &applied["spec"]["template"];
@@ -729,4 +732,45 @@ async fn status_counts_the_ready_pods_that_serve_the_published_set_per_tier() {
     assert_eq!(d.summary, format!("{} 2/2", &new[..10]));
     assert_eq!(d.proxy.unwrap().summary, "1/1");
     assert_eq!(condition(&fe, "Progressing"), ("False", "AsExpected"));
+}
+
+#[tokio::test]
+async fn an_object_someone_else_made_under_a_needed_name_is_not_taken_over() {
+    let api = FakeApi::default();
+    references(&api);
+    // A ServiceAccount made by hand, and a Service controlled by another FlagEvaluator.
+    api.insert(
+        "serviceaccounts",
+        json!({"apiVersion": "v1", "kind": "ServiceAccount",
+               "metadata": {"name": "flags-evaluator", "namespace": NS}}),
+    );
+    api.insert(
+        "services",
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": "flags-proxy", "namespace": NS,
+                            "ownerReferences": [{"apiVersion": "pbflags.dev/v1alpha1",
+                                "kind": "FlagEvaluator", "name": "other", "uid": "other-uid",
+                                "controller": true}]}}),
+    );
+    let fe = run(&api, &fixture()).await;
+    assert_eq!(condition(&fe, "Degraded"), ("True", "NameConflict"));
+    assert_eq!(condition(&fe, "Ready"), ("False", "NameConflict"));
+    let message = &fe.status.as_ref().unwrap().conditions[0].message;
+    assert!(
+        message.contains("ServiceAccount team-a/flags-evaluator")
+            && message.contains("Service team-a/flags-proxy"),
+        "{message}"
+    );
+    for kind in ["serviceaccounts", "services", "deployments", "jobs", "configmaps"] {
+        assert!(!api.saw("PATCH", &format!("/{kind}/")), "{kind} written");
+    }
+
+    // Once the hand-made objects are gone, the FlagEvaluator gets its own.
+    let api = FakeApi::default();
+    references(&api);
+    api.status_on_apply("deployments", replicas_status(3));
+    api.status_on_apply("jobs", json!({"succeeded": 1}));
+    let fe = run(&api, &fixture()).await;
+    assert_eq!(condition(&fe, "Degraded"), ("False", "AsExpected"));
+    assert!(api.saw("PATCH", "/serviceaccounts/flags-evaluator"));
 }

@@ -51,9 +51,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
-# Pods: read the termination message of descriptor-check Jobs (why a set was refused), and
-# annotate evaluator pods when a new descriptor set is published, so their kubelet refreshes the
-# ConfigMap volume at once.
+# Pods: read the termination message of descriptor-check Jobs (why a set was refused); annotate
+# evaluator pods when a new descriptor set is published, so their kubelet refreshes the ConfigMap
+# volume at once; list them (address, readiness) to ask each which set it serves, over the pod
+# network (GET /descriptors on the evaluator port), for status.descriptors.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "patch"]

@@ -100,8 +100,8 @@ pub fn init(format: LogFormat, filter: &str, tracing_cfg: &Tracing) -> Telemetry
             .try_init(),
     };
     tracing::info!(
-        version = env!("CARGO_PKG_VERSION"),
-        git_sha = option_env!("PBFLAGS_GIT_SHA").unwrap_or("unknown"),
+        version = pbflags_runtime::VERSION,
+        git_sha = pbflags_runtime::GIT_SHA,
         traces = provider.is_some(),
         "pbflags-evaluator starting"
     );

@@ -133,6 +133,7 @@ impl Metrics {
     #[allow(clippy::expect_used)] // fixed, valid names and labels: registration cannot fail
     pub fn new() -> Self {
         let registry = Registry::new();
+        pbflags_runtime::register_build_info(&registry, "pbflags_build_info");
         let reg =
             |c: Box<dyn prometheus::core::Collector>| registry.register(c).expect("unique metric");
         // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, … as v0.6.

@@ -4,7 +4,7 @@
 //! migrations Job, PodDisruptionBudgets), [`network`] (Services).
 //!
 //! Per tier: a Deployment and a Service named `<name>-root` / `<name>-proxy`, a PodDisruptionBudget
-//! when replicas > 1; one ServiceAccount; a migrations Job when asked. Every object carries the
+//! when replicas > 1; one ServiceAccount (`<name>-evaluator`); a migrations Job when asked. Every object carries the
 //! `app.kubernetes.io/*` labels and a controller owner reference to the FlagEvaluator, so deleting
 //! it garbage-collects everything.
 
@@ -144,6 +144,12 @@ impl Tier {
     }
 }
 
+/// `<name>-evaluator`: the evaluator pods' ServiceAccount (never the FlagEvaluator's bare name,
+/// which other ServiceAccounts in the namespace may already have).
+pub fn service_account_name(fe: &FlagEvaluator) -> String {
+    format!("{}-evaluator", fe.name_any())
+}
+
 /// `<name>-root` / `<name>-proxy`.
 pub fn tier_name(fe: &FlagEvaluator, tier: Tier) -> String {
     format!("{}-{}", fe.name_any(), tier.as_str())
@@ -262,7 +268,7 @@ pub fn build(inputs: &Inputs<'_>) -> Result<Desired, BuildError> {
     };
     Ok(Desired {
         service_account: ServiceAccount {
-            metadata: meta(fe, &owner, fe.name_any(), None),
+            metadata: meta(fe, &owner, service_account_name(fe), None),
             automount_service_account_token: Some(false),
             ..ServiceAccount::default()
         },

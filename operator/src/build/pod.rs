@@ -8,7 +8,6 @@ use k8s_openapi::api::core::v1::{
     SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::ResourceExt as _;
 
 use super::{
     DATABASE_CA_DIR, DESCRIPTORS_DIR, Inputs, PORT, SECRET_HASH_ANNOTATION, TLS_DIR, Tier, tier_url,
@@ -208,7 +207,7 @@ pub(super) fn pod_spec(
         .then_some(SHUTDOWN_DELAY_SECONDS + DRAIN_SECONDS + 5);
     PodSpec {
         termination_grace_period_seconds: grace,
-        service_account_name: Some(fe.name_any()),
+        service_account_name: Some(super::service_account_name(fe)),
         automount_service_account_token: Some(false),
         containers,
         restart_policy,

@@ -6,7 +6,7 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::{Job, JobStatus};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::{Resource as _, ResourceExt as _};
 
@@ -229,6 +229,10 @@ pub async fn apply(
     prober: &Prober,
 ) -> Result<Observed, Error> {
     let mut observed = Observed::default();
+    if let Some(problem) = name_conflicts(fe, desired, api).await? {
+        observed.problem = Some(problem);
+        return Ok(observed);
+    }
     api.apply(&desired.service_account).await?;
     for service in desired.services() {
         api.apply(service).await?;
@@ -285,7 +289,46 @@ pub async fn apply(
         .await?;
     api.prune::<PodDisruptionBudget>(&instance, &names(desired.pdbs()))
         .await?;
+    // Earlier versions named the ServiceAccount after the FlagEvaluator itself.
+    api.prune::<ServiceAccount>(&instance, &names(std::iter::once(&desired.service_account)))
+        .await?;
     Ok(observed)
+}
+
+/// Objects the FlagEvaluator needs whose names are taken by objects it does not control (made by
+/// hand, by another tool, or for another FlagEvaluator): nothing is written while any is, so the
+/// operator never takes one over, nor lets its garbage collection delete it later.
+async fn name_conflicts(
+    fe: &FlagEvaluator,
+    desired: &Desired,
+    api: &Cluster<'_>,
+) -> Result<Option<Problem>, Error> {
+    let uid = fe.uid().unwrap_or_default();
+    let mut taken = Vec::new();
+    taken.extend(api.foreign(&desired.service_account, &uid).await?);
+    for s in desired.services() {
+        taken.extend(api.foreign(s, &uid).await?);
+    }
+    for d in desired.deployments() {
+        taken.extend(api.foreign(d, &uid).await?);
+    }
+    for p in desired.pdbs() {
+        taken.extend(api.foreign(p, &uid).await?);
+    }
+    if let Some(job) = &desired.migration {
+        taken.extend(api.foreign(job, &uid).await?);
+    }
+    Ok((!taken.is_empty()).then(|| Problem {
+        reason: reason::NAME_CONFLICT,
+        message: format!(
+            "{} already exist{} and {} not made for this FlagEvaluator; pbflags-operator does not \
+             take over objects it did not create: rename or delete {}, or rename the FlagEvaluator",
+            taken.join(", "),
+            if taken.len() == 1 { "s" } else { "" },
+            if taken.len() == 1 { "was" } else { "were" },
+            if taken.len() == 1 { "it" } else { "them" },
+        ),
+    }))
 }
 
 fn gate_open(observed: &Observed) -> bool {

@@ -84,6 +84,25 @@ impl<'a> Cluster<'a> {
             .map_err(api_err(format!("apply {} {}/{name}", kind::<K>(), self.ns)))
     }
 
+    /// `Some("Kind ns/name")` when an object named like `obj` exists that the owner `uid` does
+    /// not control (no controller owner reference to it): the operator never takes over objects
+    /// it did not create.
+    pub async fn foreign<K>(&self, obj: &K, uid: &str) -> Result<Option<String>, Error>
+    where
+        K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        let name = obj.meta().name.clone().unwrap_or_default();
+        let Some(existing) = self.get::<K>(&name).await? else {
+            return Ok(None);
+        };
+        let controlled = existing
+            .owner_references()
+            .iter()
+            .any(|o| o.controller == Some(true) && o.uid == uid);
+        Ok((!controlled).then(|| format!("{} {}/{name}", kind::<K>(), self.ns)))
+    }
+
     /// Merge-patches the annotations of the object `name` (no field ownership taken).
     pub async fn annotate<K>(
         &self,

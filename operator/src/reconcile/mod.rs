@@ -145,9 +145,18 @@ pub async fn reconcile(fe: Arc<FlagEvaluator>, ctx: Arc<Context>) -> Result<Acti
 }
 
 /// When to look again. Watches bring changes, so the periodic requeue is a safety net, except
-/// while pods are still taking up a published descriptor set: nothing the operator watches
-/// changes when an evaluator reloads, so it asks again soon (less soon when pods do not answer).
+/// while pods are still taking up a published descriptor set (nothing the operator watches
+/// changes when an evaluator reloads, so it asks again soon, less soon when pods do not answer)
+/// and while a name is taken by an object the operator does not own.
 fn requeue_after(observed: &Observed) -> Duration {
+    // Nothing the operator watches tells it when a conflicting object is gone.
+    if observed
+        .problem
+        .as_ref()
+        .is_some_and(|p| p.reason == crate::status::reason::NAME_CONFLICT)
+    {
+        return Duration::from_secs(30);
+    }
     match observed.descriptors.as_ref().and_then(|r| r.serving.as_ref()) {
         Some(s) if !s.complete() && s.total().unreachable > 0 => Duration::from_secs(10),
         Some(s) if !s.complete() => Duration::from_secs(1),
