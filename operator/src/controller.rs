@@ -32,6 +32,26 @@ fn referencing(
         .collect()
 }
 
+/// The resources the controller watches, by their plural name.
+const WATCHED: [&str; 7] = [
+    "flagevaluators",
+    "deployments",
+    "services",
+    "poddisruptionbudgets",
+    "jobs",
+    "configmaps",
+    "secrets",
+];
+
+/// Which watched resource a watch error is about, from the API server's message (`"secrets is
+/// forbidden: …"`, a URL path); `unknown` when it names none (a connection error).
+pub fn resource_of(error: &str) -> &'static str {
+    WATCHED
+        .into_iter()
+        .find(|r| error.contains(r))
+        .unwrap_or("unknown")
+}
+
 /// Runs the controller over the whole cluster until `shutdown` is cancelled.
 pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     run_in(ctx, None, shutdown).await;
@@ -101,11 +121,45 @@ async fn run_in(ctx: Arc<Context>, ns: Option<String>, shutdown: CancellationTok
             },
         )
         .graceful_shutdown_on(shutdown.cancelled_owned())
-        .run(reconcile, error_policy, ctx)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "controller event");
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|r| {
+            let ctx = ctx.clone();
+            async move {
+                match r {
+                    Err(kube::runtime::controller::Error::QueueError(e)) => {
+                        // A missing CRD or a missing permission shows here, again and again.
+                        let error = e.to_string();
+                        let resource = resource_of(&error);
+                        tracing::warn!(resource, error, "watch failed");
+                        ctx.metrics.watch_failed(resource);
+                        ctx.readiness.watch_failed(format!("{resource}: {error}"));
+                    }
+                    // Failed reconciles are logged and counted by the error policy.
+                    Err(e) => tracing::debug!(error = %e, "controller event"),
+                    Ok(_) => {}
+                }
             }
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn watch_errors_are_attributed_to_the_resource_they_name() {
+        assert_eq!(
+            super::resource_of(
+                "failed to perform initial object list: ApiError: secrets is forbidden: User \"system:serviceaccount:x:y\" cannot list resource \"secrets\""
+            ),
+            "secrets"
+        );
+        assert_eq!(
+            super::resource_of("ApiError: flagevaluators.pbflags.dev is forbidden"),
+            "flagevaluators"
+        );
+        assert_eq!(
+            super::resource_of("error trying to connect: connection refused"),
+            "unknown"
+        );
+    }
 }

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod reconcile;
 pub mod rollout;
 pub mod serving;
+pub mod startup;
 pub mod status;
 
 /// The CRD wrapped for the Helm chart: installed when `crds.enabled`, kept on uninstall when

@@ -6,8 +6,10 @@ use std::sync::Arc;
 use clap::Parser;
 use pbflags_operator::build::Defaults;
 use pbflags_operator::controller;
-use pbflags_operator::health::{self, Readiness};
-use pbflags_operator::lease::{self, LeaseConfig};
+use pbflags_operator::health;
+use pbflags_operator::startup;
+use std::process::ExitCode;
+use pbflags_operator::lease::{self, Elector, LeaseConfig};
 use pbflags_operator::metrics::Metrics;
 use pbflags_operator::reconcile::Context;
 use std::time::Duration;
@@ -48,19 +50,69 @@ struct Args {
     identity: Option<String>,
 }
 
+/// Exit status for an invalid setting (EX_USAGE), as the evaluator.
+const EXIT_USAGE: u8 = 64;
+/// Exit status when the cluster lacks what the operator needs: the CRD, or the right to list
+/// FlagEvaluators (EX_UNAVAILABLE).
+const EXIT_UNAVAILABLE: u8 = 69;
+
+/// A setting that cannot work: exits 64 naming it.
+fn usage(setting: &str, problem: impl std::fmt::Display) -> ExitCode {
+    eprintln!("pbflags-operator: {setting}: {problem}");
+    ExitCode::from(EXIT_USAGE)
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log_level)?)
-        .init();
+async fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let filter = match tracing_subscriber::EnvFilter::try_new(&args.log_level) {
+        Ok(f) => f,
+        Err(e) => return usage("--log-level (PBFLAGS_LOG_LEVEL)", e),
+    };
+    let metrics_addr: std::net::SocketAddr = match args.metrics_addr.parse() {
+        Ok(a) => a,
+        Err(e) => {
+            return usage(
+                "--metrics-addr (PBFLAGS_OPERATOR_METRICS_ADDR)",
+                format!("{:?} is not an address:port ({e})", args.metrics_addr),
+            );
+        }
+    };
+    tracing_subscriber::fmt().json().with_env_filter(filter).init();
     tracing::info!(
         version = pbflags_runtime::VERSION,
         git_sha = pbflags_runtime::GIT_SHA,
         "pbflags-operator starting"
     );
-    let client = kube::Client::try_default().await?;
+    let client = match kube::Client::try_default().await {
+        Ok(c) => c,
+        Err(e) => {
+            return usage(
+                "Kubernetes configuration (in-cluster service account, or KUBECONFIG)",
+                e,
+            );
+        }
+    };
+    let namespaces: Vec<String> = args
+        .watch_namespaces
+        .into_iter()
+        .filter(|n| !n.is_empty())
+        .collect();
+    if let Err(e) = startup::check_api(&client, &namespaces).await {
+        tracing::error!(error = %e, "cannot run");
+        eprintln!("pbflags-operator: {e}");
+        return ExitCode::from(EXIT_UNAVAILABLE);
+    }
     let metrics = Metrics::new();
     let ctx = Arc::new(Context::new(
         client.clone(),
@@ -83,7 +135,7 @@ async fn main() -> anyhow::Result<()> {
             term.cancel();
         }
     });
-    let readiness = Arc::new(Readiness::default());
+    let readiness = ctx.readiness.clone();
     readiness.spawn_api_check(
         client.clone(),
         Duration::from_secs(10),
@@ -91,14 +143,22 @@ async fn main() -> anyhow::Result<()> {
         shutdown.clone(),
     );
     let app = health::router(readiness, metrics);
-    let listener = tokio::net::TcpListener::bind(&args.metrics_addr).await?;
+    let listener = match tokio::net::TcpListener::bind(metrics_addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            return usage(
+                "--metrics-addr (PBFLAGS_OPERATOR_METRICS_ADDR)",
+                format!("cannot listen on {metrics_addr}: {e}"),
+            );
+        }
+    };
     let server_shutdown = shutdown.clone();
     tokio::spawn(async move {
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(server_shutdown.cancelled_owned())
             .await;
     });
-    if args.leader_election {
+    let leadership = if args.leader_election {
         let identity = args
             .identity
             .unwrap_or_else(|| format!("pbflags-operator-{}", std::process::id()));
@@ -107,25 +167,29 @@ async fn main() -> anyhow::Result<()> {
             namespace: args.lease_namespace,
             identity,
             duration: Duration::from_secs(15),
-            renew: Duration::from_secs(5),
+            renew: Duration::from_secs(2),
         };
-        let Some(lost) = lease::acquire(client, cfg, shutdown.clone()).await else {
-            return Ok(());
+        let Some(leadership) = lease::acquire(Elector::new(client, cfg), shutdown.clone()).await
+        else {
+            return ExitCode::SUCCESS;
         };
-        // Losing the lease stops reconciling: the process exits and the pod restarts as a follower.
-        let stop = shutdown.clone();
+        // Losing the lease stops reconciling at once: the process exits and the pod restarts
+        // as a follower.
+        let lost = leadership.lost.clone();
         tokio::spawn(async move {
             lost.cancelled().await;
-            stop.cancel();
+            tracing::error!("lease lost; exiting");
             std::process::exit(1);
         });
-    }
-    let namespaces: Vec<String> = args
-        .watch_namespaces
-        .into_iter()
-        .filter(|n| !n.is_empty())
-        .collect();
+        Some(leadership)
+    } else {
+        None
+    };
     controller::run_namespaces(ctx, &namespaces, shutdown).await;
+    // Reconciling has stopped: only now may another replica take over.
+    if let Some(leadership) = leadership {
+        leadership.resign(Duration::from_secs(5)).await;
+    }
     tracing::info!("stopped");
-    Ok(())
+    ExitCode::SUCCESS
 }

@@ -1,4 +1,5 @@
-//! Operator metrics: reconciles, failures by category, duration, status writes.
+//! Operator metrics: reconciles, failures by category, duration, status writes, watch errors,
+//! build info.
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
 
@@ -9,6 +10,7 @@ pub struct Metrics {
     reconciles: IntCounter,
     failures: IntCounterVec,
     duration: Histogram,
+    watch_errors: IntCounterVec,
     /// Status subresource writes (a no-op reconcile makes none).
     pub status_writes: IntCounter,
 }
@@ -37,6 +39,14 @@ impl Metrics {
             "Duration of successful reconciles.",
         ))
         .expect("valid");
+        let watch_errors = IntCounterVec::new(
+            Opts::new(
+                "pbflags_operator_watch_errors_total",
+                "Failed watches and lists of the resources the operator follows, by resource.",
+            ),
+            &["resource"],
+        )
+        .expect("valid");
         let status_writes = IntCounter::new(
             "pbflags_operator_status_writes_total",
             "Writes of FlagEvaluator status.",
@@ -47,6 +57,7 @@ impl Metrics {
             Box::new(failures.clone()),
             Box::new(duration.clone()),
             Box::new(status_writes.clone()),
+            Box::new(watch_errors.clone()),
         ] {
             registry.register(c).expect("unique");
         }
@@ -55,6 +66,7 @@ impl Metrics {
             reconciles,
             failures,
             duration,
+            watch_errors,
             status_writes,
         }
     }
@@ -73,6 +85,11 @@ impl Metrics {
     /// A reconcile failed.
     pub fn failed(&self, category: &str) {
         self.failures.with_label_values(&[category]).inc();
+    }
+
+    /// A watch of `resource` failed.
+    pub fn watch_failed(&self, resource: &str) {
+        self.watch_errors.with_label_values(&[resource]).inc();
     }
 
     /// Prometheus text.

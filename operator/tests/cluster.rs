@@ -903,38 +903,116 @@ async fn transitions_are_recorded_as_events() {
     ns.delete(&client).await.unwrap();
 }
 
+fn lease_config(ns: &str, identity: &str) -> pbflags_operator::lease::LeaseConfig {
+    pbflags_operator::lease::LeaseConfig {
+        name: "pbflags-operator".into(),
+        namespace: ns.to_owned(),
+        identity: identity.into(),
+        duration: Duration::from_secs(3),
+        renew: Duration::from_millis(300),
+    }
+}
+
 #[tokio::test]
 async fn only_one_replica_holds_the_lease() {
-    use pbflags_operator::lease::{LeaseConfig, release, try_acquire};
+    use pbflags_operator::lease::Elector;
     let (_cp, client, ns, _) = setup("fe-lease").await;
-    let cfg = |identity: &str| LeaseConfig {
-        name: "pbflags-operator".into(),
-        namespace: ns.name.clone(),
-        identity: identity.into(),
-        duration: Duration::from_secs(2),
-        renew: Duration::from_millis(500),
-    };
-    assert!(try_acquire(&client, &cfg("a")).await.unwrap());
+    let elector = |identity: &str| Elector::new(client.clone(), lease_config(&ns.name, identity));
+    let (mut a, mut b, mut c) = (elector("a"), elector("b"), elector("c"));
+    assert!(a.try_acquire().await.unwrap());
     assert!(
-        !try_acquire(&client, &cfg("b")).await.unwrap(),
+        !b.try_acquire().await.unwrap(),
         "b must wait while a holds the lease"
     );
-    assert!(try_acquire(&client, &cfg("a")).await.unwrap(), "a renews");
-    release(&client, &cfg("a")).await.unwrap();
+    assert!(a.try_acquire().await.unwrap(), "a renews");
+    a.release().await.unwrap();
     assert!(
-        try_acquire(&client, &cfg("b")).await.unwrap(),
+        b.try_acquire().await.unwrap(),
         "b takes over a released lease"
     );
-    // An expired lease can be taken over without a release: c succeeds once b's lease runs out.
+    // A lease nobody renews is taken over once a contender has seen it unchanged for its whole
+    // duration (by the contender's clock): c succeeds, and only after b stopped renewing.
     assert!(
-        !try_acquire(&client, &cfg("c")).await.unwrap(),
+        !c.try_acquire().await.unwrap(),
         "c must wait while b's lease is live"
     );
+    let seen = Instant::now();
     wait_for("c takes over the expired lease", 30, async || {
-        try_acquire(&client, &cfg("c")).await.unwrap().then_some(())
+        c.try_acquire().await.unwrap().then_some(())
     })
     .await;
-    assert!(!try_acquire(&client, &cfg("b")).await.unwrap());
+    assert!(seen.elapsed() >= Duration::from_secs(3), "taken before its duration ran out");
+    assert!(!b.try_acquire().await.unwrap());
+    ns.delete(&client).await.unwrap();
+}
+
+/// A client through which every call can be made to hang, as if the API server were black-holed.
+fn blackholable(client: Client) -> (Client, Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let holed = Arc::new(AtomicBool::new(false));
+    let flag = holed.clone();
+    let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+        let (client, holed) = (client.clone(), flag.load(Ordering::SeqCst));
+        async move {
+            if holed {
+                std::future::pending::<()>().await;
+            }
+            client.send(req).await
+        }
+    });
+    (Client::new(service, "default"), holed)
+}
+
+#[tokio::test]
+async fn a_black_holed_leader_stops_before_the_follower_takes_over() {
+    use pbflags_operator::lease::{Elector, acquire};
+    let (_cp, client, ns, _) = setup("fe-lease-hole").await;
+    let (leader_client, holed) = blackholable(client.clone());
+    let stop = CancellationToken::new();
+    let leader = acquire(
+        Elector::new(leader_client, lease_config(&ns.name, "leader")),
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    let follower = tokio::spawn(acquire(
+        Elector::new(client.clone(), lease_config(&ns.name, "follower")),
+        stop.clone(),
+    ));
+    // The leader holds it for a while (several renewals) and the follower does not get it.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(!leader.lost.is_cancelled() && !follower.is_finished());
+
+    // The leader's API calls now hang: it gives up at its renew deadline, the follower takes
+    // over once it has seen the lease unchanged for its duration, and in that order.
+    let holed_at = Instant::now();
+    holed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let lost = leader.lost.clone();
+    let lost_at = async move {
+        lost.cancelled().await;
+        Instant::now()
+    };
+    let taken_at = async move {
+        let held = follower.await.unwrap().unwrap();
+        (Instant::now(), held)
+    };
+    let (lost_at, (taken_at, held)) = tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::join!(lost_at, taken_at)
+    })
+    .await
+    .expect("the follower takes over");
+    eprintln!(
+        "leader stopped {:.1?} and follower took over {:.1?} after the black hole",
+        lost_at - holed_at,
+        taken_at - holed_at
+    );
+    assert!(lost_at < taken_at, "the old leader was still active when the follower took over");
+    let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), &ns.name)
+        .get("pbflags-operator")
+        .await
+        .unwrap();
+    assert_eq!(lease.spec.unwrap().holder_identity.as_deref(), Some("follower"));
+    held.resign(Duration::from_secs(5)).await;
     ns.delete(&client).await.unwrap();
 }
 

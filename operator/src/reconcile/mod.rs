@@ -46,6 +46,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Asks evaluator pods which descriptor set they serve.
     pub prober: crate::serving::Prober,
+    /// What `/readyz` reports; the controller records failing watches in it.
+    pub readiness: Arc<crate::health::Readiness>,
 }
 
 impl Context {
@@ -58,6 +60,7 @@ impl Context {
             metrics,
             recorder,
             prober: crate::serving::Prober::new(PROBE_PORT),
+            readiness: Arc::default(),
         }
     }
 
