@@ -6,7 +6,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{
+    Affinity, LocalObjectReference, ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -35,6 +37,7 @@ pub const DEFAULT_DATABASE_KEY: &str = "url";
         type_ = "string",
         json_path = ".status.descriptors.summary"
     ),
+    printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint", priority = 1),
     printcolumn(
         name = "Ready",
         type_ = "string",
@@ -187,12 +190,18 @@ pub struct ProxySpec {
 pub struct CacheSpec {
     /// Kill-set poll interval. Default 30s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ms|s|m|h))+$') && !self.matches('^(0+(ms|s|m|h))+$')").message("cache.killTtl must be a duration greater than zero like 500ms, 30s, 5m or 1h30m"))]
     pub kill_ttl: Option<String>,
     /// Flag state cache TTL. Default 5m.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ms|s|m|h))+$') && !self.matches('^(0+(ms|s|m|h))+$')").message("cache.flagTtl must be a duration greater than zero like 500ms, 30s, 5m or 1h30m"))]
     pub flag_ttl: Option<String>,
     /// Override cache TTL. Default 5m.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ms|s|m|h))+$') && !self.matches('^(0+(ms|s|m|h))+$')").message("cache.overrideTtl must be a duration greater than zero like 500ms, 30s, 5m or 1h30m"))]
     pub override_ttl: Option<String>,
     /// Override cache capacity. Default 10000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -203,6 +212,8 @@ pub struct CacheSpec {
     pub jitter_percent: Option<i32>,
     /// Timeout of one state fetch. Default 500ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ms|s|m|h))+$') && !self.matches('^(0+(ms|s|m|h))+$')").message("cache.fetchTimeout must be a duration greater than zero like 500ms, 30s, 5m or 1h30m"))]
     pub fetch_timeout: Option<String>,
 }
 
@@ -241,6 +252,16 @@ pub struct PlacementSpec {
     /// PriorityClass of the pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority_class_name: Option<String>,
+    /// Extra labels on the pods (the operator's own labels win on a clash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_labels: Option<BTreeMap<String, String>>,
+    /// Secrets holding the credentials to pull the evaluator image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_secrets: Option<Vec<LocalObjectReference>>,
+    /// How each tier's pods spread over the cluster. Default: as evenly as possible over nodes
+    /// and zones (`ScheduleAnyway`, so a small cluster still schedules every pod).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
 }
 
 /// Replicas of one tier.

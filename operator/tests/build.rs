@@ -338,3 +338,58 @@ fn a_resource_that_did_not_come_from_the_api_is_refused() {
     .unwrap_err();
     assert!(e.to_string().contains("uid"));
 }
+
+#[test]
+fn pods_spread_over_nodes_and_zones_and_carry_the_placement_knobs() {
+    let mut fe = fixture("root-and-proxy");
+    let d = built(&fe, false);
+    let spec = pod_template(&d, Tier::Proxy).spec.as_ref().unwrap();
+    let spread = spec.topology_spread_constraints.as_ref().unwrap();
+    let keys: Vec<_> = spread.iter().map(|c| c.topology_key.as_str()).collect();
+    assert_eq!(keys, ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]);
+    assert!(spread.iter().all(|c| c.when_unsatisfiable == "ScheduleAnyway"
+        && c.label_selector.as_ref().unwrap().match_labels.as_ref().unwrap()
+            ["app.kubernetes.io/component"]
+            == "proxy"));
+    // Jobs are one-offs: no spread.
+    let job = d.migration.as_ref().unwrap().spec.as_ref().unwrap();
+    assert!(job.template.spec.as_ref().unwrap().topology_spread_constraints.is_none());
+    // No resources in the spec: requests, no limits (the root fixture sets its own).
+    let proxy = &spec.containers[0];
+    let requests = proxy.resources.as_ref().unwrap().requests.as_ref().unwrap();
+    assert_eq!(requests["cpu"].0, "50m");
+    assert!(proxy.resources.as_ref().unwrap().limits.is_none());
+    let root = &pod_template(&d, Tier::Root).spec.as_ref().unwrap().containers[0];
+    assert_eq!(
+        root.resources.as_ref().unwrap().requests.as_ref().unwrap()["cpu"].0,
+        "100m"
+    );
+
+    // The user's own spread, labels and pull secrets.
+    let placement: serde_json::Value = serde_json::json!({
+        "topologySpreadConstraints": [{"maxSkew": 2, "topologyKey": "rack", "whenUnsatisfiable": "DoNotSchedule"}],
+        "podLabels": {"team": "a", "app.kubernetes.io/component": "mine"},
+        "imagePullSecrets": [{"name": "registry"}]
+    });
+    fe.spec.placement = Some(serde_json::from_value(placement).unwrap());
+    let d = built(&fe, false);
+    let template = pod_template(&d, Tier::Root);
+    let spec = template.spec.as_ref().unwrap();
+    assert_eq!(spec.topology_spread_constraints.as_ref().unwrap()[0].topology_key, "rack");
+    assert_eq!(spec.image_pull_secrets.as_ref().unwrap()[0].name, "registry");
+    let labels = template.metadata.as_ref().unwrap().labels.as_ref().unwrap();
+    assert_eq!(labels["team"], "a");
+    assert_eq!(
+        labels["app.kubernetes.io/component"], "root",
+        "the operator's labels win: the Service selects on them"
+    );
+}
+
+#[test]
+fn durations_the_crd_admits_are_durations_the_evaluator_reads() {
+    // Shapes the CRD's rule (`^([0-9]+(ms|s|m|h))+$`, not zero) admits; the tier C test checks
+    // the API server refuses the others.
+    for d in ["500ms", "30s", "5m", "2h", "1h30m", "1m30s", "90s"] {
+        assert!(humantime::parse_duration(d).is_ok(), "{d}");
+    }
+}

@@ -407,6 +407,45 @@ async fn invalid_resources_are_rejected_with_the_cel_message() {
             .contains("proxy.upstream must be an http:// or https:// URL"),
         "{e}"
     );
+    // A duration typo is refused at admission, not in a crash-looping pod; good ones pass.
+    for (cache, field) in [
+        (serde_json::json!({ "killTtl": "30 s" }), "cache.killTtl"),
+        (serde_json::json!({ "flagTtl": "5mins" }), "cache.flagTtl"),
+        (serde_json::json!({ "overrideTtl": "0s" }), "cache.overrideTtl"),
+        (serde_json::json!({ "fetchTimeout": "500" }), "cache.fetchTimeout"),
+    ] {
+        let e = create_fe(
+            &client,
+            &ns.name,
+            serde_json::json!({
+                "descriptors": { "configMapName": "flags" },
+                "proxy": { "upstream": "http://elsewhere:9201" },
+                "cache": cache
+            }),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(&format!("{field} must be a duration greater than zero")),
+            "{e}"
+        );
+    }
+    let fine = create_fe(
+        &client,
+        &ns.name,
+        serde_json::json!({
+            "descriptors": { "configMapName": "flags" },
+            "proxy": { "upstream": "http://elsewhere:9201" },
+            "cache": { "killTtl": "1h30m", "flagTtl": "90s", "overrideTtl": "5m", "fetchTimeout": "500ms" }
+        }),
+    )
+    .await
+    .unwrap();
+    Api::<FlagEvaluator>::namespaced(client.clone(), &ns.name)
+        .delete(&fine.name_any(), &DeleteParams::default())
+        .await
+        .unwrap();
     let e = create_fe(
         &client,
         &ns.name,

@@ -5,8 +5,11 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
     HTTPGetAction, KeyToPath, PodSecurityContext, PodSpec, Probe, ResourceRequirements,
-    SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext,
+    TopologySpreadConstraint, Volume, VolumeMount,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
@@ -165,7 +168,7 @@ pub(super) fn container(
         }]),
         liveness_probe: Some(probe(fe, "/healthz")),
         readiness_probe: Some(probe(fe, "/readyz")),
-        resources,
+        resources: Some(resources.unwrap_or_else(default_resources)),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
@@ -194,6 +197,7 @@ pub(super) fn container(
 
 pub(super) fn pod_spec(
     inputs: &Inputs<'_>,
+    tier: Option<Tier>,
     containers: Vec<Container>,
     restart_policy: Option<String>,
 ) -> PodSpec {
@@ -201,6 +205,17 @@ pub(super) fn pod_spec(
     let placement = fe.spec.placement.clone().unwrap_or_default();
     let key = fe.spec.descriptors.key().to_owned();
     let database_ca = database_ca_volume(fe, &containers);
+    // Evaluator pods (no restart policy given) spread over nodes and zones unless told otherwise;
+    // Job pods are one-offs.
+    let spread = match (&restart_policy, tier) {
+        (None, Some(tier)) => Some(
+            placement
+                .topology_spread_constraints
+                .clone()
+                .unwrap_or_else(|| default_spread(fe, tier)),
+        ),
+        _ => None,
+    };
     // Evaluator pods (no restart policy given): the delay, the drain, and a margin to exit.
     let grace = restart_policy
         .is_none()
@@ -256,7 +271,39 @@ pub(super) fn pod_spec(
         tolerations: placement.tolerations,
         affinity: placement.affinity,
         priority_class_name: placement.priority_class_name,
+        image_pull_secrets: placement.image_pull_secrets,
+        topology_spread_constraints: spread,
         ..PodSpec::default()
+    }
+}
+
+/// A tier's pods as evenly as possible over nodes, then zones; never blocking scheduling.
+fn default_spread(fe: &FlagEvaluator, tier: Tier) -> Vec<TopologySpreadConstraint> {
+    ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]
+        .into_iter()
+        .map(|key| TopologySpreadConstraint {
+            max_skew: 1,
+            topology_key: key.to_owned(),
+            when_unsatisfiable: "ScheduleAnyway".to_owned(),
+            label_selector: Some(LabelSelector {
+                match_labels: Some(super::selector(fe, tier)),
+                ..LabelSelector::default()
+            }),
+            ..TopologySpreadConstraint::default()
+        })
+        .collect()
+}
+
+/// Requests of an evaluator container when the spec sets no resources: an idle evaluator needs
+/// about 15 MiB and little CPU; requests let the scheduler place it honestly. No limits: the cache
+/// is bounded by --cache-max-bytes, and CPU throttling would only add latency.
+fn default_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_owned(), Quantity("50m".to_owned())),
+            ("memory".to_owned(), Quantity("96Mi".to_owned())),
+        ])),
+        ..ResourceRequirements::default()
     }
 }
 

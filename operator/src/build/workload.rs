@@ -21,7 +21,14 @@ pub(super) fn deployment(
     resources: Option<ResourceRequirements>,
 ) -> Deployment {
     let fe = inputs.fe;
-    let pod_labels = labels(fe, Some(tier));
+    // The user's pod labels first, so the operator's own (the Service selects on them) win.
+    let mut pod_labels = fe
+        .spec
+        .placement
+        .as_ref()
+        .and_then(|p| p.pod_labels.clone())
+        .unwrap_or_default();
+    pod_labels.extend(labels(fe, Some(tier)));
     Deployment {
         metadata: meta(fe, owner, tier_name(fe, tier), Some(tier)),
         spec: Some(DeploymentSpec {
@@ -45,6 +52,7 @@ pub(super) fn deployment(
                 }),
                 spec: Some(pod_spec(
                     inputs,
+                    Some(tier),
                     vec![container(
                         inputs,
                         tier,
@@ -91,7 +99,7 @@ pub(super) fn job_pod(
     if let Some(mounts) = c.volume_mounts.as_mut() {
         mounts.retain(|m| !drop.contains(&m.name.as_str()));
     }
-    let mut pod = pod_spec(inputs, vec![c], Some(restart_policy.to_owned()));
+    let mut pod = pod_spec(inputs, None, vec![c], Some(restart_policy.to_owned()));
     if let Some(volumes) = pod.volumes.as_mut() {
         volumes.retain(|v| !drop.contains(&v.name.as_str()));
     }
