@@ -17,9 +17,10 @@ fn tools() -> PathBuf {
 
 fn render(set: &[&str]) -> Vec<serde_json::Value> {
     let mut c = helm(&tools(), None);
+    // The oldest Kubernetes the chart supports (its kubeVersion).
     c.args(["template", "r"])
         .arg(chart())
-        .args(["--namespace", "ops"]);
+        .args(["--namespace", "ops", "--kube-version", "1.30.0"]);
     for s in set {
         c.args(["--set", s]);
     }
@@ -158,4 +159,145 @@ fn the_schema_rejects_wrong_types_naming_the_value() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(path), "{set}: {err}");
     }
+}
+
+/// The values table of the chart's README, from `values.yaml`: every key with a `# --` comment
+/// (continued by the `#` lines under it), its default, and the comment.
+fn values_table(values: &str) -> String {
+    let parsed: serde_json::Value = serde_yaml_ng::from_str(values).unwrap();
+    let mut rows: Vec<(String, String, String)> = Vec::new();
+    let mut stack: Vec<(usize, String)> = Vec::new();
+    let mut pending: Option<String> = None;
+    for line in values.lines() {
+        let trimmed = line.trim_start();
+        let indent = line.len() - trimmed.len();
+        if let Some(text) = trimmed.strip_prefix("# -- ") {
+            pending = Some(text.trim().to_owned());
+            continue;
+        }
+        if let Some(text) = trimmed.strip_prefix('#') {
+            if let Some(p) = pending.as_mut() {
+                p.push(' ');
+                p.push_str(text.trim());
+            }
+            continue;
+        }
+        let Some((key, inline)) = trimmed.split_once(':') else {
+            continue;
+        };
+        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            continue;
+        }
+        while stack.last().is_some_and(|(i, _)| *i >= indent) {
+            stack.pop();
+        }
+        stack.push((indent, key.to_owned()));
+        if let Some(description) = pending.take() {
+            let path: Vec<&str> = stack.iter().map(|(_, k)| k.as_str()).collect();
+            let inline = inline.trim();
+            let default = if inline.is_empty() {
+                let value = path.iter().fold(&parsed, |v, k| &v[*k]);
+                serde_json::to_string(value).unwrap()
+            } else {
+                inline.to_owned()
+            };
+            rows.push((path.join("."), default, description));
+        }
+    }
+    // A documented map whose keys are documented too shows them, not itself as a blob.
+    let documented: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+    let mut table = String::from("| key | default | description |\n|---|---|---|\n");
+    for (key, default, description) in rows {
+        let parent = documented.iter().any(|k| k.starts_with(&format!("{key}.")));
+        let default = if parent { String::new() } else { format!("`{default}`") };
+        table.push_str(&format!(
+            "| `{key}` | {default} | {} |\n",
+            description.replace('|', "\\|")
+        ));
+    }
+    table
+}
+
+#[test]
+fn the_chart_readme_lists_every_value_as_values_yaml_documents_it() {
+    const BEGIN: &str = "<!-- values: generated from values.yaml by tests/chart_templates.rs -->\n";
+    const END: &str = "<!-- end of values -->\n";
+    let values = std::fs::read_to_string(chart().join("values.yaml")).unwrap();
+    let path = chart().join("README.md");
+    let readme = std::fs::read_to_string(&path).unwrap();
+    let (head, rest) = readme.split_once(BEGIN).expect("README has the values marker");
+    let (_, tail) = rest.split_once(END).expect("README has the end marker");
+    let fresh = format!("{head}{BEGIN}{}{END}{tail}", values_table(&values));
+    if std::env::var_os("PBFLAGS_BLESS").is_some() {
+        std::fs::write(&path, &fresh).unwrap();
+    }
+    assert!(
+        readme == fresh,
+        "charts/pbflags-operator/README.md is stale; regenerate with \
+         `PBFLAGS_BLESS=1 cargo test -p pbflags-operator --test chart_templates`"
+    );
+    // Every top-level value is documented.
+    let parsed: serde_json::Value = serde_yaml_ng::from_str(&values).unwrap();
+    for key in parsed.as_object().unwrap().keys() {
+        assert!(fresh.contains(&format!("| `{key}")), "values.yaml: {key} has no `# --` comment");
+    }
+}
+
+#[test]
+fn operator_pod_knobs_reach_the_deployment() {
+    let docs = render(&[]);
+    let dep = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let c = &dep["spec"]["template"]["spec"]["containers"][0];
+    assert!(
+        c["args"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("--evaluator-image=pbflags-evaluator:0.1.0")),
+        "the evaluator image follows the chart's appVersion: {c}"
+    );
+    assert!(!kinds(&docs).contains(&"PodDisruptionBudget".to_owned()), "one replica: no PDB");
+    assert!(dep["spec"]["template"]["spec"]["topologySpreadConstraints"].is_null());
+
+    let docs = render(&[
+        "replicaCount=2",
+        "image.digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        "podLabels.team=platform",
+        "podLabels.app\\.kubernetes\\.io/name=mine",
+        "extraArgs={--log-level=debug}",
+        "extraEnv[0].name=HTTPS_PROXY",
+        "extraEnv[0].value=http://proxy:3128",
+    ]);
+    let dep = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let pod = &dep["spec"]["template"];
+    let c = &pod["spec"]["containers"][0];
+    assert_eq!(
+        c["image"],
+        "pbflags-operator@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+    );
+    assert_eq!(pod["metadata"]["labels"]["team"], "platform");
+    assert_eq!(
+        pod["metadata"]["labels"]["app.kubernetes.io/name"], "pbflags-operator",
+        "the selector labels win"
+    );
+    assert!(!pod["metadata"].to_string().contains("mine"), "{pod}");
+    assert!(c["args"].as_array().unwrap().contains(&serde_json::json!("--log-level=debug")));
+    assert!(
+        c["env"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!({"name": "HTTPS_PROXY", "value": "http://proxy:3128"}))
+    );
+    assert_eq!(
+        pod["spec"]["topologySpreadConstraints"][0]["topologyKey"],
+        "kubernetes.io/hostname"
+    );
+    let pdb = docs
+        .iter()
+        .find(|d| d["kind"] == "PodDisruptionBudget")
+        .expect("two replicas: a PDB");
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"],
+        dep["spec"]["selector"]["matchLabels"]
+    );
 }
