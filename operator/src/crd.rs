@@ -28,6 +28,12 @@ pub const DEFAULT_DATABASE_KEY: &str = "url";
     kind = "FlagEvaluator",
     namespaced,
     shortname = "fe",
+    doc = "A pbflags feature-flag evaluator deployment: a root tier reading flag state from \
+           PostgreSQL and/or a proxy tier fronting it (or another evaluator), serving Evaluate and \
+           BulkEvaluate over gRPC, gRPC-Web and Connect, with flag definitions from a descriptor \
+           set in a ConfigMap that is checked before it reaches the pods. `kubectl explain \
+           flagevaluator.spec` documents each field; `status` reports readiness, the endpoint and \
+           the descriptor rollout.",
     status = "FlagEvaluatorStatus",
     printcolumn(name = "Mode", type_ = "string", json_path = ".status.mode"),
     printcolumn(name = "Root", type_ = "string", json_path = ".status.root.summary"),
@@ -110,10 +116,12 @@ pub struct DescriptorsRef {
     pub config_map_name: String,
     /// Key holding the descriptor set. Default: `descriptors.pb`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = "descriptors.pb"))]
     pub key: Option<String>,
     /// Apply breaking changes (a flag's type changed, a layered flag made global, a move between
     /// layers) instead of refusing the set, as `sync --allow-breaking` does. Default false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = false))]
     pub allow_breaking: Option<bool>,
 }
 
@@ -126,6 +134,7 @@ pub struct SecretKeyRef {
     pub secret_name: String,
     /// Key holding the PostgreSQL URL. Default: `url`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = "url"))]
     pub key: Option<String>,
 }
 
@@ -138,6 +147,7 @@ pub struct CaSecretRef {
     pub secret_name: String,
     /// Key holding the PEM bundle. Default: `ca.crt`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = "ca.crt"))]
     pub key: Option<String>,
 }
 
@@ -149,6 +159,7 @@ pub struct RootSpec {
     /// there are more.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 0 && self <= 100").message("root.replicas must be between 0 and 100"))]
+    #[schemars(extend("default" = 1))]
     pub replicas: Option<i32>,
     /// The Secret key holding the PostgreSQL URL (never inline). A change to the Secret rolls the
     /// root pods.
@@ -160,6 +171,7 @@ pub struct RootSpec {
     pub database_ca: Option<CaSecretRef>,
     /// Run database migrations (a Job) before the root tier rolls out. Default false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = false))]
     pub migrate: Option<bool>,
     /// Compute resources of each root pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -173,6 +185,7 @@ pub struct ProxySpec {
     /// Number of proxy pods. Default 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 0 && self <= 100").message("proxy.replicas must be between 0 and 100"))]
+    #[schemars(extend("default" = 1))]
     pub replicas: Option<i32>,
     /// Base URL of the evaluator this proxy fronts, for a proxy-only FlagEvaluator (another
     /// namespace, another cluster). Leave empty when spec.root is set.
@@ -192,28 +205,34 @@ pub struct CacheSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ms|s|m|h))+$') && !self.matches('^(0+(ms|s|m|h))+$')").message("cache.killTtl must be a duration greater than zero like 500ms, 30s, 5m or 1h30m"))]
+    #[schemars(extend("default" = "30s"))]
     pub kill_ttl: Option<String>,
     /// Flag state cache TTL. Default 5m.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ms|s|m|h))+$') && !self.matches('^(0+(ms|s|m|h))+$')").message("cache.flagTtl must be a duration greater than zero like 500ms, 30s, 5m or 1h30m"))]
+    #[schemars(extend("default" = "5m"))]
     pub flag_ttl: Option<String>,
     /// Override cache TTL. Default 5m.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ms|s|m|h))+$') && !self.matches('^(0+(ms|s|m|h))+$')").message("cache.overrideTtl must be a duration greater than zero like 500ms, 30s, 5m or 1h30m"))]
+    #[schemars(extend("default" = "5m"))]
     pub override_ttl: Option<String>,
     /// Override cache capacity. Default 10000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = 10000))]
     pub override_max_entries: Option<i64>,
     /// ± jitter on TTLs, percent. Default 20.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 0 && self <= 100").message("cache.jitterPercent must be between 0 and 100"))]
+    #[schemars(extend("default" = 20))]
     pub jitter_percent: Option<i32>,
     /// Timeout of one state fetch. Default 500ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ms|s|m|h))+$') && !self.matches('^(0+(ms|s|m|h))+$')").message("cache.fetchTimeout must be a duration greater than zero like 500ms, 30s, 5m or 1h30m"))]
+    #[schemars(extend("default" = "500ms"))]
     pub fetch_timeout: Option<String>,
 }
 
@@ -226,10 +245,12 @@ pub struct TelemetrySpec {
     pub otlp_endpoint: Option<String>,
     /// Log level or filter, e.g. `info` or `pbflags_evaluator=debug`. Default info.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = "info"))]
     pub log_level: Option<String>,
     /// Log format: `text` or `json`. Default json.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self in ['text', 'json']").message("telemetry.logFormat must be text or json"))]
+    #[schemars(extend("default" = "json"))]
     pub log_format: Option<String>,
 }
 

@@ -442,6 +442,14 @@ async fn invalid_resources_are_rejected_with_the_cel_message() {
     )
     .await
     .unwrap();
+    // The schema's defaults are applied by the API server (and shown by kubectl explain).
+    let cache = fine.spec.cache.as_ref().unwrap();
+    assert_eq!(
+        (cache.jitter_percent, cache.override_max_entries),
+        (Some(20), Some(10000))
+    );
+    assert_eq!(fine.spec.descriptors.key.as_deref(), Some("descriptors.pb"));
+    assert_eq!(fine.spec.proxy.as_ref().unwrap().replicas, Some(1));
     Api::<FlagEvaluator>::namespaced(client.clone(), &ns.name)
         .delete(&fine.name_any(), &DeleteParams::default())
         .await
