@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use futures_util::StreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -33,11 +34,12 @@ fn referencing(
 }
 
 /// The resources the controller watches, by their plural name.
-const WATCHED: [&str; 7] = [
+const WATCHED: [&str; 8] = [
     "flagevaluators",
     "deployments",
     "services",
     "poddisruptionbudgets",
+    "horizontalpodautoscalers",
     "jobs",
     "configmaps",
     "secrets",
@@ -94,6 +96,7 @@ async fn run_in(ctx: Arc<Context>, ns: Option<String>, shutdown: CancellationTok
         .owns(scoped::<Deployment>(&client, ns), owned.clone())
         .owns(scoped::<Service>(&client, ns), owned.clone())
         .owns(scoped::<PodDisruptionBudget>(&client, ns), owned.clone())
+        .owns(scoped::<HorizontalPodAutoscaler>(&client, ns), owned.clone())
         .owns(scoped::<Job>(&client, ns), owned)
         .watches(
             scoped::<ConfigMap>(&client, ns),

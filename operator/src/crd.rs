@@ -195,6 +195,31 @@ pub struct ProxySpec {
     /// Compute resources of each proxy pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Scale the proxy tier with a HorizontalPodAutoscaler on CPU instead of a fixed
+    /// `replicas` (which is then ignored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
+}
+
+/// A HorizontalPodAutoscaler for the proxy tier.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.minReplicas) || self.minReplicas <= self.maxReplicas").message("proxy.autoscaling.minReplicas must not exceed maxReplicas"))]
+pub struct AutoscalingSpec {
+    /// Fewest proxy pods. Default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = 2))]
+    #[x_kube(validation = Rule::new("self >= 1").message("proxy.autoscaling.minReplicas must be at least 1"))]
+    pub min_replicas: Option<i32>,
+    /// Most proxy pods.
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 100").message("proxy.autoscaling.maxReplicas must be between 1 and 100"))]
+    pub max_replicas: i32,
+    /// Average CPU use, as a percentage of the pods' CPU requests, the autoscaler aims at.
+    /// Default 70.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = 70))]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 100").message("proxy.autoscaling.targetCpuUtilizationPercentage must be between 1 and 100"))]
+    pub target_cpu_utilization_percentage: Option<i32>,
 }
 
 /// Evaluator cache settings (durations like `30s`, `5m`).

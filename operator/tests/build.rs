@@ -393,3 +393,28 @@ fn durations_the_crd_admits_are_durations_the_evaluator_reads() {
         assert!(humantime::parse_duration(d).is_ok(), "{d}");
     }
 }
+
+#[test]
+fn an_autoscaled_proxy_tier_gets_a_cpu_autoscaler_and_leaves_replicas_to_it() {
+    let mut fe = fixture("root-and-proxy");
+    assert!(built(&fe, false).hpas().next().is_none());
+    fe.spec.proxy.as_mut().unwrap().autoscaling =
+        Some(serde_json::from_value(serde_json::json!({ "maxReplicas": 6 })).unwrap());
+    let d = built(&fe, false);
+    let hpas: Vec<_> = d.hpas().collect();
+    assert_eq!(hpas.len(), 1);
+    let spec = &hpas[0].spec;
+    assert_eq!(spec.scale_target_ref.kind, "Deployment");
+    assert_eq!(spec.scale_target_ref.name, "flags-proxy");
+    assert_eq!((spec.min_replicas, spec.max_replicas), (Some(2), 6));
+    let target = &spec.metrics.as_ref().unwrap()[0].resource.as_ref().unwrap();
+    assert_eq!((target.name.as_str(), target.target.average_utilization), ("cpu", Some(70)));
+    let proxy = d.proxy.as_ref().unwrap();
+    assert_eq!(proxy.deployment.spec.as_ref().unwrap().replicas, None);
+    assert!(proxy.pdb.is_some(), "up to six pods: a PodDisruptionBudget");
+    // The root keeps its fixed replicas.
+    assert_eq!(
+        d.root.as_ref().unwrap().deployment.spec.as_ref().unwrap().replicas,
+        Some(2)
+    );
+}

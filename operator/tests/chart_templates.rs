@@ -140,6 +140,23 @@ fn optional_objects_follow_their_values() {
     let k = kinds(&docs);
     assert!(!k.contains(&"CustomResourceDefinition".to_owned()));
     assert!(k.contains(&"ServiceMonitor".to_owned()) && k.contains(&"NetworkPolicy".to_owned()));
+    assert!(!k.contains(&"PodMonitor".to_owned()));
+
+    // The evaluator pods' PodMonitor, over the watched namespaces.
+    let docs = render(&[
+        "metrics.evaluatorPodMonitor.enabled=true",
+        "metrics.evaluatorPodMonitor.scheme=https",
+        "rbac.watchNamespaces={team-a}",
+    ]);
+    let pm = docs.iter().find(|d| d["kind"] == "PodMonitor").unwrap();
+    assert_eq!(pm["spec"]["namespaceSelector"]["matchNames"][0], "team-a");
+    assert_eq!(
+        pm["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"],
+        "pbflags-evaluator"
+    );
+    let endpoint = &pm["spec"]["podMetricsEndpoints"][0];
+    assert_eq!((endpoint["port"].as_str(), endpoint["scheme"].as_str()), (Some("http"), Some("https")));
+    assert_eq!(endpoint["tlsConfig"]["insecureSkipVerify"], true);
 }
 
 #[test]

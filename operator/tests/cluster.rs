@@ -1273,3 +1273,61 @@ async fn a_service_account_made_by_hand_is_neither_taken_over_nor_collected() {
     );
     ns.delete(&client).await.unwrap();
 }
+
+#[tokio::test]
+async fn an_autoscaled_proxy_tier_gets_an_autoscaler_that_goes_when_autoscaling_does() {
+    use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+    let (_cp, client, ns, _) = setup("fe-hpa").await;
+    descriptors(&client, &ns.name).await;
+    create_ready(
+        &client,
+        &ns.name,
+        serde_json::json!({
+            "descriptors": { "configMapName": "flags" },
+            "proxy": {
+                "upstream": "http://root.elsewhere.svc:9201",
+                "autoscaling": { "minReplicas": 2, "maxReplicas": 4 }
+            }
+        }),
+    )
+    .await;
+    let hpas = Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), &ns.name);
+    let hpa = hpas.get("flags-proxy").await.unwrap();
+    assert_eq!(hpa.spec.scale_target_ref.name, "flags-proxy");
+    assert_eq!((hpa.spec.min_replicas, hpa.spec.max_replicas), (Some(2), 4));
+
+    // An invalid range is refused at admission.
+    let e = Api::<FlagEvaluator>::namespaced(client.clone(), &ns.name)
+        .patch(
+            "flags",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({
+                "spec": { "proxy": { "autoscaling": { "minReplicas": 5, "maxReplicas": 4 } } }
+            })),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("minReplicas must not exceed maxReplicas"), "{e}");
+
+    // Autoscaling switched off: the autoscaler goes, fixed replicas come back.
+    Api::<FlagEvaluator>::namespaced(client.clone(), &ns.name)
+        .patch(
+            "flags",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({
+                "spec": { "proxy": { "autoscaling": null, "replicas": 3 } }
+            })),
+        )
+        .await
+        .unwrap();
+    wait_for("the autoscaler pruned and 3 replicas", 60, async || {
+        let gone = hpas.get_opt("flags-proxy").await.ok()?.is_none();
+        let d = Api::<Deployment>::namespaced(client.clone(), &ns.name)
+            .get("flags-proxy")
+            .await
+            .ok()?;
+        (gone && d.spec?.replicas == Some(3)).then_some(())
+    })
+    .await;
+    ns.delete(&client).await.unwrap();
+}

@@ -11,13 +11,14 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, ResourceRequirements, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt as _};
 
-use crate::crd::FlagEvaluator;
+use crate::crd::{AutoscalingSpec, FlagEvaluator};
 
 pub mod descriptors;
 mod network;
@@ -70,6 +71,8 @@ pub struct TierObjects {
     pub service: Service,
     /// Keeps one pod up through voluntary disruptions; only with more than one replica.
     pub pdb: Option<PodDisruptionBudget>,
+    /// Scales the tier (the proxy's `autoscaling`); the Deployment then leaves `replicas` to it.
+    pub hpa: Option<HorizontalPodAutoscaler>,
 }
 
 /// The objects a FlagEvaluator should have.
@@ -109,6 +112,11 @@ impl Desired {
     /// The PodDisruptionBudgets, root first.
     pub fn pdbs(&self) -> impl Iterator<Item = &PodDisruptionBudget> {
         self.tiers().filter_map(|(_, t)| t.pdb.as_ref())
+    }
+
+    /// The HorizontalPodAutoscalers.
+    pub fn hpas(&self) -> impl Iterator<Item = &HorizontalPodAutoscaler> {
+        self.tiers().filter_map(|(_, t)| t.hpa.as_ref())
     }
 }
 
@@ -258,12 +266,21 @@ pub fn build(inputs: &Inputs<'_>) -> Result<Desired, BuildError> {
     let owner = fe
         .controller_owner_ref(&())
         .ok_or(BuildError::Incomplete("uid"))?;
-    let tier = |tier: Tier, replicas: Option<i32>, resources: &Option<ResourceRequirements>| {
+    let tier = |tier: Tier,
+                replicas: Option<i32>,
+                resources: &Option<ResourceRequirements>,
+                autoscaling: Option<&AutoscalingSpec>| {
         let replicas = replicas.unwrap_or(1);
+        // With an autoscaler the Deployment leaves `replicas` to it.
+        let (fixed, most) = match autoscaling {
+            Some(a) => (None, a.max_replicas),
+            None => (Some(replicas), replicas),
+        };
         TierObjects {
-            deployment: workload::deployment(inputs, &owner, tier, replicas, resources.clone()),
+            deployment: workload::deployment(inputs, &owner, tier, fixed, resources.clone()),
             service: network::service(fe, &owner, tier),
-            pdb: (replicas > 1).then(|| workload::pdb(fe, &owner, tier)),
+            pdb: (most > 1).then(|| workload::pdb(fe, &owner, tier)),
+            hpa: autoscaling.map(|a| workload::hpa(fe, &owner, tier, a)),
         }
     };
     Ok(Desired {
@@ -276,12 +293,19 @@ pub fn build(inputs: &Inputs<'_>) -> Result<Desired, BuildError> {
             .spec
             .root
             .as_ref()
-            .map(|r| tier(Tier::Root, r.replicas, &r.resources)),
+            .map(|r| tier(Tier::Root, r.replicas, &r.resources, None)),
         proxy: fe
             .spec
             .proxy
             .as_ref()
-            .map(|p| tier(Tier::Proxy, p.replicas, &p.resources)),
+            .map(|p| {
+                tier(
+                    Tier::Proxy,
+                    p.replicas,
+                    &p.resources,
+                    p.autoscaling.as_ref(),
+                )
+            }),
         migration: fe
             .spec
             .root

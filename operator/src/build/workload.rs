@@ -1,7 +1,12 @@
-//! Workloads: a tier's Deployment and PodDisruptionBudget, and the migrations Job.
+//! Workloads: a tier's Deployment, PodDisruptionBudget and HorizontalPodAutoscaler, and the
+//! migrations Job.
 
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::autoscaling::v2::{
+    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
+    MetricTarget, ResourceMetricSource,
 };
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{PodSpec, PodTemplateSpec, ResourceRequirements};
@@ -11,13 +16,13 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::pod::{container, pod_annotations, pod_spec};
 use super::{Inputs, Tier, evaluator_args, labels, meta, migration_name, selector, tier_name};
-use crate::crd::FlagEvaluator;
+use crate::crd::{AutoscalingSpec, FlagEvaluator};
 
 pub(super) fn deployment(
     inputs: &Inputs<'_>,
     owner: &OwnerReference,
     tier: Tier,
-    replicas: i32,
+    replicas: Option<i32>,
     resources: Option<ResourceRequirements>,
 ) -> Deployment {
     let fe = inputs.fe;
@@ -32,7 +37,7 @@ pub(super) fn deployment(
     Deployment {
         metadata: meta(fe, owner, tier_name(fe, tier), Some(tier)),
         spec: Some(DeploymentSpec {
-            replicas: Some(replicas),
+            replicas,
             selector: LabelSelector {
                 match_labels: Some(selector(fe, tier)),
                 ..LabelSelector::default()
@@ -80,6 +85,41 @@ pub(super) fn pdb(fe: &FlagEvaluator, owner: &OwnerReference, tier: Tier) -> Pod
             ..PodDisruptionBudgetSpec::default()
         }),
         ..PodDisruptionBudget::default()
+    }
+}
+
+/// Scales `tier`'s Deployment on average CPU use.
+pub(super) fn hpa(
+    fe: &FlagEvaluator,
+    owner: &OwnerReference,
+    tier: Tier,
+    a: &AutoscalingSpec,
+) -> HorizontalPodAutoscaler {
+    HorizontalPodAutoscaler {
+        metadata: meta(fe, owner, tier_name(fe, tier), Some(tier)),
+        spec: HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some("apps/v1".to_owned()),
+                kind: "Deployment".to_owned(),
+                name: tier_name(fe, tier),
+            },
+            min_replicas: Some(a.min_replicas.unwrap_or(2)),
+            max_replicas: a.max_replicas,
+            metrics: Some(vec![MetricSpec {
+                type_: "Resource".to_owned(),
+                resource: Some(ResourceMetricSource {
+                    name: "cpu".to_owned(),
+                    target: MetricTarget {
+                        type_: "Utilization".to_owned(),
+                        average_utilization: Some(a.target_cpu_utilization_percentage.unwrap_or(70)),
+                        ..MetricTarget::default()
+                    },
+                }),
+                ..MetricSpec::default()
+            }]),
+            ..HorizontalPodAutoscalerSpec::default()
+        },
+        ..HorizontalPodAutoscaler::default()
     }
 }
 

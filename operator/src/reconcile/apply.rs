@@ -5,6 +5,7 @@
 //! was observed for the status.
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::{Job, JobStatus};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -240,6 +241,9 @@ pub async fn apply(
     for pdb in desired.pdbs() {
         api.apply(pdb).await?;
     }
+    for hpa in desired.hpas() {
+        api.apply(hpa).await?;
+    }
     let gate = match &desired.migration {
         None => Gate::Open,
         Some(job) => {
@@ -289,6 +293,8 @@ pub async fn apply(
         .await?;
     api.prune::<PodDisruptionBudget>(&instance, &names(desired.pdbs()))
         .await?;
+    api.prune::<HorizontalPodAutoscaler>(&instance, &names(desired.hpas()))
+        .await?;
     // Earlier versions named the ServiceAccount after the FlagEvaluator itself.
     api.prune::<ServiceAccount>(&instance, &names(std::iter::once(&desired.service_account)))
         .await?;
@@ -314,6 +320,9 @@ async fn name_conflicts(
     }
     for p in desired.pdbs() {
         taken.extend(api.foreign(p, &uid).await?);
+    }
+    for h in desired.hpas() {
+        taken.extend(api.foreign(h, &uid).await?);
     }
     if let Some(job) = &desired.migration {
         taken.extend(api.foreign(job, &uid).await?);
