@@ -78,6 +78,8 @@ step "the operator against the control plane"
 tests 25 --test cluster
 step "the Helm chart on the control plane: dry run, install with least privilege, uninstall"
 tests 15 --test chart
+step "the chart's rendered manifests with kubeconform (strict; schemas from the control plane's OpenAPI)"
+within 10 e2e/kubeconform/run.sh
 
 [ "${PBFLAGS_TEST_NODE:-1}" = 0 ] && exit 0
 

@@ -28,7 +28,7 @@ pub fn crd_helm_template() -> String {
         .join("\n");
     let body = body.replacen(
         "metadata:\n",
-        "metadata:\n  annotations:\n    {{- if .Values.crds.keep }}\n    helm.sh/resource-policy: keep\n    {{- end }}\n  labels:\n    {{- include \"pbflags-operator.labels\" . | nindent 4 }}\n",
+        "metadata:\n  {{- if .Values.crds.keep }}\n  annotations:\n    helm.sh/resource-policy: keep\n  {{- end }}\n  labels:\n    {{- include \"pbflags-operator.labels\" . | nindent 4 }}\n",
         1,
     );
     format!(
