@@ -1,5 +1,5 @@
-//! The controller: watches the FlagEvaluators, the objects they own (label-scoped), and the
-//! ConfigMaps and Secrets they reference, and runs [`reconcile`] for each one that changed.
+//! The controller: watches the FlagEvaluators, the objects they own (label-scoped), their pods,
+//! and the ConfigMaps and Secrets they reference, and runs [`reconcile`] for each one that changed.
 
 use std::sync::Arc;
 
@@ -7,7 +7,7 @@ use futures_util::StreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
 use kube::runtime::controller::Controller;
@@ -34,7 +34,7 @@ fn referencing(
 }
 
 /// The resources the controller watches, by their plural name.
-const WATCHED: [&str; 8] = [
+const WATCHED: [&str; 9] = [
     "flagevaluators",
     "deployments",
     "services",
@@ -43,6 +43,7 @@ const WATCHED: [&str; 8] = [
     "jobs",
     "configmaps",
     "secrets",
+    "pods",
 ];
 
 /// Which watched resource a watch error is about, from the API server's message (`"secrets is
@@ -121,6 +122,19 @@ async fn run_in(ctx: Arc<Context>, ns: Option<String>, shutdown: CancellationTok
                                 .is_some_and(|c| c.secret_name == name)
                     }) || fe.spec.tls.as_ref().is_some_and(|t| t.secret_name == name)
                 })
+            },
+        )
+        // Pods: a check pod's report is final before its Job is, and a pod turning ready
+        // changes how many serve the published descriptor set.
+        .watches(
+            scoped::<Pod>(&client, ns),
+            watcher::Config::default().labels(&format!(
+                "{}={},app.kubernetes.io/name=pbflags-evaluator",
+                MANAGED_BY.0, MANAGED_BY.1
+            )),
+            |pod| {
+                let instance = pod.labels().get("app.kubernetes.io/instance")?;
+                Some(ObjectRef::new(instance).within(&pod.namespace()?))
             },
         )
         .graceful_shutdown_on(shutdown.cancelled_owned())

@@ -111,7 +111,20 @@ pub fn decide(
         return Decision::Check;
     };
     match finished(job) {
-        None => Decision::Checking,
+        // The pod's report comes before the Job controller marks the Job finished (about a
+        // second later): an acceptance of this very candidate, or a refusal, is final already.
+        None => match report {
+            Some(r) if r.accepted && r.sha256.as_deref() == Some(candidate) => Decision::Publish {
+                flags: r.flags,
+            },
+            Some(r) if r.refused => Decision::Refused {
+                reason: r
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| "refused without a reason".to_owned()),
+            },
+            _ => Decision::Checking,
+        },
         Some(true) => Decision::Publish {
             flags: report.and_then(|r| r.flags),
         },
@@ -173,6 +186,35 @@ mod tests {
             decide(None, "def", Some(&job(None, 0, 1)), None),
             Decision::Checking,
             "a failure within the retries is still checking"
+        );
+    }
+
+    #[test]
+    fn a_pod_report_decides_before_the_job_is_marked_finished() {
+        let running = job(None, 0, 0);
+        let ok = report(r#"{"accepted":true,"sha256":"def","flags":3}"#);
+        assert_eq!(
+            decide(Some("abc"), "def", Some(&running), Some(&ok)),
+            Decision::Publish { flags: Some(3) }
+        );
+        // An acceptance of other content (a stale pod) decides nothing.
+        let other = report(r#"{"accepted":true,"sha256":"xyz","flags":3}"#);
+        assert_eq!(
+            decide(Some("abc"), "def", Some(&running), Some(&other)),
+            Decision::Checking
+        );
+        let refused = report(r#"{"accepted":false,"refused":true,"reason":"n/3: type"}"#);
+        assert_eq!(
+            decide(Some("abc"), "def", Some(&running), Some(&refused)),
+            Decision::Refused {
+                reason: "n/3: type".into()
+            }
+        );
+        // A failure that is no refusal is retried by the Job: still checking.
+        let failed = report(r#"{"accepted":false,"reason":"database unreachable"}"#);
+        assert_eq!(
+            decide(Some("abc"), "def", Some(&running), Some(&failed)),
+            Decision::Checking
         );
     }
 

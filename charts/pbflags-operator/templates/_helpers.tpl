@@ -56,11 +56,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
 # Pods: read the termination message of descriptor-check Jobs (why a set was refused); annotate
 # evaluator pods when a new descriptor set is published, so their kubelet refreshes the ConfigMap
-# volume at once; list them (address, readiness) to ask each which set it serves, over the pod
-# network (GET /descriptors on the evaluator port), for status.descriptors.
+# volume at once; list and watch them (address, readiness) to ask each which set it serves, over
+# the pod network (GET /descriptors on the evaluator port), for status.descriptors, and to read a
+# check's outcome as soon as its pod reports it.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "patch"]
+  verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]

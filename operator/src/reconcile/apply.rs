@@ -135,11 +135,10 @@ async fn roll_out_descriptors(
     };
     let job_name = job.name_any();
     let existing = api.get::<Job>(&job_name).await?;
+    // The pod's report is read as soon as the Job has a pod: it is final before the Job is.
     let report = match existing.as_ref().and_then(|j| j.status.as_ref()) {
-        Some(s) if s.succeeded.unwrap_or(0) + s.failed.unwrap_or(0) > 0 => {
-            check_report(api, &job_name).await?
-        }
-        _ => None,
+        Some(_) => check_report(api, &job_name).await?,
+        None => None,
     };
     let mut decision = rollout::decide(
         current.as_ref().map(|p| p.sha256.as_str()),
