@@ -66,9 +66,7 @@ async fn rolled_onto_new_pods(
         &format!("the {tier} tier to roll onto new pods"),
         Duration::from_secs(120),
         async || {
-            let pods = tier_pods(admin, n, "flags", tier)
-                .await
-                .unwrap_or_default();
+            let pods = tier_pods(admin, n, "flags", tier).await.unwrap_or_default();
             pods.len() == before.len()
                 && pods
                     .iter()

@@ -269,7 +269,11 @@ async fn from_zero_to_evaluating_flags_on_a_real_node() {
     }
     let quantile = |v: &mut Vec<Duration>, q: f64| {
         v.sort();
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
         let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
         v[i]
     };
@@ -313,6 +317,27 @@ async fn from_zero_to_evaluating_flags_on_a_real_node() {
         "{}",
         refusal.message
     );
+    // A Warning event says the same (`kubectl describe fe flags`).
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(admin.clone(), n);
+    pbflags_e2e::wait_for(
+        "a DescriptorsRefused warning event naming the flag",
+        Duration::from_secs(30),
+        async || {
+            let list = events.list(&Default::default()).await.ok()?;
+            list.items
+                .into_iter()
+                .find(|e| {
+                    e.reason.as_deref() == Some("DescriptorsRefused")
+                        && e.type_.as_deref() == Some("Warning")
+                        && e.note
+                            .as_deref()
+                            .is_some_and(|n| n.contains("notifications/3"))
+                })
+                .map(|_| ())
+        },
+    )
+    .await
+    .unwrap();
     for ip in &ips {
         assert_eq!(
             served_descriptor_sha(ip, 9201).unwrap(),
@@ -334,8 +359,7 @@ async fn from_zero_to_evaluating_flags_on_a_real_node() {
                 .conditions
                 .into_iter()
                 .find(|c| c.type_ == "DescriptorsAccepted")?;
-            (s.descriptors?.pending.as_deref() == Some(garbage_sha.as_str())
-                && c.status == "False")
+            (s.descriptors?.pending.as_deref() == Some(garbage_sha.as_str()) && c.status == "False")
                 .then_some(c)
         },
     )

@@ -306,7 +306,10 @@ async fn root_serves_every_rpc_over_grpc_connect_and_grpc_web() {
     let (status, body) = get(&format!("{base}/descriptors")).await;
     assert_eq!(status, http::StatusCode::OK);
     let served: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(served["sha256"], hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&file)));
+    assert_eq!(
+        served["sha256"],
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&file))
+    );
     assert_eq!(served["flags"], 4);
     let (_, metrics) = get(&format!("{base}/metrics")).await;
     assert!(

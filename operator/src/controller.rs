@@ -97,7 +97,10 @@ async fn run_in(ctx: Arc<Context>, ns: Option<String>, shutdown: CancellationTok
         .owns(scoped::<Deployment>(&client, ns), owned.clone())
         .owns(scoped::<Service>(&client, ns), owned.clone())
         .owns(scoped::<PodDisruptionBudget>(&client, ns), owned.clone())
-        .owns(scoped::<HorizontalPodAutoscaler>(&client, ns), owned.clone())
+        .owns(
+            scoped::<HorizontalPodAutoscaler>(&client, ns),
+            owned.clone(),
+        )
         .owns(scoped::<Job>(&client, ns), owned)
         .watches(
             scoped::<ConfigMap>(&client, ns),

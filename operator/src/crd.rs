@@ -43,7 +43,12 @@ pub const DEFAULT_DATABASE_KEY: &str = "url";
         type_ = "string",
         json_path = ".status.descriptors.summary"
     ),
-    printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint", priority = 1),
+    printcolumn(
+        name = "Endpoint",
+        type_ = "string",
+        json_path = ".status.endpoint",
+        priority = 1
+    ),
     printcolumn(
         name = "Ready",
         type_ = "string",

@@ -182,7 +182,10 @@ mod tests {
         // Failing for 30 s and more: not ready, saying why.
         r.watch_failed_at("secrets is forbidden".into(), at(35));
         let why = r.ready_at(at(36)).unwrap_err();
-        assert!(why.contains("failing for 36s") && why.contains("secrets is forbidden"), "{why}");
+        assert!(
+            why.contains("failing for 36s") && why.contains("secrets is forbidden"),
+            "{why}"
+        );
         // No error for longer than the gap: the watch recovered.
         assert!(r.ready_at(at(35 + 61)).is_ok());
         // A new error after a break starts a new streak.

@@ -7,11 +7,11 @@ use clap::Parser;
 use pbflags_operator::build::Defaults;
 use pbflags_operator::controller;
 use pbflags_operator::health;
-use pbflags_operator::startup;
-use std::process::ExitCode;
 use pbflags_operator::lease::{self, Elector, LeaseConfig};
 use pbflags_operator::metrics::Metrics;
 use pbflags_operator::reconcile::Context;
+use pbflags_operator::startup;
+use std::process::ExitCode;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -88,7 +88,10 @@ async fn main() -> ExitCode {
             );
         }
     };
-    tracing_subscriber::fmt().json().with_env_filter(filter).init();
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .init();
     tracing::info!(
         version = pbflags_runtime::VERSION,
         git_sha = pbflags_runtime::GIT_SHA,

@@ -114,9 +114,9 @@ pub fn decide(
         // The pod's report comes before the Job controller marks the Job finished (about a
         // second later): an acceptance of this very candidate, or a refusal, is final already.
         None => match report {
-            Some(r) if r.accepted && r.sha256.as_deref() == Some(candidate) => Decision::Publish {
-                flags: r.flags,
-            },
+            Some(r) if r.accepted && r.sha256.as_deref() == Some(candidate) => {
+                Decision::Publish { flags: r.flags }
+            }
             Some(r) if r.refused => Decision::Refused {
                 reason: r
                     .reason

@@ -50,7 +50,9 @@ pub async fn check_api(client: &kube::Client, namespaces: &[String]) -> Result<(
                     message: e.message,
                 });
             }
-            Err(e) => tracing::warn!(error = %e, "cannot list FlagEvaluators yet; the watches will retry"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list FlagEvaluators yet; the watches will retry")
+            }
             Ok(_) => {}
         }
     }

@@ -346,20 +346,40 @@ fn pods_spread_over_nodes_and_zones_and_carry_the_placement_knobs() {
     let spec = pod_template(&d, Tier::Proxy).spec.as_ref().unwrap();
     let spread = spec.topology_spread_constraints.as_ref().unwrap();
     let keys: Vec<_> = spread.iter().map(|c| c.topology_key.as_str()).collect();
-    assert_eq!(keys, ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]);
-    assert!(spread.iter().all(|c| c.when_unsatisfiable == "ScheduleAnyway"
-        && c.label_selector.as_ref().unwrap().match_labels.as_ref().unwrap()
-            ["app.kubernetes.io/component"]
-            == "proxy"));
+    assert_eq!(
+        keys,
+        ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]
+    );
+    assert!(spread.iter().all(|c| {
+        c.when_unsatisfiable == "ScheduleAnyway"
+            && c.label_selector
+                .as_ref()
+                .unwrap()
+                .match_labels
+                .as_ref()
+                .unwrap()["app.kubernetes.io/component"]
+                == "proxy"
+    }));
     // Jobs are one-offs: no spread.
     let job = d.migration.as_ref().unwrap().spec.as_ref().unwrap();
-    assert!(job.template.spec.as_ref().unwrap().topology_spread_constraints.is_none());
+    assert!(
+        job.template
+            .spec
+            .as_ref()
+            .unwrap()
+            .topology_spread_constraints
+            .is_none()
+    );
     // No resources in the spec: requests, no limits (the root fixture sets its own).
     let proxy = &spec.containers[0];
     let requests = proxy.resources.as_ref().unwrap().requests.as_ref().unwrap();
     assert_eq!(requests["cpu"].0, "50m");
     assert!(proxy.resources.as_ref().unwrap().limits.is_none());
-    let root = &pod_template(&d, Tier::Root).spec.as_ref().unwrap().containers[0];
+    let root = &pod_template(&d, Tier::Root)
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0];
     assert_eq!(
         root.resources.as_ref().unwrap().requests.as_ref().unwrap()["cpu"].0,
         "100m"
@@ -375,8 +395,14 @@ fn pods_spread_over_nodes_and_zones_and_carry_the_placement_knobs() {
     let d = built(&fe, false);
     let template = pod_template(&d, Tier::Root);
     let spec = template.spec.as_ref().unwrap();
-    assert_eq!(spec.topology_spread_constraints.as_ref().unwrap()[0].topology_key, "rack");
-    assert_eq!(spec.image_pull_secrets.as_ref().unwrap()[0].name, "registry");
+    assert_eq!(
+        spec.topology_spread_constraints.as_ref().unwrap()[0].topology_key,
+        "rack"
+    );
+    assert_eq!(
+        spec.image_pull_secrets.as_ref().unwrap()[0].name,
+        "registry"
+    );
     let labels = template.metadata.as_ref().unwrap().labels.as_ref().unwrap();
     assert_eq!(labels["team"], "a");
     assert_eq!(
@@ -408,13 +434,23 @@ fn an_autoscaled_proxy_tier_gets_a_cpu_autoscaler_and_leaves_replicas_to_it() {
     assert_eq!(spec.scale_target_ref.name, "flags-proxy");
     assert_eq!((spec.min_replicas, spec.max_replicas), (Some(2), 6));
     let target = &spec.metrics.as_ref().unwrap()[0].resource.as_ref().unwrap();
-    assert_eq!((target.name.as_str(), target.target.average_utilization), ("cpu", Some(70)));
+    assert_eq!(
+        (target.name.as_str(), target.target.average_utilization),
+        ("cpu", Some(70))
+    );
     let proxy = d.proxy.as_ref().unwrap();
     assert_eq!(proxy.deployment.spec.as_ref().unwrap().replicas, None);
     assert!(proxy.pdb.is_some(), "up to six pods: a PodDisruptionBudget");
     // The root keeps its fixed replicas.
     assert_eq!(
-        d.root.as_ref().unwrap().deployment.spec.as_ref().unwrap().replicas,
+        d.root
+            .as_ref()
+            .unwrap()
+            .deployment
+            .spec
+            .as_ref()
+            .unwrap()
+            .replicas,
         Some(2)
     );
 }

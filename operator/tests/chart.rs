@@ -51,9 +51,12 @@ async fn installed_chart_rbac_runs_the_operator_and_uninstall_leaves_nothing() {
     // A server-side dry run of the full chart, CRD included.
     let rendered = run({
         let mut c = helm(&cp.bin, Some(&cp.kubeconfig));
-        c.args(["template", &release])
-            .arg(chart())
-            .args(["--namespace", &ops.name, "--kube-version", "1.36.0"]);
+        c.args(["template", &release]).arg(chart()).args([
+            "--namespace",
+            &ops.name,
+            "--kube-version",
+            "1.36.0",
+        ]);
         c
     });
     let path = std::env::temp_dir().join(format!("{release}.yaml"));

@@ -155,7 +155,10 @@ fn optional_objects_follow_their_values() {
         "pbflags-evaluator"
     );
     let endpoint = &pm["spec"]["podMetricsEndpoints"][0];
-    assert_eq!((endpoint["port"].as_str(), endpoint["scheme"].as_str()), (Some("http"), Some("https")));
+    assert_eq!(
+        (endpoint["port"].as_str(), endpoint["scheme"].as_str()),
+        (Some("http"), Some("https"))
+    );
     assert_eq!(endpoint["tlsConfig"]["insecureSkipVerify"], true);
 }
 
@@ -226,7 +229,11 @@ fn values_table(values: &str) -> String {
     let mut table = String::from("| key | default | description |\n|---|---|---|\n");
     for (key, default, description) in rows {
         let parent = documented.iter().any(|k| k.starts_with(&format!("{key}.")));
-        let default = if parent { String::new() } else { format!("`{default}`") };
+        let default = if parent {
+            String::new()
+        } else {
+            format!("`{default}`")
+        };
         table.push_str(&format!(
             "| `{key}` | {default} | {} |\n",
             description.replace('|', "\\|")
@@ -242,7 +249,9 @@ fn the_chart_readme_lists_every_value_as_values_yaml_documents_it() {
     let values = std::fs::read_to_string(chart().join("values.yaml")).unwrap();
     let path = chart().join("README.md");
     let readme = std::fs::read_to_string(&path).unwrap();
-    let (head, rest) = readme.split_once(BEGIN).expect("README has the values marker");
+    let (head, rest) = readme
+        .split_once(BEGIN)
+        .expect("README has the values marker");
     let (_, tail) = rest.split_once(END).expect("README has the end marker");
     let fresh = format!("{head}{BEGIN}{}{END}{tail}", values_table(&values));
     if std::env::var_os("PBFLAGS_BLESS").is_some() {
@@ -256,7 +265,10 @@ fn the_chart_readme_lists_every_value_as_values_yaml_documents_it() {
     // Every top-level value is documented.
     let parsed: serde_json::Value = serde_yaml_ng::from_str(&values).unwrap();
     for key in parsed.as_object().unwrap().keys() {
-        assert!(fresh.contains(&format!("| `{key}")), "values.yaml: {key} has no `# --` comment");
+        assert!(
+            fresh.contains(&format!("| `{key}")),
+            "values.yaml: {key} has no `# --` comment"
+        );
     }
 }
 
@@ -266,13 +278,15 @@ fn operator_pod_knobs_reach_the_deployment() {
     let dep = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
     let c = &dep["spec"]["template"]["spec"]["containers"][0];
     assert!(
-        c["args"]
-            .as_array()
-            .unwrap()
-            .contains(&serde_json::json!("--evaluator-image=pbflags-evaluator:0.1.0")),
+        c["args"].as_array().unwrap().contains(&serde_json::json!(
+            "--evaluator-image=pbflags-evaluator:0.1.0"
+        )),
         "the evaluator image follows the chart's appVersion: {c}"
     );
-    assert!(!kinds(&docs).contains(&"PodDisruptionBudget".to_owned()), "one replica: no PDB");
+    assert!(
+        !kinds(&docs).contains(&"PodDisruptionBudget".to_owned()),
+        "one replica: no PDB"
+    );
     assert!(dep["spec"]["template"]["spec"]["topologySpreadConstraints"].is_null());
 
     let docs = render(&[
@@ -297,7 +311,12 @@ fn operator_pod_knobs_reach_the_deployment() {
         "the selector labels win"
     );
     assert!(!pod["metadata"].to_string().contains("mine"), "{pod}");
-    assert!(c["args"].as_array().unwrap().contains(&serde_json::json!("--log-level=debug")));
+    assert!(
+        c["args"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("--log-level=debug"))
+    );
     assert!(
         c["env"]
             .as_array()

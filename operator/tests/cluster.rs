@@ -411,8 +411,14 @@ async fn invalid_resources_are_rejected_with_the_cel_message() {
     for (cache, field) in [
         (serde_json::json!({ "killTtl": "30 s" }), "cache.killTtl"),
         (serde_json::json!({ "flagTtl": "5mins" }), "cache.flagTtl"),
-        (serde_json::json!({ "overrideTtl": "0s" }), "cache.overrideTtl"),
-        (serde_json::json!({ "fetchTimeout": "500" }), "cache.fetchTimeout"),
+        (
+            serde_json::json!({ "overrideTtl": "0s" }),
+            "cache.overrideTtl",
+        ),
+        (
+            serde_json::json!({ "fetchTimeout": "500" }),
+            "cache.fetchTimeout",
+        ),
     ] {
         let e = create_fe(
             &client,
@@ -988,7 +994,10 @@ async fn only_one_replica_holds_the_lease() {
         c.try_acquire().await.unwrap().then_some(())
     })
     .await;
-    assert!(seen.elapsed() >= Duration::from_secs(3), "taken before its duration ran out");
+    assert!(
+        seen.elapsed() >= Duration::from_secs(3),
+        "taken before its duration ran out"
+    );
     assert!(!b.try_acquire().await.unwrap());
     ns.delete(&client).await.unwrap();
 }
@@ -1053,12 +1062,19 @@ async fn a_black_holed_leader_stops_before_the_follower_takes_over() {
         lost_at - holed_at,
         taken_at - holed_at
     );
-    assert!(lost_at < taken_at, "the old leader was still active when the follower took over");
-    let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), &ns.name)
-        .get("pbflags-operator")
-        .await
-        .unwrap();
-    assert_eq!(lease.spec.unwrap().holder_identity.as_deref(), Some("follower"));
+    assert!(
+        lost_at < taken_at,
+        "the old leader was still active when the follower took over"
+    );
+    let lease =
+        Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), &ns.name)
+            .get("pbflags-operator")
+            .await
+            .unwrap();
+    assert_eq!(
+        lease.spec.unwrap().holder_identity.as_deref(),
+        Some("follower")
+    );
     held.resign(Duration::from_secs(5)).await;
     ns.delete(&client).await.unwrap();
 }
@@ -1230,7 +1246,10 @@ async fn a_service_account_made_by_hand_is_neither_taken_over_nor_collected() {
         },
         ..Default::default()
     };
-    accounts.create(&PostParams::default(), &mine).await.unwrap();
+    accounts
+        .create(&PostParams::default(), &mine)
+        .await
+        .unwrap();
     create_fe(
         &client,
         &ns.name,
@@ -1307,7 +1326,11 @@ async fn an_autoscaled_proxy_tier_gets_an_autoscaler_that_goes_when_autoscaling_
         )
         .await
         .unwrap_err();
-    assert!(e.to_string().contains("minReplicas must not exceed maxReplicas"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("minReplicas must not exceed maxReplicas"),
+        "{e}"
+    );
 
     // Autoscaling switched off: the autoscaler goes, fixed replicas come back.
     Api::<FlagEvaluator>::namespaced(client.clone(), &ns.name)

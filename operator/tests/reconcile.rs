@@ -271,7 +271,10 @@ async fn after_migrations_every_tier_is_applied_and_ready() {
             &path("policy/v1", NS, "poddisruptionbudgets", name)
         ));
     }
-    assert!(api.saw("PATCH", &path("v1", NS, "serviceaccounts", "flags-evaluator")));
+    assert!(api.saw(
+        "PATCH",
+        &path("v1", NS, "serviceaccounts", "flags-evaluator")
+    ));
     assert_eq!(condition(&fe, "Ready"), ("True", "AllReplicasReady"));
     let applied = api.get(&deployment("flags-root")).unwrap();
     let pod = &applied["spec"]["template"];
@@ -681,10 +684,22 @@ async fn status_counts_the_ready_pods_that_serve_the_published_set_per_tier() {
     let served = Arc::new(std::sync::Mutex::new("old".to_owned()));
     let port = descriptors_endpoint(served.clone()).await;
     // Pods at 127.0.0.1 reach the endpoint; nothing listens on 127.0.0.2 at that port.
-    api.insert("pods", evaluator_pod("flags-root-a", "root", "127.0.0.1", true, &new));
-    api.insert("pods", evaluator_pod("flags-root-b", "root", "127.0.0.1", false, &new));
-    api.insert("pods", evaluator_pod("flags-proxy-a", "proxy", "127.0.0.1", true, &new));
-    api.insert("pods", evaluator_pod("flags-proxy-b", "proxy", "127.0.0.2", true, &new));
+    api.insert(
+        "pods",
+        evaluator_pod("flags-root-a", "root", "127.0.0.1", true, &new),
+    );
+    api.insert(
+        "pods",
+        evaluator_pod("flags-root-b", "root", "127.0.0.1", false, &new),
+    );
+    api.insert(
+        "pods",
+        evaluator_pod("flags-proxy-a", "proxy", "127.0.0.1", true, &new),
+    );
+    api.insert(
+        "pods",
+        evaluator_pod("flags-proxy-b", "proxy", "127.0.0.2", true, &new),
+    );
     let ctx = || {
         Arc::new(
             Context::new(
@@ -726,7 +741,10 @@ async fn status_counts_the_ready_pods_that_serve_the_published_set_per_tier() {
     assert_eq!(condition(&fe, "Progressing"), ("True", "DescriptorRollout"));
 
     // Once that pod is no longer ready, every ready pod serves it: the rollout is complete.
-    api.insert("pods", evaluator_pod("flags-proxy-b", "proxy", "127.0.0.2", false, &new));
+    api.insert(
+        "pods",
+        evaluator_pod("flags-proxy-b", "proxy", "127.0.0.2", false, &new),
+    );
     let fe = run_with(&api, &fe, ctx()).await;
     let d = fe.status.as_ref().unwrap().descriptors.clone().unwrap();
     assert_eq!(d.summary, format!("{} 2/2", &new[..10]));
@@ -761,7 +779,13 @@ async fn an_object_someone_else_made_under_a_needed_name_is_not_taken_over() {
             && message.contains("Service team-a/flags-proxy"),
         "{message}"
     );
-    for kind in ["serviceaccounts", "services", "deployments", "jobs", "configmaps"] {
+    for kind in [
+        "serviceaccounts",
+        "services",
+        "deployments",
+        "jobs",
+        "configmaps",
+    ] {
         assert!(!api.saw("PATCH", &format!("/{kind}/")), "{kind} written");
     }
 

@@ -74,8 +74,8 @@ async fn the_probe_reads_the_served_hash_over_cleartext_and_over_tls() {
 async fn an_answer_that_is_not_a_descriptors_answer_is_an_error_naming_it() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = axum::Router::new()
-        .route("/descriptors", axum::routing::get(|| async { "not json" }));
+    let app =
+        axum::Router::new().route("/descriptors", axum::routing::get(|| async { "not json" }));
     tokio::spawn(async move { axum::serve(listener, app).await });
     let e = Prober::new(0).served(addr, false).await.unwrap_err();
     assert!(e.contains("not a descriptors answer"), "{e}");

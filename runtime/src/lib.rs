@@ -12,12 +12,9 @@ pub const GIT_SHA: &str = env!("PBFLAGS_GIT_SHA");
 /// A `<name>{version, git_sha} 1` gauge in `registry`: which build runs, for dashboards and alerts
 /// on mixed versions.
 pub fn register_build_info(registry: &prometheus::Registry, name: &str) {
-    let opts = prometheus::Opts::new(
-        name,
-        "The running build: version and git commit (value 1).",
-    )
-    .const_label("version", VERSION)
-    .const_label("git_sha", GIT_SHA);
+    let opts = prometheus::Opts::new(name, "The running build: version and git commit (value 1).")
+        .const_label("version", VERSION)
+        .const_label("git_sha", GIT_SHA);
     // A fixed, valid name registered once per registry: neither step can fail.
     if let Ok(gauge) = prometheus::IntGauge::with_opts(opts) {
         gauge.set(1);

@@ -282,7 +282,10 @@ pub async fn run(prepared: Prepared, shutdown: CancellationToken) {
                 // Kubernetes removes a terminating pod from its Service's endpoints while it is
                 // signalled, not before: connections keep arriving for a moment. Keep accepting and
                 // serving them, not ready, until the endpoints have caught up.
-                tracing::info!(?delay, "shutting down: not ready, serving on until the delay ends");
+                tracing::info!(
+                    ?delay,
+                    "shutting down: not ready, serving on until the delay ends"
+                );
                 tokio::time::sleep(delay).await;
             }
             tracing::info!("shutting down: draining in-flight requests");

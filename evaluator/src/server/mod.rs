@@ -84,7 +84,8 @@ async fn readyz(State(s): State<HttpState>) -> Response {
 /// `pbflags_descriptor_info`.
 async fn descriptors(State(s): State<HttpState>) -> Response {
     let snapshot = s.evaluator.engine().registry().load_full();
-    let body = serde_json::json!({ "sha256": snapshot.hash().to_string(), "flags": snapshot.len() });
+    let body =
+        serde_json::json!({ "sha256": snapshot.hash().to_string(), "flags": snapshot.len() });
     (
         [
             (header::CONTENT_TYPE, "application/json"),

@@ -294,18 +294,14 @@ pub fn build(inputs: &Inputs<'_>) -> Result<Desired, BuildError> {
             .root
             .as_ref()
             .map(|r| tier(Tier::Root, r.replicas, &r.resources, None)),
-        proxy: fe
-            .spec
-            .proxy
-            .as_ref()
-            .map(|p| {
-                tier(
-                    Tier::Proxy,
-                    p.replicas,
-                    &p.resources,
-                    p.autoscaling.as_ref(),
-                )
-            }),
+        proxy: fe.spec.proxy.as_ref().map(|p| {
+            tier(
+                Tier::Proxy,
+                p.replicas,
+                &p.resources,
+                p.autoscaling.as_ref(),
+            )
+        }),
         migration: fe
             .spec
             .root

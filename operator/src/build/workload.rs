@@ -111,7 +111,9 @@ pub(super) fn hpa(
                     name: "cpu".to_owned(),
                     target: MetricTarget {
                         type_: "Utilization".to_owned(),
-                        average_utilization: Some(a.target_cpu_utilization_percentage.unwrap_or(70)),
+                        average_utilization: Some(
+                            a.target_cpu_utilization_percentage.unwrap_or(70),
+                        ),
                         ..MetricTarget::default()
                     },
                 }),

@@ -160,7 +160,11 @@ fn requeue_after(observed: &Observed) -> Duration {
     {
         return Duration::from_secs(30);
     }
-    match observed.descriptors.as_ref().and_then(|r| r.serving.as_ref()) {
+    match observed
+        .descriptors
+        .as_ref()
+        .and_then(|r| r.serving.as_ref())
+    {
         Some(s) if !s.complete() && s.total().unreachable > 0 => Duration::from_secs(10),
         Some(s) if !s.complete() => Duration::from_secs(1),
         _ => Duration::from_secs(300),
