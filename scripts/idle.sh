@@ -8,38 +8,10 @@ set -euo pipefail
 cd "$repo"
 seconds=${1:-20}
 dir=$(mktemp -d /tmp/pbflags-idle.XXXXXX)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-
 cargo build --release --locked --workspace --bin pbflags-evaluator >&2
 bin=$CARGO_TARGET_DIR/release
-url=$(scripts/pg.sh start "$dir/pg")
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  scripts/pg.sh stop "$dir/pg"
-  rm -rf "$dir"
-}
-trap cleanup EXIT
-PBFLAGS_DATABASE=$url "$bin/pbflags-evaluator" migrate >/dev/null
-PBFLAGS_DATABASE=$url "$bin/pbflags-evaluator" sync --descriptors proto/example/descriptors.pb >/dev/null
-
-root_port=$(free_port)
-proxy_port=$(free_port)
-common=(--descriptors proto/example/descriptors.pb --log-level warn)
-PBFLAGS_DATABASE=$url "$bin/pbflags-evaluator" serve "${common[@]}" --listen "127.0.0.1:$root_port" \
-  >"$dir/root.log" 2>&1 &
-root=$!
-pids+=("$root")
-"$bin/pbflags-evaluator" serve "${common[@]}" --listen "127.0.0.1:$proxy_port" \
-  --server "http://127.0.0.1:$root_port" >"$dir/proxy.log" 2>&1 &
-proxy=$!
-pids+=("$proxy")
+root_and_proxy "$dir" "$bin"
 for port in "$root_port" "$proxy_port"; do
-  for _ in $(seq 100); do
-    curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
-    sleep 0.1
-  done
   curl -fsS -H 'content-type: application/json' -d '{"flagId":"notifications/2"}' \
     "http://127.0.0.1:$port/pbflags.v1.FlagEvaluatorService/Evaluate" >/dev/null
 done

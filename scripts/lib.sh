@@ -75,3 +75,44 @@ test_certs() {
   openssl x509 -req -in "$d/tls.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial -days 1 \
     -extfile "$d/san.ext" -out "$d/tls.crt" 2>/dev/null
 }
+
+# A free loopback TCP port (the kernel's pick; free unless another process takes it first).
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# A root evaluator on its own PostgreSQL (in DIR) and a proxy in front of it, on free loopback
+# ports, both ready, with the example descriptors synced; SERVE_ARGS go to both. Run from the
+# repository root. Sets url, root, proxy (process ids), root_port, proxy_port; on exit stops both by
+# process id, stops PostgreSQL and removes DIR.
+#   root_and_proxy DIR BIN_DIR [SERVE_ARGS…]
+root_and_proxy() {
+  local dir=$1 bin=$2 port
+  shift 2
+  _rp_dir=$dir
+  _rp_pids=()
+  trap _stop_root_and_proxy EXIT
+  url=$(scripts/pg.sh start "$dir/pg")
+  PBFLAGS_DATABASE=$url "$bin/pbflags-evaluator" migrate >/dev/null
+  PBFLAGS_DATABASE=$url "$bin/pbflags-evaluator" sync --descriptors proto/example/descriptors.pb >/dev/null
+  root_port=$(free_port)
+  proxy_port=$(free_port)
+  local common=(--descriptors proto/example/descriptors.pb --log-level warn "$@")
+  PBFLAGS_DATABASE=$url "$bin/pbflags-evaluator" serve "${common[@]}" --listen "127.0.0.1:$root_port" \
+    >"$dir/root.log" 2>&1 &
+  root=$!
+  _rp_pids+=("$root")
+  "$bin/pbflags-evaluator" serve "${common[@]}" --listen "127.0.0.1:$proxy_port" \
+    --server "http://127.0.0.1:$root_port" >"$dir/proxy.log" 2>&1 &
+  proxy=$!
+  _rp_pids+=("$proxy")
+  for port in "$root_port" "$proxy_port"; do
+    for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+  done
+}
+
+_stop_root_and_proxy() {
+  local p
+  for p in "${_rp_pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  scripts/pg.sh stop "$_rp_dir/pg"
+  rm -rf "$_rp_dir"
+}

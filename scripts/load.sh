@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$repo"
 duration=${1:-10s}
 dir=$(mktemp -d /tmp/pbflags-load.XXXXXX)
-port=${PBFLAGS_LOAD_PORT:-19301}
+port=${PBFLAGS_LOAD_PORT:-$(free_port)}
 
 cargo build --release --locked --workspace --bin pbflags-evaluator --bin pbflags-load
 bin=$CARGO_TARGET_DIR/release

@@ -11,37 +11,9 @@ cd "$repo"
 n=${1:-100000}
 budget=${2:-67108864}
 dir=$(mktemp -d /tmp/pbflags-memory.XXXXXX)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-
 cargo build --release --locked --workspace --bin pbflags-evaluator --bin pbflags-load >&2
 bin=$CARGO_TARGET_DIR/release
-url=$(scripts/pg.sh start "$dir/pg")
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  scripts/pg.sh stop "$dir/pg"
-  rm -rf "$dir"
-}
-trap cleanup EXIT
-PBFLAGS_DATABASE=$url "$bin/pbflags-evaluator" migrate >/dev/null
-PBFLAGS_DATABASE=$url "$bin/pbflags-evaluator" sync --descriptors proto/example/descriptors.pb >/dev/null
-
-root_port=$(free_port)
-proxy_port=$(free_port)
-common=(--descriptors proto/example/descriptors.pb --log-level warn --cache-max-bytes "$budget"
-  --max-entity-id-bytes 1024 --max-flag-id-bytes 256)
-PBFLAGS_DATABASE=$url "$bin/pbflags-evaluator" serve "${common[@]}" --listen "127.0.0.1:$root_port" \
-  >"$dir/root.log" 2>&1 &
-root=$!
-pids+=("$root")
-"$bin/pbflags-evaluator" serve "${common[@]}" --listen "127.0.0.1:$proxy_port" \
-  --server "http://127.0.0.1:$root_port" >"$dir/proxy.log" 2>&1 &
-proxy=$!
-pids+=("$proxy")
-for port in "$root_port" "$proxy_port"; do
-  for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
-done
+root_and_proxy "$dir" "$bin" --cache-max-bytes "$budget" --max-entity-id-bytes 1024 --max-flag-id-bytes 256
 
 mib() { awk -v k="$2" '$1 == k":" {printf "%.1f MiB", $2/1024}' "/proc/$1/status"; }
 cache_bytes() { curl -fsS "http://127.0.0.1:$1/metrics" | awk '$1 == "pbflags_cache_bytes" {printf "%.1f MiB", $2/1048576}'; }

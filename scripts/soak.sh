@@ -11,7 +11,6 @@ seconds=${1:-60}
 rate=${2:-300}
 [ "$seconds" -ge 50 ] || { echo "soak.sh: at least 50 seconds" >&2; exit 64; }
 dir=$(mktemp -d /tmp/pbflags-soak.XXXXXX)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 cargo build --release --locked --workspace --bin pbflags-evaluator --bin pbflags-load >&2
 bin=$CARGO_TARGET_DIR/release
