@@ -2,7 +2,7 @@
 # The chart's rendered manifests checked with kubeconform (built from Go modules, cached outside the
 # repository) in strict mode, for the main value combinations, against JSON schemas made from the
 # running control plane's own OpenAPI v3 (no schema download: this machine reaches no schema site).
-# Needs a running control plane (KUBECONFIG); CRDs the control plane lacks (the Prometheus
+# Needs a running control plane (e2e/controlplane/start.sh); CRDs the control plane lacks (the Prometheus
 # Operator's ServiceMonitor and PodMonitor) are reported as skipped, not passed.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -14,7 +14,13 @@ if [ ! -x "$tools/kubeconform" ]; then
   mkdir -p "$tools"
   GOBIN="$tools" go install "github.com/yannh/kubeconform/cmd/kubeconform@$version"
 fi
-: "${KUBECONFIG:?run against a control plane: . /tmp/pbflags-e2e-cp/env}"
+# The running control plane (e2e/controlplane/start.sh writes its settings to its run directory).
+if [ -z "${E2E_CP_BIN:-}" ]; then
+  env_file=${E2E_CP_RUN:-/tmp/pbflags-e2e-cp}/env
+  [ -f "$env_file" ] || { echo "kubeconform/run.sh: no control plane; start one: e2e/controlplane/start.sh C" >&2; exit 69; }
+  # shellcheck disable=SC1090 # written by start.sh
+  . "$env_file"
+fi
 helm=${E2E_CP_BIN:?}/helm
 kubectl=$E2E_CP_BIN/kubectl
 
