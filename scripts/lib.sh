@@ -116,3 +116,19 @@ _stop_root_and_proxy() {
   scripts/pg.sh stop "$_rp_dir/pg"
   rm -rf "$_rp_dir"
 }
+
+# The path of a Go-built tool (the last element of PACKAGE), installed from the Go module proxy on
+# first use and cached outside the repository (PBFLAGS_GO_TOOLS, default ~/.cache/pbflags/go-tools,
+# in NAME-VERSION).
+#   go_tool NAME PACKAGE VERSION   e.g. go_tool kubeconform github.com/yannh/kubeconform/cmd/kubeconform v0.8.0
+go_tool() {
+  local name=$1 package=$2 version=$3
+  local dir=${PBFLAGS_GO_TOOLS:-$HOME/.cache/pbflags/go-tools}/$name-$version
+  local bin=$dir/${package##*/}
+  if [ ! -x "$bin" ]; then
+    mkdir -p "$dir"
+    GOTOOLCHAIN=local GOFLAGS="-modcacherw -buildvcs=false" GOBIN="$dir" \
+      go install "$package@$version" >&2
+  fi
+  echo "$bin"
+}

@@ -15,11 +15,7 @@ repo=$(cd "$here/../.." && pwd)
 . "$repo/scripts/lib.sh"
 export GOTOOLCHAIN=local GOFLAGS="-modcacherw -buildvcs=false"
 version=v1.0.7
-tools=${PBFLAGS_GO_TOOLS:-$HOME/.cache/pbflags/go-tools}/conformance-$version
-if [ ! -x "$tools/connectconformance" ]; then
-  mkdir -p "$tools"
-  GOBIN="$tools" go install "connectrpc.com/conformance/cmd/connectconformance@$version"
-fi
+runner=$(go_tool conformance connectrpc.com/conformance/cmd/connectconformance "$version")
 # The suite's protos, from the module cache (downloaded if missing).
 protos=$(go mod download -json "connectrpc.com/conformance@$version" \
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')/proto
@@ -35,7 +31,7 @@ for mode in server client; do
   [ "$mode" = server ] && args=(server --protos "$protos")
   log=$(mktemp /tmp/pbflags-conformance.XXXXXX)
   echo "== $mode mode"
-  "$tools/connectconformance" --mode "$mode" --conf "$here/$mode.yaml" "${known[@]}" \
+  "$runner" --mode "$mode" --conf "$here/$mode.yaml" "${known[@]}" \
     -- "$CARGO_TARGET_DIR/debug/pbflags-conformance" "${args[@]}" >"$log" 2>&1 || rc=1
   grep -E '^(FAILED|Total cases|[0-9]+ passed)' "$log" | tail -40
   rm -f "$log"

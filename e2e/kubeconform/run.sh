@@ -7,13 +7,8 @@
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-export GOTOOLCHAIN=local GOFLAGS="-modcacherw -buildvcs=false"
-version=v0.8.0
-tools=${PBFLAGS_GO_TOOLS:-$HOME/.cache/pbflags/go-tools}/kubeconform-$version
-if [ ! -x "$tools/kubeconform" ]; then
-  mkdir -p "$tools"
-  GOBIN="$tools" go install "github.com/yannh/kubeconform/cmd/kubeconform@$version"
-fi
+. "$repo/scripts/lib.sh"
+kubeconform=$(go_tool kubeconform github.com/yannh/kubeconform/cmd/kubeconform v0.8.0)
 # The running control plane (e2e/controlplane/start.sh writes its settings to its run directory).
 if [ -z "${E2E_CP_BIN:-}" ]; then
   env_file=${E2E_CP_RUN:-/tmp/pbflags-e2e-cp}/env
@@ -49,13 +44,13 @@ for values in "" \
   # shellcheck disable=SC2086 # the values are separate arguments
   "$helm" template pbflags "$repo/charts/pbflags-operator" --namespace pbflags-system \
     --kube-version "$kube_version" $values >"$work/rendered.yaml"
-  "$tools/kubeconform" -strict -summary -output text \
+  "$kubeconform" -strict -summary -output text \
     -schema-location "$work/schemas/{{ .ResourceKind }}{{ .KindSuffix }}.json" \
     -skip ServiceMonitor,PodMonitor "$work/rendered.yaml" || rc=1
 done
 # The example FlagEvaluator against the CRD's schema, as the control plane serves it.
 echo "== charts/pbflags-operator/examples/flagevaluator.yaml"
-"$tools/kubeconform" -strict -summary -output text \
+"$kubeconform" -strict -summary -output text \
   -schema-location "$work/schemas/{{ .ResourceKind }}{{ .KindSuffix }}.json" \
   "$repo/charts/pbflags-operator/examples/flagevaluator.yaml" || rc=1
 exit $rc
