@@ -798,3 +798,89 @@ async fn unicode_and_quote_laden_ids_are_stored_verbatim() {
     let (_, overrides) = admin::get(&pool, "notif/1").await.unwrap();
     assert_eq!(overrides[0].entity_id, entity);
 }
+
+/// The database a fresh connection of `pool` lands in (the previous connection is closed first,
+/// so the pool opens a new one with its current settings).
+async fn fresh_connection_database(pool: &PgPool) -> Result<String, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    let name: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&mut *conn)
+        .await?;
+    conn.close().await?;
+    Ok(name)
+}
+
+#[tokio::test]
+async fn a_changed_database_url_file_reaches_new_connections_without_a_restart() {
+    let (first, second) = (TestDb::create().await, TestDb::create().await);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("url");
+    std::fs::write(&file, format!("{}\n", first.url)).unwrap();
+    let args = db::DatabaseArgs {
+        database: None,
+        database_file: Some(file.clone()),
+        db_pool_size: 1,
+        db_connect_timeout: Duration::from_secs(5),
+        db_statement_timeout: Duration::from_secs(5),
+        database_ca: None,
+    };
+    let pool = args.pool().unwrap();
+    let watch = db::UrlFile::new(&args, &pool).expect("the URL comes from a file");
+    let name_of = |url: &str| {
+        url.rsplit('/')
+            .next()
+            .unwrap()
+            .split('?')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(
+        fresh_connection_database(&pool).await.unwrap(),
+        name_of(&first.url)
+    );
+    assert_eq!(watch.check(), db::UrlReload::Unchanged);
+
+    // The Secret is rotated: the kubelet writes the new URL into the volume.
+    std::fs::write(&file, &second.url).unwrap();
+    assert_eq!(watch.check(), db::UrlReload::Reloaded);
+    assert_eq!(
+        fresh_connection_database(&pool).await.unwrap(),
+        name_of(&second.url)
+    );
+    assert_eq!(watch.check(), db::UrlReload::Unchanged);
+
+    // A broken file is refused; the pool keeps the URL it had, and takes a fixed file later.
+    for broken in ["mysql://root@db/flags", "not a url"] {
+        std::fs::write(&file, broken).unwrap();
+        assert_eq!(watch.check(), db::UrlReload::Failed, "{broken}");
+        assert_eq!(
+            fresh_connection_database(&pool).await.unwrap(),
+            name_of(&second.url)
+        );
+    }
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(watch.check(), db::UrlReload::Failed, "a missing file");
+    std::fs::write(&file, &first.url).unwrap();
+    assert_eq!(watch.check(), db::UrlReload::Reloaded);
+    assert_eq!(
+        fresh_connection_database(&pool).await.unwrap(),
+        name_of(&first.url)
+    );
+
+    // The watch notices a change by itself.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = watch.spawn_watch(Duration::from_millis(100), stop.clone());
+    std::fs::write(&file, &second.url).unwrap();
+    let mut landed = String::new();
+    for _ in 0..100 {
+        landed = fresh_connection_database(&pool).await.unwrap();
+        if landed == name_of(&second.url) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(landed, name_of(&second.url));
+    stop.cancel();
+    task.await.unwrap();
+}

@@ -17,6 +17,7 @@ use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use pbflags_evaluator::sources::pg::admin::{self, StateChange};
+use pbflags_evaluator::sources::upstream::UpstreamCa;
 use pbflags_proto::v1::flag_evaluator_service_client::FlagEvaluatorServiceClient;
 use pbflags_proto::v1::{
     BulkEvaluateRequest, EvaluateRequest, EvaluateResponse, EvaluationSource, EvaluatorStatus,
@@ -753,6 +754,23 @@ fn an_upstream_ca_needs_an_https_server_and_a_readable_bundle() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("upstream_ca /nonexistent.pem"), "{e}");
+    // Optional (a mounted TLS Secret without ca.crt): a missing file means the system trust
+    // store; a file that is there must still be a CA bundle.
+    let optional = |path: &str| {
+        resolve(&[
+            "--server",
+            "https://h:1",
+            "--upstream-ca",
+            path,
+            "--upstream-ca-optional",
+        ])
+    };
+    assert_eq!(
+        optional("/nonexistent.pem").unwrap().upstream_ca,
+        UpstreamCa::System
+    );
+    let e = optional("/etc/hostname").unwrap_err().to_string();
+    assert!(e.contains("upstream_ca /etc/hostname"), "{e}");
     let e = resolve(&["--server", "ftp://h:1"]).unwrap_err().to_string();
     assert!(e.contains("http:// or https://"), "{e}");
 }

@@ -61,6 +61,10 @@ pub struct SourceArgs {
     /// store].
     #[arg(long, env = "PBFLAGS_UPSTREAM_CA")]
     pub upstream_ca: Option<PathBuf>,
+    /// A missing `--upstream-ca` file means the system trust store, not an error: for a mounted
+    /// TLS Secret that may or may not have a `ca.crt` (the operator sets it).
+    #[arg(long, env = "PBFLAGS_UPSTREAM_CA_OPTIONAL", requires = "upstream_ca")]
+    pub upstream_ca_optional: bool,
     /// Apply database migrations before serving (root mode).
     #[arg(long, env = "PBFLAGS_MIGRATE")]
     pub migrate: bool,
@@ -164,7 +168,8 @@ pub struct TlsArgs {
     /// PEM private key of --tls-cert.
     #[arg(long, env = "PBFLAGS_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
-    /// How often the TLS files are checked for a renewed certificate [default: 10s].
+    /// How often the TLS files (and a `--database-file`) are checked for changes, behind file
+    /// events [default: 10s].
     #[arg(long, env = "PBFLAGS_TLS_POLL_INTERVAL", value_parser = duration)]
     pub tls_poll_interval: Option<Duration>,
 }
@@ -424,6 +429,11 @@ impl SourceArgs {
         }
         let upstream_ca = match (&self.upstream_ca, &mode) {
             (None, _) => UpstreamCa::System,
+            (Some(path), Mode::Proxy(url))
+                if url.starts_with("https://") && self.upstream_ca_optional && !path.exists() =>
+            {
+                UpstreamCa::System
+            }
             (Some(path), Mode::Proxy(url)) if url.starts_with("https://") => {
                 let ca = UpstreamCa::File(path.clone());
                 crate::sources::upstream::roots(&ca).map_err(|e| bad("upstream_ca", e))?;

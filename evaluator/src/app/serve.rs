@@ -59,6 +59,8 @@ pub struct Prepared {
     clock: Clock,
     tls: Option<Tls>,
     metrics: Metrics,
+    /// The database URL file to follow (root mode with `--database-file`).
+    database_file: Option<Arc<db::UrlFile>>,
 }
 
 /// The certificate store and the rustls configuration serving from it.
@@ -99,9 +101,11 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
     tracing::info!(flags = snapshot.len(), sha256 = %snapshot.hash(), path = %config.descriptors.display(), "descriptors loaded");
     let registry = Arc::new(Registry::new(snapshot));
     let metrics = Metrics::new();
+    let mut database_file = None;
     let (source, backend): (Arc<dyn StateSource>, Backend) = match &config.mode {
         Mode::Root => {
             let pool = config.db.pool()?;
+            database_file = db::UrlFile::new(&config.db, &pool);
             if config.migrate {
                 let n = db::migrate(&pool).await?;
                 tracing::info!(applied = n, "migrations applied");
@@ -173,6 +177,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
     Ok(Prepared {
         tls,
         metrics,
+        database_file,
         listener,
         parts,
         engine,
@@ -207,6 +212,7 @@ pub async fn run(prepared: Prepared, shutdown: CancellationToken) {
         clock,
         tls,
         metrics,
+        database_file,
     } = prepared;
     let tasks = CancellationToken::new();
 
@@ -255,6 +261,14 @@ pub async fn run(prepared: Prepared, shutdown: CancellationToken) {
         background.push(supervised(
             "tls_watcher",
             Box::new(move || store.spawn_watch(interval, metrics.clone(), tasks.clone())),
+        ));
+    }
+
+    if let Some(file) = &database_file {
+        let (file, interval, tasks) = (file.clone(), config.tls_poll_interval, tasks.clone());
+        background.push(supervised(
+            "database_file_watcher",
+            Box::new(move || file.spawn_watch(interval, tasks.clone())),
         ));
     }
 

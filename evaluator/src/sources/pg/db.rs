@@ -190,15 +190,112 @@ impl DatabaseArgs {
     /// A pool that connects lazily: creating it never touches the network, so an evaluator starts
     /// (serving defaults) while the database is down, and connects when it comes back.
     pub fn pool(&self) -> Result<PgPool, DbError> {
-        let statement_ms = self.db_statement_timeout.as_millis().to_string();
-        let options = self
-            .options()?
-            .application_name("pbflags-evaluator")
-            .options([("statement_timeout", statement_ms.as_str())]);
         Ok(PgPoolOptions::new()
             .max_connections(self.db_pool_size.max(1))
             .acquire_timeout(self.db_connect_timeout)
-            .connect_lazy_with(options))
+            .connect_lazy_with(self.pool_options()?))
+    }
+
+    /// What every pooled connection is opened with: the URL's options, the CA, the statement
+    /// timeout and the application name.
+    fn pool_options(&self) -> Result<PgConnectOptions, DbError> {
+        let statement_ms = self.db_statement_timeout.as_millis().to_string();
+        Ok(self
+            .options()?
+            .application_name("pbflags-evaluator")
+            .options([("statement_timeout", statement_ms.as_str())]))
+    }
+}
+
+/// Keeps a pool's connection settings in step with `--database-file`, so a rotated password (a
+/// Secret the kubelet updates in the pod's volume) needs no restart: connections opened after a
+/// change use the new URL; open ones keep theirs until the pool retires them (PostgreSQL does not
+/// end sessions when a password changes). A file that does not read or parse leaves the previous
+/// settings in place and is logged, without its content.
+pub struct UrlFile {
+    args: DatabaseArgs,
+    pool: PgPool,
+    current: std::sync::Mutex<String>,
+}
+
+/// What a [`UrlFile`] check did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UrlReload {
+    /// The file holds the URL in use.
+    Unchanged,
+    /// New connections use the file's new URL.
+    Reloaded,
+    /// The file changed but does not read or parse; the previous URL stays in use.
+    Failed,
+}
+
+impl UrlFile {
+    /// Watches `args.database_file` for `pool`; `None` when the URL does not come from a file.
+    pub fn new(args: &DatabaseArgs, pool: &PgPool) -> Option<std::sync::Arc<Self>> {
+        args.database.is_none().then_some(())?;
+        args.database_file.as_ref()?;
+        let current = args.url().map(|u| u.0).unwrap_or_default();
+        Some(std::sync::Arc::new(Self {
+            args: args.clone(),
+            pool: pool.clone(),
+            current: std::sync::Mutex::new(current),
+        }))
+    }
+
+    /// Reads the file and, if its URL changed and parses, hands it to the pool.
+    pub fn check(&self) -> UrlReload {
+        let url = match self.args.url() {
+            Ok(url) => url,
+            Err(e) => {
+                tracing::warn!(error = %e, "database URL file unreadable; the previous URL stays in use");
+                return UrlReload::Failed;
+            }
+        };
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *current == url.0 {
+            return UrlReload::Unchanged;
+        }
+        match self.args.pool_options() {
+            Ok(options) => {
+                self.pool.set_connect_options(options);
+                tracing::info!(database = %url, "database URL file changed; new connections use it");
+                url.0.clone_into(&mut current);
+                UrlReload::Reloaded
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "database URL file changed but is not usable; the previous URL stays in use");
+                UrlReload::Failed
+            }
+        }
+    }
+
+    /// Re-checks the file on the triggers of [`FileWatch`](crate::reload::files::FileWatch)
+    /// until `stop`.
+    pub fn spawn_watch(
+        self: &std::sync::Arc<Self>,
+        interval: Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        let Some(path) = self.args.database_file.clone() else {
+            return tokio::spawn(async {});
+        };
+        crate::reload::files::FileWatch {
+            paths: vec![path],
+            poll_interval: interval,
+            debounce: Duration::from_millis(250),
+            fs_events: true,
+            sighup: false,
+        }
+        .spawn(
+            move |_| {
+                this.check();
+            },
+            stop,
+        )
     }
 }
 
