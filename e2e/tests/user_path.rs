@@ -121,7 +121,41 @@ async fn from_zero_to_evaluating_flags_on_a_real_node() {
     let from_file = format!("--from-file=descriptors.pb={}", pb.display());
     cp.run(n, &["create", "configmap", "flag-descriptors", &from_file])
         .unwrap();
-    // 3. The database Secret.
+    // 3. The FlagEvaluator, as shipped in the chart's examples (root 2 + proxy 2, migrate: true),
+    // applied before its database Secret exists, as a user may. The operator cannot read Secrets:
+    // the kubelet's mount failure, read from the migrations pod's events, is the status.
+    let example = std::fs::read_to_string(
+        repo_root().join("charts/pbflags-operator/examples/flagevaluator.yaml"),
+    )
+    .unwrap();
+    let fe_only: String = example
+        .split("---")
+        .filter(|d| d.contains("kind: FlagEvaluator"))
+        .collect();
+    cp.run_with_input(n, &["apply", "-f", "-"], fe_only.as_bytes())
+        .unwrap();
+    let fes = Api::<FlagEvaluator>::namespaced(admin.clone(), n);
+    let degraded = pbflags_e2e::wait_for(
+        "Degraded=True SecretMissing while the Secret does not exist",
+        Duration::from_secs(120),
+        async || {
+            let fe = fes.get("flags").await.ok()?;
+            let c = fe
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Degraded")?;
+            (c.status == "True" && c.reason == "SecretMissing").then_some(c.message)
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        degraded.contains("secret \"flags-db\" not found")
+            && degraded.contains("spec.root.database.secretName"),
+        "{degraded}"
+    );
+    // 4. The database Secret.
     cp.run(
         n,
         &[
@@ -133,17 +167,18 @@ async fn from_zero_to_evaluating_flags_on_a_real_node() {
         ],
     )
     .unwrap();
-    // 4. The FlagEvaluator, as shipped in the chart's examples (root 2 + proxy 2, migrate: true).
-    let example = std::fs::read_to_string(
-        repo_root().join("charts/pbflags-operator/examples/flagevaluator.yaml"),
+    // 5. Ready: the kubelet mounted the Secret, the migration Job ran, then every pod passed its
+    // real probes.
+    cp.run(
+        n,
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "fe/flags",
+            "--timeout=240s",
+        ],
     )
     .unwrap();
-    let fe_only: String = example
-        .split("---")
-        .filter(|d| d.contains("kind: FlagEvaluator"))
-        .collect();
-    // 4.–5. Apply it and wait for Ready: the migration Job ran, then every pod passed its real probes.
-    cp.apply_flag_evaluator(n, "flags", &fe_only).unwrap();
     let endpoint = cp
         .run(
             n,
@@ -222,7 +257,6 @@ async fn from_zero_to_evaluating_flags_on_a_real_node() {
     pods.extend(tier_pods(&admin, n, "flags", "proxy").await.unwrap());
     let ips: Vec<String> = pods.iter().filter_map(pod_ip).map(str::to_owned).collect();
     assert_eq!(ips.len(), 4);
-    let fes = Api::<FlagEvaluator>::namespaced(admin.clone(), n);
     let (mut reached, mut complete, mut checked) = (Vec::new(), Vec::new(), Vec::new());
     let mut new_sha = String::new();
     for round in 0..rounds {

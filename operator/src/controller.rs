@@ -1,5 +1,6 @@
 //! The controller: watches the FlagEvaluators, the objects they own (label-scoped), their pods,
-//! and the ConfigMaps and Secrets they reference, and runs [`reconcile`] for each one that changed.
+//! and the ConfigMaps they reference, and runs [`reconcile`] for each one that changed. Secrets are
+//! not watched: the operator has no right to read them (the pods mount them).
 
 use std::sync::Arc;
 
@@ -7,7 +8,7 @@ use futures_util::StreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
 use kube::runtime::controller::Controller;
@@ -34,7 +35,7 @@ fn referencing(
 }
 
 /// The resources the controller watches, by their plural name.
-const WATCHED: [&str; 9] = [
+const WATCHED: [&str; 8] = [
     "flagevaluators",
     "deployments",
     "services",
@@ -42,7 +43,6 @@ const WATCHED: [&str; 9] = [
     "horizontalpodautoscalers",
     "jobs",
     "configmaps",
-    "secrets",
     "pods",
 ];
 
@@ -92,7 +92,7 @@ async fn run_in(ctx: Arc<Context>, ns: Option<String>, shutdown: CancellationTok
         watcher::Config::default(),
     );
     let store = controller.store();
-    let (cm_store, secret_store) = (store.clone(), store.clone());
+    let cm_store = store.clone();
     controller
         .owns(scoped::<Deployment>(&client, ns), owned.clone())
         .owns(scoped::<Service>(&client, ns), owned.clone())
@@ -109,21 +109,6 @@ async fn run_in(ctx: Arc<Context>, ns: Option<String>, shutdown: CancellationTok
                 let name = cm.name_any();
                 referencing(&cm_store, cm.namespace(), |fe| {
                     fe.spec.descriptors.config_map_name == name
-                })
-            },
-        )
-        .watches(
-            scoped::<Secret>(&client, ns),
-            watcher::Config::default(),
-            move |s| {
-                let name = s.name_any();
-                referencing(&secret_store, s.namespace(), |fe| {
-                    fe.spec.root.as_ref().is_some_and(|r| {
-                        r.database.secret_name == name
-                            || r.database_ca
-                                .as_ref()
-                                .is_some_and(|c| c.secret_name == name)
-                    }) || fe.spec.tls.as_ref().is_some_and(|t| t.secret_name == name)
                 })
             },
         )
@@ -169,9 +154,9 @@ mod tests {
     fn watch_errors_are_attributed_to_the_resource_they_name() {
         assert_eq!(
             super::resource_of(
-                "failed to perform initial object list: ApiError: secrets is forbidden: User \"system:serviceaccount:x:y\" cannot list resource \"secrets\""
+                "failed to perform initial object list: ApiError: configmaps is forbidden: User \"system:serviceaccount:x:y\" cannot list resource \"configmaps\""
             ),
-            "secrets"
+            "configmaps"
         );
         assert_eq!(
             super::resource_of("ApiError: flagevaluators.pbflags.dev is forbidden"),

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod reconcile;
 pub mod rollout;
 pub mod serving;
+pub mod starting;
 pub mod startup;
 pub mod status;
 

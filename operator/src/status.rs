@@ -20,14 +20,14 @@ pub mod reason {
     pub const CONFIG_MAP_MISSING: &str = "ConfigMapMissing";
     /// The ConfigMap lacks the descriptors key.
     pub const CONFIG_MAP_KEY_MISSING: &str = "ConfigMapKeyMissing";
+    /// A pod of the FlagEvaluator cannot start (its message says which and why).
+    pub const POD_NOT_STARTING: &str = "PodNotStarting";
     /// The database Secret does not exist.
     pub const SECRET_MISSING: &str = "SecretMissing";
     /// The Secret lacks the URL key.
     pub const SECRET_KEY_MISSING: &str = "SecretKeyMissing";
     /// The TLS Secret does not exist.
     pub const TLS_SECRET_MISSING: &str = "TLSSecretMissing";
-    /// The TLS Secret lacks `tls.crt` or `tls.key`.
-    pub const TLS_SECRET_KEY_MISSING: &str = "TLSSecretKeyMissing";
     /// The migrations Job has not finished.
     pub const MIGRATING: &str = "Migrating";
     /// The migrations Job failed.
@@ -138,6 +138,17 @@ fn tri_condition(
         message,
         observed_generation: generation,
         last_transition_time: now.clone(),
+    }
+}
+
+impl Observed {
+    /// The migrations Job or some tier is not done: pods are starting (or cannot).
+    pub fn waiting(&self) -> bool {
+        self.migrating
+            || [self.root, self.proxy]
+                .into_iter()
+                .flatten()
+                .any(|(desired, ready)| ready < desired)
     }
 }
 

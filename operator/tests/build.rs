@@ -24,26 +24,22 @@ fn defaults() -> Defaults {
     }
 }
 
-/// The objects built for `fe` with no Secret hash.
-fn built(fe: &FlagEvaluator, tls_ca: bool) -> build::Desired {
+/// The objects built for `fe`.
+fn built(fe: &FlagEvaluator) -> build::Desired {
     build::build(&Inputs {
         fe,
         defaults: &defaults(),
-        secret_hash: None,
-        tls_ca,
         descriptors: None,
     })
     .expect("builds")
 }
 
-fn render(fe: &FlagEvaluator, secret_hash: Option<&str>) -> String {
+fn render(fe: &FlagEvaluator) -> String {
     let defaults = defaults();
     let candidate = Candidate::new(b"descriptor set bytes".to_vec());
     let inputs = Inputs {
         fe,
         defaults: &defaults,
-        secret_hash: secret_hash.map(str::to_owned),
-        tls_ca: fe.spec.tls.is_some(),
         descriptors: Some(&candidate),
     };
     let d = build::build(&inputs).expect("builds");
@@ -69,8 +65,8 @@ fn render(fe: &FlagEvaluator, secret_hash: Option<&str>) -> String {
     docs.join("---\n")
 }
 
-fn check_snapshot(name: &str, secret_hash: Option<&str>) {
-    let got = render(&fixture(name), secret_hash);
+fn check_snapshot(name: &str) {
+    let got = render(&fixture(name));
     let path =
         Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
             .join("tests/snapshots")
@@ -89,49 +85,44 @@ fn check_snapshot(name: &str, secret_hash: Option<&str>) {
 
 #[test]
 fn root_and_proxy_fixture_matches_its_snapshot() {
-    check_snapshot("root-and-proxy", Some("0123456789abcdef"));
+    check_snapshot("root-and-proxy");
 }
 
 #[test]
 fn proxy_only_fixture_matches_its_snapshot() {
-    check_snapshot("proxy-only", None);
+    check_snapshot("proxy-only");
 }
 
 #[test]
 fn tls_fixture_matches_its_snapshot() {
-    check_snapshot("tls", Some("0123456789abcdef"));
+    check_snapshot("tls");
 }
 
 #[test]
 fn tls_serves_https_mounts_the_secret_and_points_the_proxy_at_https() {
     let fe = fixture("tls");
     let defaults = defaults();
-    for tls_ca in [true, false] {
-        let inputs = Inputs {
-            fe: &fe,
-            defaults: &defaults,
-            secret_hash: None,
-            tls_ca,
-            descriptors: None,
-        };
-        let proxy = build::evaluator_args(&inputs, Tier::Proxy);
-        assert!(proxy.contains(&"--server=https://flags-root.team-a.svc:9201".to_owned()));
-        assert_eq!(
-            proxy.contains(&"--upstream-ca=/etc/pbflags/tls/ca.crt".to_owned()),
-            tls_ca,
-            "{proxy:?}"
-        );
-        for tier in [Tier::Root, Tier::Proxy] {
-            let args = build::evaluator_args(&inputs, tier);
-            assert!(args.contains(&"--tls-cert=/etc/pbflags/tls/tls.crt".to_owned()));
-            assert!(args.contains(&"--tls-key=/etc/pbflags/tls/tls.key".to_owned()));
-        }
+    let inputs = Inputs {
+        fe: &fe,
+        defaults: &defaults,
+        descriptors: None,
+    };
+    let proxy = build::evaluator_args(&inputs, Tier::Proxy);
+    assert!(proxy.contains(&"--server=https://flags-root.team-a.svc:9201".to_owned()));
+    // The operator does not read the Secret: the proxy uses its ca.crt if it has one.
+    assert!(
+        proxy.contains(&"--upstream-ca=/etc/pbflags/tls/ca.crt".to_owned())
+            && proxy.contains(&"--upstream-ca-optional".to_owned()),
+        "{proxy:?}"
+    );
+    for tier in [Tier::Root, Tier::Proxy] {
+        let args = build::evaluator_args(&inputs, tier);
+        assert!(args.contains(&"--tls-cert=/etc/pbflags/tls/tls.crt".to_owned()));
+        assert!(args.contains(&"--tls-key=/etc/pbflags/tls/tls.key".to_owned()));
     }
     let d = build::build(&Inputs {
         fe: &fe,
         defaults: &defaults,
-        secret_hash: None,
-        tls_ca: true,
         descriptors: None,
     })
     .unwrap();
@@ -184,7 +175,7 @@ fn tls_serves_https_mounts_the_secret_and_points_the_proxy_at_https() {
 #[test]
 fn the_database_ca_is_mounted_where_the_database_is_used_only() {
     let fe = fixture("tls");
-    let d = built(&fe, true);
+    let d = built(&fe);
     let job = d.migration.as_ref().unwrap();
     let pods = [
         (Tier::Root, &pod_template(&d, Tier::Root).spec),
@@ -231,7 +222,7 @@ fn the_database_ca_is_mounted_where_the_database_is_used_only() {
 #[test]
 fn every_object_is_owned_and_labelled() {
     let fe = fixture("root-and-proxy");
-    let d = built(&fe, false);
+    let d = built(&fe);
     let metas = d
         .deployments()
         .map(|o| &o.metadata)
@@ -261,38 +252,89 @@ fn pod_template(d: &build::Desired, tier: Tier) -> &k8s_openapi::api::core::v1::
 }
 
 #[test]
-fn a_changed_secret_changes_the_root_pod_template_only() {
-    let fe = fixture("root-and-proxy");
-    let defaults = defaults();
-    let a = build::build(&Inputs {
+fn the_database_url_reaches_root_pods_and_jobs_as_a_mounted_file() {
+    let mut fe = fixture("root-and-proxy");
+    let candidate = Candidate::new(b"descriptor set bytes".to_vec());
+    let d = build::build(&Inputs {
         fe: &fe,
-        defaults: &defaults,
-        secret_hash: Some("aaaa".into()),
-        tls_ca: false,
-        descriptors: None,
+        defaults: &defaults(),
+        descriptors: Some(&candidate),
     })
     .unwrap();
-    let b = build::build(&Inputs {
-        fe: &fe,
-        defaults: &defaults,
-        secret_hash: Some("bbbb".into()),
-        tls_ca: false,
-        descriptors: None,
-    })
-    .unwrap();
-    assert_ne!(pod_template(&a, Tier::Root), pod_template(&b, Tier::Root));
-    assert_eq!(pod_template(&a, Tier::Proxy), pod_template(&b, Tier::Proxy));
+    let root = pod_template(&d, Tier::Root);
+    assert!(
+        root.metadata
+            .as_ref()
+            .and_then(|m| m.annotations.as_ref())
+            .is_none_or(|a| a.keys().all(|k| !k.contains("secret"))),
+        "no trace of the Secret's content in the pod template"
+    );
+    let jobs = [
+        d.migration.as_ref().unwrap().spec.as_ref().unwrap(),
+        d.check.as_ref().unwrap().1.spec.as_ref().unwrap(),
+    ];
+    let pods = std::iter::once(root.spec.as_ref().unwrap())
+        .chain(jobs.iter().map(|j| j.template.spec.as_ref().unwrap()));
+    for pod in pods {
+        let c = &pod.containers[0];
+        let env = c.env.iter().flatten();
+        assert!(
+            env.clone().all(|e| e.value_from.is_none()),
+            "no Secret in the environment"
+        );
+        let file = env
+            .clone()
+            .find(|e| e.name == "PBFLAGS_DATABASE_FILE")
+            .unwrap();
+        assert_eq!(file.value.as_deref(), Some("/etc/pbflags/database/url"));
+        let mount = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == "database");
+        assert_eq!(mount.unwrap().mount_path, "/etc/pbflags/database");
+        let volume = pod.volumes.iter().flatten().find(|v| v.name == "database");
+        let secret = volume.unwrap().secret.as_ref().unwrap();
+        assert_eq!(secret.secret_name.as_deref(), Some("flags-db"));
+        let item = &secret.items.as_ref().unwrap()[0];
+        assert_eq!((item.key.as_str(), item.path.as_str()), ("url", "url"));
+        assert_eq!(secret.optional, Some(false));
+        assert_eq!(
+            c.termination_message_policy.as_deref(),
+            Some("FallbackToLogsOnError"),
+            "a container failing at start-up leaves its last words for the status"
+        );
+    }
+    let proxy = pod_template(&d, Tier::Proxy).spec.as_ref().unwrap();
+    assert!(proxy.volumes.iter().flatten().all(|v| v.name != "database"));
+    assert!(
+        proxy.containers[0]
+            .env
+            .iter()
+            .flatten()
+            .all(|e| !e.name.starts_with("PBFLAGS_DATABASE"))
+    );
+
+    // Another Secret (a new database) gets a new migrations Job; the same one does not.
+    let job = |d: &build::Desired| d.migration.as_ref().unwrap().metadata.name.clone();
+    assert_eq!(job(&d), job(&built(&fe)));
+    fe.spec.root.as_mut().unwrap().database.secret_name = "flags-db-2".into();
+    let other = built(&fe);
+    assert_ne!(job(&d), job(&other));
     assert_ne!(
-        a.migration.unwrap().metadata.name,
-        b.migration.unwrap().metadata.name,
-        "a new Secret gets a new migration Job"
+        pod_template(&d, Tier::Root),
+        pod_template(&other, Tier::Root)
+    );
+    assert_eq!(
+        pod_template(&d, Tier::Proxy),
+        pod_template(&other, Tier::Proxy)
     );
 }
 
 #[test]
 fn the_descriptors_volume_is_a_directory_mount_so_updates_need_no_restart() {
     let fe = fixture("proxy-only");
-    let d = built(&fe, false);
+    let d = built(&fe);
     let pod = d
         .proxy
         .as_ref()
@@ -314,8 +356,6 @@ fn the_descriptors_volume_is_a_directory_mount_so_updates_need_no_restart() {
     let inputs = Inputs {
         fe: &fe,
         defaults: &defaults,
-        secret_hash: None,
-        tls_ca: false,
         descriptors: None,
     };
     let args = build::evaluator_args(&inputs, Tier::Proxy);
@@ -331,8 +371,6 @@ fn a_resource_that_did_not_come_from_the_api_is_refused() {
     let e = build::build(&Inputs {
         fe: &fe,
         defaults: &defaults,
-        secret_hash: None,
-        tls_ca: false,
         descriptors: None,
     })
     .unwrap_err();
@@ -342,7 +380,7 @@ fn a_resource_that_did_not_come_from_the_api_is_refused() {
 #[test]
 fn pods_spread_over_nodes_and_zones_and_carry_the_placement_knobs() {
     let mut fe = fixture("root-and-proxy");
-    let d = built(&fe, false);
+    let d = built(&fe);
     let spec = pod_template(&d, Tier::Proxy).spec.as_ref().unwrap();
     let spread = spec.topology_spread_constraints.as_ref().unwrap();
     let keys: Vec<_> = spread.iter().map(|c| c.topology_key.as_str()).collect();
@@ -392,7 +430,7 @@ fn pods_spread_over_nodes_and_zones_and_carry_the_placement_knobs() {
         "imagePullSecrets": [{"name": "registry"}]
     });
     fe.spec.placement = Some(serde_json::from_value(placement).unwrap());
-    let d = built(&fe, false);
+    let d = built(&fe);
     let template = pod_template(&d, Tier::Root);
     let spec = template.spec.as_ref().unwrap();
     assert_eq!(
@@ -423,10 +461,10 @@ fn durations_the_crd_admits_are_durations_the_evaluator_reads() {
 #[test]
 fn an_autoscaled_proxy_tier_gets_a_cpu_autoscaler_and_leaves_replicas_to_it() {
     let mut fe = fixture("root-and-proxy");
-    assert!(built(&fe, false).hpas().next().is_none());
+    assert!(built(&fe).hpas().next().is_none());
     fe.spec.proxy.as_mut().unwrap().autoscaling =
         Some(serde_json::from_value(serde_json::json!({ "maxReplicas": 6 })).unwrap());
-    let d = built(&fe, false);
+    let d = built(&fe);
     let hpas: Vec<_> = d.hpas().collect();
     assert_eq!(hpas.len(), 1);
     let spec = &hpas[0].spec;

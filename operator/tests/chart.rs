@@ -110,13 +110,14 @@ async fn installed_chart_rbac_runs_the_operator_and_uninstall_leaves_nothing() {
         Some(&apps.name)
     ));
     assert!(can("create", "deployments.apps", Some(&apps.name)));
-    assert!(can("list", "secrets", Some(&apps.name)));
-    assert!(
-        !can("list", "secrets", None),
-        "no cluster-wide Secrets in namespaced mode"
-    );
+    // Least privilege: no Secret can be read, listed or watched, in its namespaces or elsewhere.
+    for verb in ["get", "list", "watch"] {
+        for ns in [Some(apps.name.as_str()), Some(ops.name.as_str()), None] {
+            assert!(!can(verb, "secrets", ns), "{verb} secrets in {ns:?}");
+        }
+    }
+    assert!(can("list", "events", Some(&apps.name)));
     assert!(!can("create", "deployments.apps", Some("default")));
-    assert!(!can("delete", "secrets", Some(&apps.name)));
     assert!(can("update", "leases.coordination.k8s.io", Some(&ops.name)));
 
     // The operator, authenticated by a token of the chart's ServiceAccount, makes the sample Ready.

@@ -14,7 +14,6 @@ use http::Method;
 use pbflags_operator::build::Defaults;
 use pbflags_operator::crd::FlagEvaluator;
 use pbflags_operator::metrics::Metrics;
-use pbflags_operator::reconcile::dereference::keyed_hash;
 use pbflags_operator::reconcile::{Context, reconcile};
 use serde_json::{Value, json};
 
@@ -57,16 +56,10 @@ fn published(api: &FakeApi, content: &[u8]) {
     );
 }
 
-/// The fixture's ConfigMap (already published) and database Secret.
+/// The fixture's ConfigMap, already published. (The database Secret is the pods' business.)
 fn references(api: &FakeApi) {
     descriptors(api, &[0]);
     published(api, &[0]);
-    api.insert(
-        "secrets",
-        json!({"apiVersion": "v1", "kind": "Secret",
-               "metadata": {"name": "flags-db", "namespace": NS, "uid": "db-uid-1"},
-               "data": {"url": "cG9zdGdyZXM6Ly8="}}),
-    );
 }
 
 fn context(api: &FakeApi) -> Arc<Context> {
@@ -129,71 +122,122 @@ async fn a_missing_config_map_writes_no_objects_and_says_so() {
         .filter(|r| r.starts_with("PATCH") && !r.ends_with("/status"))
         .collect();
     assert!(writes.is_empty(), "nothing is applied: {writes:?}");
-    assert!(
-        !api.saw("GET", "/secrets/"),
-        "the Secret is read only after the ConfigMap"
-    );
+}
+
+/// A pod of the fixture's root tier, scheduled a minute ago, with `status` merged in.
+fn root_pod(api: &FakeApi, name: &str, status: Value) {
+    let scheduled =
+        k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(60);
+    let mut pod = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS,
+                     "labels": {"app.kubernetes.io/managed-by": "pbflags-operator",
+                                "app.kubernetes.io/instance": "flags",
+                                "app.kubernetes.io/name": "pbflags-evaluator",
+                                "app.kubernetes.io/component": "root"}},
+        "status": {"phase": "Pending",
+                   "conditions": [{"type": "PodScheduled", "status": "True",
+                                   "lastTransitionTime": scheduled.to_string()}]}});
+    for (k, v) in status.as_object().unwrap() {
+        pod["status"][k] = v.clone();
+    }
+    api.insert("pods", pod);
+}
+
+fn says(fe: &FlagEvaluator, type_: &str, text: &str) -> bool {
+    fe.status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .any(|c| c.type_ == type_ && c.message.contains(text))
 }
 
 #[tokio::test]
-async fn a_missing_secret_key_is_reported_by_name() {
+async fn a_secret_the_kubelet_cannot_mount_is_reported_from_the_pods_events_by_field() {
     let api = FakeApi::default();
     references(&api);
+    api.status_on_apply("jobs", json!({"succeeded": 1}));
+    api.status_on_apply(
+        "deployments",
+        json!({"replicas": 2, "readyReplicas": 0, "updatedReplicas": 2}),
+    );
+    root_pod(
+        &api,
+        "flags-root-b",
+        json!({"containerStatuses": [{"name": "evaluator", "image": "i", "imageID": "",
+               "ready": false, "restartCount": 0,
+               "state": {"waiting": {"reason": "ContainerCreating"}}}]}),
+    );
+    let event = |name: &str, pod: &str, message: &str| {
+        json!({"apiVersion": "v1", "kind": "Event",
+               "metadata": {"name": name, "namespace": NS},
+               "involvedObject": {"kind": "Pod", "name": pod, "namespace": NS},
+               "type": "Warning", "reason": "FailedMount", "message": message,
+               "lastTimestamp": "2026-01-01T00:00:00Z"})
+    };
     api.insert(
-        "secrets",
-        json!({"apiVersion": "v1", "kind": "Secret",
-               "metadata": {"name": "flags-db", "namespace": NS}, "data": {"other": "eA=="}}),
+        "events",
+        event(
+            "e1",
+            "flags-root-b",
+            "MountVolume.SetUp failed for volume \"database\" : secret \"flags-db\" not found",
+        ),
+    );
+    api.insert(
+        "events",
+        event(
+            "e2",
+            "someone-else",
+            "MountVolume.SetUp failed for volume \"tls\" : secret \"x\" not found",
+        ),
     );
     let fe = run(&api, &fixture()).await;
-    assert_eq!(condition(&fe, "Degraded"), ("True", "SecretKeyMissing"));
-    let message = &fe.status.as_ref().unwrap().conditions[0].message;
+    assert_eq!(condition(&fe, "Degraded"), ("True", "SecretMissing"));
+    assert_eq!(condition(&fe, "Ready"), ("False", "SecretMissing"));
     assert!(
+        says(
+            &fe,
+            "Ready",
+            "pod flags-root-b does not start: FailedMount: MountVolume.SetUp failed for volume \"database\" : secret \"flags-db\" not found (spec.root.database.secretName)"
+        ),
+        "{:?}",
         fe.status
-            .as_ref()
-            .unwrap()
-            .conditions
-            .iter()
-            .any(|c| c.message.contains("team-a/flags-db") && c.message.contains("\"url\"")),
-        "{message}"
     );
-}
+    assert!(
+        !api.requests().iter().any(|r| r.contains("/secrets")),
+        "the operator never asks for a Secret: {:?}",
+        api.requests()
+    );
 
-#[tokio::test]
-async fn a_missing_database_ca_secret_or_key_is_reported_by_name() {
-    let api = FakeApi::default();
-    references(&api);
-    let mut fe = fixture();
-    fe.spec.root.as_mut().unwrap().database_ca = Some(pbflags_operator::crd::CaSecretRef {
-        secret_name: "flags-db-ca".into(),
-        key: None,
-    });
-    let after = run(&api, &fe).await;
-    assert_eq!(condition(&after, "Degraded"), ("True", "SecretMissing"));
-    let says = |after: &FlagEvaluator, text: &str| {
-        after
-            .status
-            .as_ref()
-            .unwrap()
-            .conditions
-            .iter()
-            .any(|c| c.message.contains(text))
-    };
+    // A container that keeps exiting comes before a pod in creation (pods by name), with its
+    // last words.
+    root_pod(
+        &api,
+        "flags-root-a",
+        json!({"phase": "Running", "containerStatuses": [{"name": "evaluator", "image": "i",
+               "imageID": "", "ready": false, "restartCount": 4,
+               "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 1m20s"}},
+               "lastState": {"terminated": {"exitCode": 1,
+                   "message": "error: database: invalid database URL (not a URL)"}}}]}),
+    );
+    let fe = run(&api, &fixture()).await;
+    assert_eq!(condition(&fe, "Ready"), ("False", "PodNotStarting"));
     assert!(says(
-        &after,
-        "team-a/flags-db-ca (spec.root.databaseCa.secretName)"
+        &fe,
+        "Ready",
+        "pod flags-root-a does not start: container evaluator CrashLoopBackOff: exited with code 1: error: database: invalid database URL (not a URL)"
     ));
 
-    api.insert(
-        "secrets",
-        json!({"apiVersion": "v1", "kind": "Secret",
-               "metadata": {"name": "flags-db-ca", "namespace": NS}, "data": {"other": "eA=="}}),
-    );
-    let after = run(&api, &fe).await;
-    assert_eq!(condition(&after, "Degraded"), ("True", "SecretKeyMissing"));
-    assert!(says(
-        &after,
-        "has no key \"ca.crt\" (spec.root.databaseCa.key)"
-    ));
+    // Once every pod is ready, nothing is asked about pods' starts.
+    for name in ["flags-root", "flags-proxy"] {
+        let mut d = api.get(&deployment(name)).unwrap();
+        d["status"] = replicas_status(3);
+        api.insert("deployments", d);
+    }
+    api.clear_requests();
+    let fe = run(&api, &fixture()).await;
+    assert_eq!(condition(&fe, "Ready"), ("True", "AllReplicasReady"));
+    assert!(!api.saw("GET", "/events"), "{:?}", api.requests());
 }
 
 #[tokio::test]
@@ -276,17 +320,6 @@ async fn after_migrations_every_tier_is_applied_and_ready() {
         &path("v1", NS, "serviceaccounts", "flags-evaluator")
     ));
     assert_eq!(condition(&fe, "Ready"), ("True", "AllReplicasReady"));
-    let applied = api.get(&deployment("flags-root")).unwrap();
-    let pod = &applied["spec"]["template"];
-    let stored = pod["metadata"]["annotations"]["pbflags.dev/database-secret-hash"]
-        .as_str()
-        .expect("the Secret's hash reaches the root's pods");
-    // Keyed with the Secret's uid: the plain hash of the value (which anyone reading the Deployment
-    // could compare password guesses with) is not what is stored.
-    let value = b"postgres://";
-    let plain = hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(value)[..8]);
-    assert_ne!(stored, plain);
-    assert_eq!(stored, keyed_hash("db-uid-1", value));
     let order: Vec<String> = api
         .requests()
         .into_iter()

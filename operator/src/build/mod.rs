@@ -31,13 +31,13 @@ pub use pod::evaluator_args;
 pub const PORT: i32 = 9201;
 /// Label every owned object carries; watches are scoped to it.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "pbflags-operator");
-/// Pod annotation carrying a keyed hash of the database Secret (it reveals nothing about the value):
-/// a change rolls the root tier.
-pub const SECRET_HASH_ANNOTATION: &str = "pbflags.dev/database-secret-hash";
 /// Where the descriptors ConfigMap is mounted (a directory, so kubelet updates reach the pods).
 pub const DESCRIPTORS_DIR: &str = "/etc/pbflags/descriptors";
 /// Where the TLS Secret is mounted (a directory, so renewed certificates reach the evaluator).
 pub const TLS_DIR: &str = "/etc/pbflags/tls";
+/// Where the database Secret's URL key is mounted (as the file `url`) in root pods, the migrations
+/// Job and the descriptor check.
+pub const DATABASE_DIR: &str = "/etc/pbflags/database";
 /// Where the database CA bundle is mounted in root pods and the migrations Job.
 pub const DATABASE_CA_DIR: &str = "/etc/pbflags/database-ca";
 
@@ -54,10 +54,6 @@ pub struct Inputs<'a> {
     pub fe: &'a FlagEvaluator,
     /// Operator defaults.
     pub defaults: &'a Defaults,
-    /// Hash of the database Secret's data (root tier), so Secret changes roll the pods.
-    pub secret_hash: Option<String>,
-    /// Whether the TLS Secret (`spec.tls`) has a `ca.crt` for the proxy to check its root with.
-    pub tls_ca: bool,
     /// The descriptor set in the user's ConfigMap, if read.
     pub descriptors: Option<&'a crate::reconcile::dereference::Candidate>,
 }
@@ -236,8 +232,9 @@ pub(crate) fn meta(
     }
 }
 
-/// The name of the migrations Job for the current image and database Secret: a new image or a
-/// changed Secret gets a new Job (Job templates are immutable).
+/// The name of the migrations Job for the current image and database Secret reference: a new image
+/// or another Secret (a new database) gets a new Job (Job templates are immutable). The Secret's
+/// content is not read: a rotated password needs no migrations.
 pub fn migration_name(inputs: &Inputs<'_>) -> String {
     use sha2::Digest as _;
     let image = inputs
@@ -246,10 +243,14 @@ pub fn migration_name(inputs: &Inputs<'_>) -> String {
         .image
         .clone()
         .unwrap_or_else(|| inputs.defaults.image.clone());
-    let digest = sha2::Sha256::digest(format!(
-        "{image}\n{}",
-        inputs.secret_hash.as_deref().unwrap_or("")
-    ));
+    let database = inputs
+        .fe
+        .spec
+        .root
+        .as_ref()
+        .map(|r| format!("{}\n{}", r.database.secret_name, r.database.key()))
+        .unwrap_or_default();
+    let digest = sha2::Sha256::digest(format!("{image}\n{database}"));
     format!(
         "{}-migrate-{}",
         inputs.fe.name_any(),

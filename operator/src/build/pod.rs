@@ -3,19 +3,21 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, KeyToPath, PodSecurityContext, PodSpec, Probe, ResourceRequirements,
-    SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext,
-    TopologySpreadConstraint, Volume, VolumeMount,
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, HTTPGetAction,
+    KeyToPath, PodSecurityContext, PodSpec, Probe, ResourceRequirements, SeccompProfile,
+    SecretVolumeSource, SecurityContext, TopologySpreadConstraint, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
-    DATABASE_CA_DIR, DESCRIPTORS_DIR, Inputs, PORT, SECRET_HASH_ANNOTATION, TLS_DIR, Tier, tier_url,
+    DATABASE_CA_DIR, DATABASE_DIR, DESCRIPTORS_DIR, Inputs, PORT, TLS_DIR, Tier, tier_url,
 };
 use crate::crd::FlagEvaluator;
+
+/// The database URL's file name in [`DATABASE_DIR`].
+const DATABASE_FILE: &str = "url";
 
 /// How long a terminating evaluator keeps serving, not ready, while its Service's endpoints catch
 /// up (`--shutdown-delay`): connections routed to it in that time are still answered.
@@ -69,8 +71,11 @@ pub fn evaluator_args(inputs: &Inputs<'_>, tier: Tier) -> Vec<String> {
             _ => tier_url(fe, Tier::Root),
         };
         args.push(format!("--server={upstream}"));
-        if fe.spec.tls.is_some() && inputs.tls_ca {
+        // The operator does not read the TLS Secret: the root is checked against its ca.crt if
+        // the Secret has one, else against the system trust store.
+        if fe.spec.tls.is_some() {
             args.push(format!("--upstream-ca={TLS_DIR}/ca.crt"));
+            args.push("--upstream-ca-optional".to_owned());
         }
     }
     if fe.spec.tls.is_some() {
@@ -89,16 +94,11 @@ fn database_env(fe: &FlagEvaluator) -> Vec<EnvVar> {
         value: Some(format!("{DATABASE_CA_DIR}/ca.crt")),
         ..EnvVar::default()
     });
+    // A file, not an environment variable: the evaluator follows it, so a rotated password
+    // needs no restart, and the operator never handles the value.
     let url = EnvVar {
-        name: "PBFLAGS_DATABASE".to_owned(),
-        value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name: root.database.secret_name.clone(),
-                key: root.database.key().to_owned(),
-                optional: Some(false),
-            }),
-            ..EnvVarSource::default()
-        }),
+        name: "PBFLAGS_DATABASE_FILE".to_owned(),
+        value: Some(format!("{DATABASE_DIR}/{DATABASE_FILE}")),
         ..EnvVar::default()
     };
     std::iter::once(url).chain(ca).collect()
@@ -132,11 +132,10 @@ pub(super) fn container(
     } else {
         vec![]
     };
-    let database_ca = fe
-        .spec
-        .root
-        .as_ref()
-        .filter(|r| tier == Tier::Root && r.database_ca.is_some())
+    let root = fe.spec.root.as_ref().filter(|_| tier == Tier::Root);
+    let database = root.map(|_| ("database", DATABASE_DIR));
+    let database_ca = root
+        .filter(|r| r.database_ca.is_some())
         .map(|_| ("database-ca", DATABASE_CA_DIR));
     if let Some(ep) = fe
         .spec
@@ -169,6 +168,9 @@ pub(super) fn container(
         liveness_probe: Some(probe(fe, "/healthz")),
         readiness_probe: Some(probe(fe, "/readyz")),
         resources: Some(resources.unwrap_or_else(default_resources)),
+        // A container that fails at start-up (a missing file, a bad setting) reports its last log
+        // lines, which the operator puts in the FlagEvaluator's status.
+        termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
@@ -182,6 +184,7 @@ pub(super) fn container(
         volume_mounts: Some(
             std::iter::once(("descriptors", DESCRIPTORS_DIR))
                 .chain(fe.spec.tls.as_ref().map(|_| ("tls", TLS_DIR)))
+                .chain(database)
                 .chain(database_ca)
                 .map(|(name, path)| VolumeMount {
                     name: name.to_owned(),
@@ -204,7 +207,7 @@ pub(super) fn pod_spec(
     let fe = inputs.fe;
     let placement = fe.spec.placement.clone().unwrap_or_default();
     let key = fe.spec.descriptors.key().to_owned();
-    let database_ca = database_ca_volume(fe, &containers);
+    let database = database_volumes(fe, &containers);
     // Evaluator pods (no restart policy given) spread over nodes and zones unless told otherwise;
     // Job pods are one-offs.
     let spread = match (&restart_policy, tier) {
@@ -264,7 +267,7 @@ pub(super) fn pod_spec(
                 }),
                 ..Volume::default()
             }))
-            .chain(database_ca)
+            .chain(database)
             .collect(),
         ),
         node_selector: placement.node_selector,
@@ -307,43 +310,54 @@ fn default_resources() -> ResourceRequirements {
     }
 }
 
-/// The database CA Secret as a volume, for pods whose containers mount it (root and migrations).
-fn database_ca_volume(fe: &FlagEvaluator, containers: &[Container]) -> Option<Volume> {
-    let ca = fe.spec.root.as_ref()?.database_ca.as_ref()?;
-    let mounted = containers.iter().any(|c| {
-        c.volume_mounts
+/// The database URL and CA Secrets as volumes, for pods whose containers mount them (root, the
+/// migrations Job and the descriptor check): only the named keys, under fixed file names.
+fn database_volumes(fe: &FlagEvaluator, containers: &[Container]) -> Vec<Volume> {
+    let Some(root) = fe.spec.root.as_ref() else {
+        return vec![];
+    };
+    let mounted = |name: &str| {
+        containers
             .iter()
-            .flatten()
-            .any(|m| m.name == "database-ca")
-    });
-    mounted.then(|| Volume {
-        name: "database-ca".to_owned(),
+            .any(|c| c.volume_mounts.iter().flatten().any(|m| m.name == name))
+    };
+    let volume = |name: &str, secret: &str, key: &str, path: &str| Volume {
+        name: name.to_owned(),
         secret: Some(SecretVolumeSource {
-            secret_name: Some(ca.secret_name.clone()),
+            secret_name: Some(secret.to_owned()),
             items: Some(vec![KeyToPath {
-                key: ca.key().to_owned(),
-                path: "ca.crt".to_owned(),
+                key: key.to_owned(),
+                path: path.to_owned(),
                 mode: None,
             }]),
             optional: Some(false),
             ..SecretVolumeSource::default()
         }),
         ..Volume::default()
-    })
+    };
+    let url = mounted("database").then(|| {
+        volume(
+            "database",
+            &root.database.secret_name,
+            root.database.key(),
+            DATABASE_FILE,
+        )
+    });
+    let ca = root
+        .database_ca
+        .as_ref()
+        .filter(|_| mounted("database-ca"))
+        .map(|ca| volume("database-ca", &ca.secret_name, ca.key(), "ca.crt"));
+    url.into_iter().chain(ca).collect()
 }
 
-pub(super) fn pod_annotations(inputs: &Inputs<'_>, tier: Tier) -> Option<BTreeMap<String, String>> {
-    let mut a = inputs
+pub(super) fn pod_annotations(inputs: &Inputs<'_>) -> Option<BTreeMap<String, String>> {
+    let a = inputs
         .fe
         .spec
         .placement
         .as_ref()
         .and_then(|p| p.pod_annotations.clone())
         .unwrap_or_default();
-    if tier == Tier::Root
-        && let Some(h) = &inputs.secret_hash
-    {
-        a.insert(SECRET_HASH_ANNOTATION.to_owned(), h.clone());
-    }
     (!a.is_empty()).then_some(a)
 }

@@ -52,7 +52,7 @@ pub(super) fn deployment(
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(pod_labels),
-                    annotations: pod_annotations(inputs, tier),
+                    annotations: pod_annotations(inputs),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(pod_spec(

@@ -22,6 +22,7 @@ use crate::rollout::{
     SHA256_ANNOTATION,
 };
 use crate::serving::{self, Prober, Serving, tier_of};
+use crate::starting::{self, Verdict};
 use crate::status::{Observed, Problem, Published, Rollout, reason};
 
 /// Failed pods after which the migrations Job counts as failed (its `backoffLimit`).
@@ -220,6 +221,39 @@ async fn pods_serving(
     Ok(serving::count(&answers, sha256))
 }
 
+/// The first of `fe`'s pods (evaluators and Jobs, by name) that cannot start, as a problem; see
+/// [`crate::starting`]. Asked only while some tier or the migrations Job is not done.
+async fn not_starting(fe: &FlagEvaluator, api: &Cluster<'_>) -> Result<Option<Problem>, Error> {
+    let selector = format!(
+        "app.kubernetes.io/instance={},app.kubernetes.io/name=pbflags-evaluator,{}={}",
+        fe.name_any(),
+        MANAGED_BY.0,
+        MANAGED_BY.1
+    );
+    let mut pods = api.list::<Pod>(&selector).await?;
+    pods.sort_by_key(kube::ResourceExt::name_any);
+    let now = k8s_openapi::jiff::Timestamp::now();
+    for pod in &pods {
+        let name = pod.name_any();
+        match starting::judge(pod, now) {
+            Verdict::Fine => {}
+            Verdict::Failing(why) => {
+                return Ok(Some(starting::problem(
+                    &name,
+                    reason::POD_NOT_STARTING,
+                    &why,
+                )));
+            }
+            Verdict::Creating => {
+                if let Some((reason, why)) = starting::from_events(&api.pod_events(&name).await?) {
+                    return Ok(Some(starting::problem(&name, reason, &why)));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// Applies `desired` for `fe` and prunes what it no longer has.
 pub async fn apply(
     fe: &FlagEvaluator,
@@ -284,6 +318,9 @@ pub async fn apply(
         && let Some(p) = &rollout.published
     {
         rollout.serving = Some(pods_serving(fe, &p.sha256, api, prober).await?);
+    }
+    if observed.waiting() && observed.problem.is_none() {
+        observed.problem = not_starting(fe, api).await?;
     }
     let instance = fe.name_any();
     api.prune::<Deployment>(&instance, &names(desired.deployments()))

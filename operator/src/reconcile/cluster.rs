@@ -138,6 +138,19 @@ impl<'a> Cluster<'a> {
             .map_err(api_err(format!("list {}s {selector}", kind::<K>())))
     }
 
+    /// The events about pod `name`, newest last as the API server lists them.
+    pub async fn pod_events(
+        &self,
+        name: &str,
+    ) -> Result<Vec<k8s_openapi::api::core::v1::Event>, Error> {
+        let fields = format!("involvedObject.kind=Pod,involvedObject.name={name}");
+        self.api::<k8s_openapi::api::core::v1::Event>()
+            .list(&ListParams::default().fields(&fields))
+            .await
+            .map(|l| l.items)
+            .map_err(api_err(format!("list events {fields}")))
+    }
+
     /// Deletes the objects of kind `K` this operator made for `instance` whose names are not in
     /// `keep`.
     pub async fn prune<K>(&self, instance: &str, keep: &[String]) -> Result<(), Error>

@@ -1,7 +1,8 @@
 //! One reconcile of one FlagEvaluator, as a pipeline of typed steps:
 //!
-//! 1. [`dereference`] reads the referenced ConfigMap and Secrets → [`References`], or a
-//!    [`Problem`] the status reports;
+//! 1. [`dereference`] reads the referenced ConfigMap → [`References`], or a [`Problem`] the
+//!    status reports (Secrets are the pods' business: the operator cannot read them, and reports
+//!    a pod that cannot start because of one, see [`crate::starting`]);
 //! 2. [`build`](crate::build::build), pure → the typed [`Desired`](crate::build::Desired) objects;
 //! 3. [`apply`] writes them (the root only after migrations) and prunes the rest → [`Observed`];
 //! 4. [`status::compute`], pure → the status, written only when it changed, with an event per
@@ -115,8 +116,6 @@ pub async fn reconcile(fe: Arc<FlagEvaluator>, ctx: Arc<Context>) -> Result<Acti
             let desired = build::build(&Inputs {
                 fe: &fe,
                 defaults: &ctx.defaults,
-                secret_hash: refs.secret_hash,
-                tls_ca: refs.tls_ca,
                 descriptors: Some(&refs.descriptors),
             })?;
             apply::apply(&fe, &desired, &refs.descriptors, &api, &ctx.prober).await?
@@ -152,14 +151,20 @@ pub async fn reconcile(fe: Arc<FlagEvaluator>, ctx: Arc<Context>) -> Result<Acti
 /// changes when an evaluator reloads, so it asks again soon, less soon when pods do not answer)
 /// and while a name is taken by an object the operator does not own.
 fn requeue_after(observed: &Observed) -> Duration {
-    // Nothing the operator watches tells it when a conflicting object is gone.
-    if observed
-        .problem
-        .as_ref()
-        .is_some_and(|p| p.reason == crate::status::reason::NAME_CONFLICT)
-    {
-        return Duration::from_secs(30);
+    // Nothing the operator watches tells it when a conflicting object is gone, or when a pod's
+    // events change (a Secret it waits for may have appeared).
+    match observed.problem.as_ref().map(|p| p.reason) {
+        Some(crate::status::reason::NAME_CONFLICT) => return Duration::from_secs(30),
+        Some(
+            crate::status::reason::POD_NOT_STARTING
+            | crate::status::reason::SECRET_MISSING
+            | crate::status::reason::SECRET_KEY_MISSING
+            | crate::status::reason::TLS_SECRET_MISSING,
+        ) => return Duration::from_secs(10),
+        _ => {}
     }
+    // A pod stuck in creation changes nothing the operator watches: look again for its events.
+    let waiting = observed.waiting();
     match observed
         .descriptors
         .as_ref()
@@ -167,6 +172,7 @@ fn requeue_after(observed: &Observed) -> Duration {
     {
         Some(s) if !s.complete() && s.total().unreachable > 0 => Duration::from_secs(10),
         Some(s) if !s.complete() => Duration::from_secs(1),
+        _ if waiting => Duration::from_secs(10),
         _ => Duration::from_secs(300),
     }
 }

@@ -63,6 +63,32 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8(out).unwrap()
 }
 
+/// RFC 7386: objects merge key by key, `null` removes, anything else replaces.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Some(fields) = patch.as_object() else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    for (k, v) in fields {
+        if v.is_null() {
+            target.as_object_mut().unwrap().remove(k);
+        } else {
+            merge_patch(&mut target[k], v);
+        }
+    }
+}
+
+/// Whether `obj` has every `a.b=value` of a field selector (dotted paths into the object).
+fn fields_match(obj: &Value, selector: &str) -> bool {
+    selector.split(',').filter(|s| !s.is_empty()).all(|term| {
+        let (k, v) = term.split_once('=').unwrap();
+        k.split('.').fold(obj, |o, part| &o[part]).as_str() == Some(v)
+    })
+}
+
 fn labels_match(obj: &Value, selector: &str) -> bool {
     selector.split(',').filter(|s| !s.is_empty()).all(|term| {
         let (k, v) = term.split_once('=').unwrap();
@@ -158,6 +184,10 @@ impl FakeApi {
             .get(http::header::ACCEPT)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.contains("PartialObjectMetadata"));
+        let merge = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes() == b"application/merge-patch+json");
         let query = req.uri().query().map(percent_decode).unwrap_or_default();
         let body = req.into_body().collect_bytes().await.unwrap();
         let mut state = self.0.lock().unwrap();
@@ -187,6 +217,10 @@ impl FakeApi {
                     .split('&')
                     .find_map(|kv| kv.strip_prefix("labelSelector="))
                     .unwrap_or("");
+                let fields = query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("fieldSelector="))
+                    .unwrap_or("");
                 let prefix = format!("{path}/");
                 let items: Vec<Value> = state
                     .objects
@@ -195,6 +229,7 @@ impl FakeApi {
                         p.starts_with(&prefix)
                             && !p[prefix.len()..].contains('/')
                             && labels_match(o, selector)
+                            && fields_match(o, fields)
                     })
                     .map(|(_, o)| {
                         if metadata_only {
@@ -243,6 +278,8 @@ impl FakeApi {
                 let stored = state.objects.entry(path).or_insert_with(|| json!({}));
                 if subresource == Some("status") {
                     stored["status"] = patch["status"].clone();
+                } else if merge {
+                    merge_patch(stored, &patch);
                 } else {
                     let status = stored.get("status").cloned().or(given);
                     *stored = patch;
