@@ -812,7 +812,6 @@ async fn migrations_run_as_a_job_before_the_root_rolls_out() {
 #[tokio::test]
 async fn transitions_are_recorded_as_events() {
     let (_cp, client, ns, _) = setup("fe-events").await;
-    descriptors(&client, &ns.name).await;
     create_fe(
         &client,
         &ns.name,
@@ -823,14 +822,21 @@ async fn transitions_are_recorded_as_events() {
     )
     .await
     .unwrap();
-    wait_condition(&client, &ns.name, "Degraded", "True", Some("SecretMissing")).await;
+    wait_condition(
+        &client,
+        &ns.name,
+        "Degraded",
+        "True",
+        Some("ConfigMapMissing"),
+    )
+    .await;
     let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), &ns.name);
-    wait_for("a SecretMissing warning event", 30, async || {
+    wait_for("a ConfigMapMissing warning event", 30, async || {
         let list = events.list(&Default::default()).await.ok()?;
         list.items
             .into_iter()
             .find(|e| {
-                e.reason.as_deref() == Some("SecretMissing")
+                e.reason.as_deref() == Some("ConfigMapMissing")
                     && e.type_.as_deref() == Some("Warning")
             })
             .map(|_| ())
