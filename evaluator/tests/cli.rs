@@ -42,7 +42,7 @@ fn example() -> String {
 async fn migrate_sync_and_administer_flags_from_the_command_line() {
     let db = pg::TestDb::create().await;
     let url = Some(db.url.as_str());
-    assert!(ok(&run(url, &["migrate"])).contains("migrations applied: 1"));
+    assert!(ok(&run(url, &["migrate"])).contains("migrations applied: 2"));
     assert!(ok(&run(url, &["sync", "--descriptors", &example()])).contains("4 flags added"));
     assert!(
         ok(&run(url, &["sync", "--descriptors", &example()])).contains("sync complete: 0 changes")

@@ -17,6 +17,7 @@ use pbflags_evaluator::core::engine::Engine;
 use pbflags_evaluator::core::registry::{ContentHash, Registry, Snapshot};
 use pbflags_evaluator::metrics::{Backend, Metrics};
 use pbflags_evaluator::sources::pg::admin::{self, AdminError, StateChange};
+use pbflags_evaluator::sources::pg::changes;
 use pbflags_evaluator::sources::pg::db;
 use pbflags_evaluator::sources::pg::source::PgSource;
 use pbflags_evaluator::sources::pg::sync::{self, SyncError};
@@ -883,4 +884,147 @@ async fn a_changed_database_url_file_reaches_new_connections_without_a_restart()
     assert_eq!(landed, name_of(&second.url));
     stop.cancel();
     task.await.unwrap();
+}
+
+// ---- change notifications ----------------------------------------------------------------------
+
+/// Evaluates `flag_id` for `entity_id` until `want` holds (5 s at most); the engine's manual clock
+/// never expires an entry, so only a notification can bring a change.
+async fn eventually_evaluates(
+    engine: &Engine,
+    flag_id: &str,
+    entity_id: &str,
+    want: impl Fn(&pbflags_evaluator::core::engine::Evaluation) -> bool,
+) {
+    let mut last = None;
+    for _ in 0..500 {
+        let ev = engine.evaluate(flag_id, entity_id).await;
+        if want(&ev) {
+            return;
+        }
+        last = Some(ev);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{flag_id} for {entity_id:?} never changed: {last:?}");
+}
+
+/// An engine following `pool`'s change notifications, once it listens.
+async fn following(pool: &PgPool) -> (Arc<Engine>, Metrics, tokio_util::sync::CancellationToken) {
+    let (engine, metrics) = engine(pool.clone(), exact_ttl());
+    let stop = tokio_util::sync::CancellationToken::new();
+    changes::spawn(pool.clone(), engine.clone(), stop.clone());
+    for _ in 0..500 {
+        if metrics.change_stream_connected.get() == 1 {
+            return (engine, metrics, stop);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the engine never listened");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_reach_the_caches_through_notifications_without_waiting_for_a_ttl() {
+    let (_db, pool) = synced().await;
+    let (engine, metrics, stop) = following(&pool).await;
+    let string = |s: &str| Some(FlagValue::string(s));
+    let ev = engine.evaluate("notif/2", "").await;
+    assert_eq!(
+        (ev.value().cloned(), ev.source),
+        (string("daily"), Src::Default)
+    );
+
+    // A state set the way the CLI sets it.
+    admin::set_state(&pool, "notif/2", StateChange::Set("weekly".into()), "t")
+        .await
+        .unwrap();
+    eventually_evaluates(&engine, "notif/2", "", |ev| {
+        ev.source == Src::Global && ev.value() == string("weekly").as_ref()
+    })
+    .await;
+    // A kill made with plain SQL, as v0.6's tools or a database administrator make it.
+    sqlx::query("UPDATE feature_flags.flags SET state = 'KILLED' WHERE flag_id = 'notif/2'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    eventually_evaluates(&engine, "notif/2", "", |ev| ev.source == Src::Killed).await;
+    sqlx::query("UPDATE feature_flags.flags SET state = 'ENABLED' WHERE flag_id = 'notif/2'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    eventually_evaluates(&engine, "notif/2", "", |ev| ev.source == Src::Global).await;
+
+    // A new override, where "no override" was cached, and its removal.
+    let ev = engine.evaluate("notif/1", "user-1").await;
+    assert_eq!(ev.source, Src::Default);
+    admin::set_override(
+        &pool,
+        "notif/1",
+        "user-1",
+        State::Enabled,
+        Some("false"),
+        "t",
+    )
+    .await
+    .unwrap();
+    eventually_evaluates(&engine, "notif/1", "user-1", |ev| {
+        ev.source == Src::Override && ev.value() == Some(&FlagValue::bool(false))
+    })
+    .await;
+    admin::remove_override(&pool, "notif/1", "user-1", "t")
+        .await
+        .unwrap();
+    eventually_evaluates(&engine, "notif/1", "user-1", |ev| ev.source == Src::Default).await;
+    assert!(metrics.change_events("flag") >= 3, "{}", metrics.render());
+    assert!(
+        metrics.change_events("override") >= 2,
+        "{}",
+        metrics.render()
+    );
+
+    // Evaluations of unchanged flags stay cached through all of it.
+    let before = fetches(&metrics, "flag_state");
+    engine.evaluate("notif/3", "").await;
+    let fetched = fetches(&metrics, "flag_state");
+    admin::set_state(&pool, "notif/4", StateChange::Set("0.5".into()), "t")
+        .await
+        .unwrap();
+    eventually_evaluates(&engine, "notif/4", "", |ev| ev.source == Src::Global).await;
+    let after_notif_4 = fetches(&metrics, "flag_state");
+    engine.evaluate("notif/3", "").await;
+    assert_eq!(
+        fetches(&metrics, "flag_state"),
+        after_notif_4,
+        "notif/3 stayed cached"
+    );
+    assert!(fetched > before);
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_notification_connection_resyncs_and_shows_changes_made_meanwhile() {
+    let (_db, pool) = synced().await;
+    let (engine, metrics, stop) = following(&pool).await;
+    assert_eq!(engine.evaluate("notif/2", "").await.source, Src::Default);
+    let resyncs = metrics.change_events("resync");
+
+    // The LISTEN connection is ended by the server; the change lands while nobody listens.
+    let ended: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE query LIKE 'LISTEN%' AND datname = current_database()) t",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(ended, 1, "one LISTEN connection");
+    admin::set_state(&pool, "notif/2", StateChange::Set("weekly".into()), "t")
+        .await
+        .unwrap();
+    eventually_evaluates(&engine, "notif/2", "", |ev| ev.source == Src::Global).await;
+    assert!(
+        metrics.change_events("resync") > resyncs,
+        "the reconnection resynced: {}",
+        metrics.render()
+    );
+    assert_eq!(metrics.change_stream_connected.get(), 1);
+    stop.cancel();
 }

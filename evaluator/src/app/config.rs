@@ -68,6 +68,10 @@ pub struct SourceArgs {
     /// Apply database migrations before serving (root mode).
     #[arg(long, env = "PBFLAGS_MIGRATE")]
     pub migrate: bool,
+    /// Root mode: follow PostgreSQL's change notifications (`LISTEN`), so kills, states and
+    /// overrides reach the caches at once; `false` leaves changes to the TTLs.
+    #[arg(long, env = "PBFLAGS_CHANGE_NOTIFICATIONS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub change_notifications: bool,
     /// Let a reloaded descriptor set that declares no flags replace one that declares some (by
     /// default such a set is refused as a likely truncated file).
     #[arg(long, env = "PBFLAGS_ALLOW_EMPTY_DESCRIPTORS")]
@@ -253,6 +257,8 @@ pub struct Config {
     pub migrate: bool,
     /// A reloaded set without flags may replace one with flags.
     pub allow_empty_descriptors: bool,
+    /// Follow PostgreSQL's change notifications (root mode).
+    pub change_notifications: bool,
     /// Cache settings.
     pub cache: CacheConfig,
     /// Largest request body.
@@ -357,6 +363,7 @@ impl ServeArgs {
             db: source.db,
             migrate: self.source.migrate,
             allow_empty_descriptors: self.source.allow_empty_descriptors,
+            change_notifications: self.source.change_notifications,
             upstream_protocol: self.source.upstream_protocol,
             upstream_ca: source.upstream_ca,
             cache: self.cache.resolve(&file.cache)?,

@@ -61,6 +61,8 @@ pub struct Prepared {
     metrics: Metrics,
     /// The database URL file to follow (root mode with `--database-file`).
     database_file: Option<Arc<db::UrlFile>>,
+    /// The pool whose change notifications to follow (root mode, unless switched off).
+    notifications: Option<sqlx::PgPool>,
 }
 
 /// The certificate store and the rustls configuration serving from it.
@@ -101,11 +103,12 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
     tracing::info!(flags = snapshot.len(), sha256 = %snapshot.hash(), path = %config.descriptors.display(), "descriptors loaded");
     let registry = Arc::new(Registry::new(snapshot));
     let metrics = Metrics::new();
-    let mut database_file = None;
+    let (mut database_file, mut notifications) = (None, None);
     let (source, backend): (Arc<dyn StateSource>, Backend) = match &config.mode {
         Mode::Root => {
             let pool = config.db.pool()?;
             database_file = db::UrlFile::new(&config.db, &pool);
+            notifications = config.change_notifications.then(|| pool.clone());
             if config.migrate {
                 let n = db::migrate(&pool).await?;
                 tracing::info!(applied = n, "migrations applied");
@@ -178,6 +181,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
         tls,
         metrics,
         database_file,
+        notifications,
         listener,
         parts,
         engine,
@@ -213,6 +217,7 @@ pub async fn run(prepared: Prepared, shutdown: CancellationToken) {
         tls,
         metrics,
         database_file,
+        notifications,
     } = prepared;
     let tasks = CancellationToken::new();
 
@@ -264,6 +269,15 @@ pub async fn run(prepared: Prepared, shutdown: CancellationToken) {
         ));
     }
 
+    if let Some(pool) = notifications {
+        let (engine, tasks) = (engine.clone(), tasks.clone());
+        background.push(supervised(
+            "change_notifications",
+            Box::new(move || {
+                crate::sources::pg::changes::spawn(pool.clone(), engine.clone(), tasks.clone())
+            }),
+        ));
+    }
     if let Some(file) = &database_file {
         let (file, interval, tasks) = (file.clone(), config.tls_poll_interval, tasks.clone());
         background.push(supervised(

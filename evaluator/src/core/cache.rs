@@ -247,6 +247,8 @@ pub struct Caches {
     config: CacheConfig,
     clock: Clock,
     epoch: AtomicU64,
+    /// Counts announced changes (invalidations); see [`Caches::changes`].
+    changes: AtomicU64,
     flags: Cache<Arc<str>, Arc<FlagEntry>, Hash>,
     overrides: Cache<u64, Arc<OverrideEntry>, Hash>,
     last_flags: Cache<Arc<str>, Arc<FlagEntry>, Hash>,
@@ -274,6 +276,7 @@ impl Caches {
         Self {
             clock,
             epoch: AtomicU64::new(0),
+            changes: AtomicU64::new(0),
             flags: hot(flags),
             overrides: hot(overrides),
             last_flags: last(last_flags),
@@ -301,15 +304,31 @@ impl Caches {
         &self.clock
     }
 
-    /// A jittered TTL and the clock millisecond it ends at.
-    fn expiry(&self, base: Duration) -> (Duration, u64) {
+    /// How many changes have been announced so far. A fetch reads it before asking the source and
+    /// hands it to `put_*`: if a change was announced meanwhile, what the fetch read may predate
+    /// it, so the entry is stored already stale (still the last-known value) instead of fresh for
+    /// a whole TTL.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
+    }
+
+    fn announce(&self) {
+        self.changes.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A jittered TTL and the clock millisecond it ends at: now if a change was announced since
+    /// `since`.
+    fn expiry(&self, base: Duration, since: u64) -> (Duration, u64) {
         let ttl = jittered(base, self.config.jitter_percent);
+        if self.changes() != since {
+            return (ttl, 0);
+        }
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         (ttl, self.clock.now_ms().saturating_add(ttl_ms))
     }
 
-    fn flag_entry(&self, state: Option<FlagState>) -> Arc<FlagEntry> {
-        let (ttl, expires_at) = self.expiry(self.config.flag_ttl);
+    fn flag_entry(&self, state: Option<FlagState>, since: u64) -> Arc<FlagEntry> {
+        let (ttl, expires_at) = self.expiry(self.config.flag_ttl, since);
         Arc::new(FlagEntry {
             state,
             ttl,
@@ -336,8 +355,8 @@ impl Caches {
     }
 
     /// Stores a fetched state (or "no row") in a slot.
-    pub fn put_slot(&self, slot: &Slot, state: Option<FlagState>) -> Arc<FlagEntry> {
-        let entry = self.flag_entry(state);
+    pub fn put_slot(&self, slot: &Slot, state: Option<FlagState>, since: u64) -> Arc<FlagEntry> {
+        let entry = self.flag_entry(state, since);
         slot.store(Some(entry.clone()));
         entry
     }
@@ -357,8 +376,13 @@ impl Caches {
 
     /// Caches a fetched state (or "no row") of an undeclared flag in the hot cache and the
     /// last-known store.
-    pub fn put_flag(&self, flag_id: Arc<str>, state: Option<FlagState>) -> Arc<FlagEntry> {
-        let entry = self.flag_entry(state);
+    pub fn put_flag(
+        &self,
+        flag_id: Arc<str>,
+        state: Option<FlagState>,
+        since: u64,
+    ) -> Arc<FlagEntry> {
+        let entry = self.flag_entry(state, since);
         self.flags.insert(flag_id.clone(), entry.clone());
         self.last_flags.insert(flag_id, entry.clone());
         entry
@@ -383,8 +407,9 @@ impl Caches {
         flag_id: &str,
         entity_id: &str,
         value: Option<Override>,
+        since: u64,
     ) -> Arc<OverrideEntry> {
-        let (ttl, expires_at) = self.expiry(self.config.override_ttl);
+        let (ttl, expires_at) = self.expiry(self.config.override_ttl, since);
         let entry = Arc::new(OverrideEntry {
             flag_id: flag_id.into(),
             entity_id: entity_id.into(),
@@ -410,8 +435,35 @@ impl Caches {
         (*e.flag_id == *flag_id && *e.entity_id == *entity_id).then_some(e)
     }
 
+    /// Makes a declared flag's slot stale; its state stays as the last-known value.
+    pub fn expire_slot(&self, slot: &Slot) {
+        self.announce();
+        if let Some(e) = slot.load_full() {
+            slot.store(Some(Arc::new(FlagEntry {
+                state: e.state.clone(),
+                ttl: e.ttl,
+                expires_at: 0,
+                epoch: e.epoch,
+            })));
+        }
+    }
+
+    /// Drops an undeclared flag's hot entry; the last-known one stays.
+    pub fn invalidate_flag(&self, flag_id: &str) {
+        self.announce();
+        self.flags.invalidate(flag_id);
+    }
+
+    /// Drops the hot entry for (flag, entity); the last-known one stays.
+    pub fn invalidate_override(&self, flag_id: &str, entity_id: &str) {
+        self.announce();
+        self.overrides
+            .invalidate(&self.override_key(flag_id, entity_id));
+    }
+
     /// Empties the hot caches; last-known values are kept.
     pub fn flush(&self) {
+        self.announce();
         self.epoch.fetch_add(1, Ordering::Relaxed);
         self.flags.invalidate_all();
         self.overrides.invalidate_all();
@@ -487,8 +539,8 @@ mod tests {
             },
             clock.clone(),
         );
-        caches.put_flag("f/1".into(), Some(state()));
-        caches.put_override("f/1", "u", None);
+        caches.put_flag("f/1".into(), Some(state()), caches.changes());
+        caches.put_override("f/1", "u", None, caches.changes());
         clock.advance(Duration::from_millis(29_999));
         assert!(caches.flag("f/1").is_some() && caches.override_entry("f/1", "u").is_some());
         clock.advance(Duration::from_millis(1));
@@ -509,10 +561,10 @@ mod tests {
     #[test]
     fn absent_rows_are_cached_as_negative_entries() {
         let caches = Caches::new(CacheConfig::default(), Clock::real());
-        caches.put_flag("f/1".into(), None);
+        caches.put_flag("f/1".into(), None, caches.changes());
         let e = caches.flag("f/1").expect("negative entry is cached");
         assert!(e.state.is_none());
-        caches.put_override("f/1", "u", None);
+        caches.put_override("f/1", "u", None, caches.changes());
         assert!(
             caches
                 .override_entry("f/1", "u")
@@ -525,7 +577,7 @@ mod tests {
     #[test]
     fn override_keys_do_not_mix_flag_and_entity_boundaries() {
         let caches = Caches::new(CacheConfig::default(), Clock::real());
-        caches.put_override("ab", "c", None);
+        caches.put_override("ab", "c", None, caches.changes());
         assert!(caches.override_entry("a", "bc").is_none());
         assert!(caches.override_entry("ab", "c").is_some());
     }
@@ -533,8 +585,8 @@ mod tests {
     #[test]
     fn flush_empties_hot_caches_and_keeps_last_known() {
         let caches = Caches::new(CacheConfig::default(), Clock::real());
-        caches.put_flag("f/1".into(), Some(state()));
-        caches.put_override("f/1", "u", None);
+        caches.put_flag("f/1".into(), Some(state()), caches.changes());
+        caches.put_override("f/1", "u", None, caches.changes());
         caches.flush();
         assert!(caches.flag("f/1").is_none() && caches.override_entry("f/1", "u").is_none());
         assert!(
@@ -553,7 +605,7 @@ mod tests {
             Clock::real(),
         );
         for i in 0..5_000 {
-            caches.put_override("f/1", &format!("entity-{i}"), None);
+            caches.put_override("f/1", &format!("entity-{i}"), None, caches.changes());
         }
         let (_, _, last) = caches.sizes();
         assert!(
@@ -573,7 +625,7 @@ mod tests {
         // 10,000 overrides with 4 KiB entity ids: 40 MiB offered, 3 MiB + 3 MiB allowed.
         let pad = "e".repeat(4096);
         for i in 0..10_000 {
-            caches.put_override("f/1", &format!("{i}{pad}"), None);
+            caches.put_override("f/1", &format!("{i}{pad}"), None, caches.changes());
         }
         let (_, hot, last) = caches.sizes();
         let entry = (ENTRY_OVERHEAD + 3 + 4096 + 4) as u64;
@@ -593,7 +645,7 @@ mod tests {
             Clock::real(),
         );
         for i in 0..5_000 {
-            small.put_override("f/1", &format!("u{i}"), None);
+            small.put_override("f/1", &format!("u{i}"), None, small.changes());
         }
         let (_, hot, last) = small.sizes();
         assert!(hot <= 50 && last <= 70, "{hot} / {last}");
@@ -614,9 +666,9 @@ mod tests {
     fn sizes_are_real_counts() {
         let caches = Caches::new(CacheConfig::default(), Clock::real());
         for i in 0..10 {
-            caches.put_flag(format!("f/{i}").into(), None);
+            caches.put_flag(format!("f/{i}").into(), None, caches.changes());
         }
-        caches.put_override("f/1", "u", None);
+        caches.put_override("f/1", "u", None, caches.changes());
         assert_eq!(caches.sizes(), (10, 1, 11));
     }
 }
@@ -637,7 +689,7 @@ mod slot_tests {
             clock.clone(),
         );
         let slot = Slot::empty();
-        caches.put_slot(&slot, None);
+        caches.put_slot(&slot, None, caches.changes());
         clock.advance(Duration::from_millis(29_999));
         assert!(caches.slot_fresh(&slot).is_some());
         clock.advance(Duration::from_millis(1));
@@ -646,10 +698,55 @@ mod slot_tests {
     }
 
     #[test]
+    fn an_announced_change_makes_exactly_its_entry_stale_and_keeps_it_as_last_known() {
+        let caches = Caches::new(CacheConfig::default(), Clock::real());
+        let (slot, other) = (Slot::empty(), Slot::empty());
+        caches.put_slot(&slot, None, caches.changes());
+        caches.put_slot(&other, None, caches.changes());
+        caches.put_flag("f/1".into(), None, caches.changes());
+        caches.put_flag("f/2".into(), None, caches.changes());
+        caches.put_override("f/1", "u", None, caches.changes());
+        caches.put_override("f/1", "v", None, caches.changes());
+
+        caches.expire_slot(&slot);
+        caches.invalidate_flag("f/1");
+        caches.invalidate_override("f/1", "u");
+        assert!(caches.slot_fresh(&slot).is_none() && caches.slot_last(&slot).is_some());
+        assert!(caches.flag("f/1").is_none() && caches.last_known_flag("f/1").is_some());
+        assert!(
+            caches.override_entry("f/1", "u").is_none()
+                && caches.last_known_override("f/1", "u").is_some()
+        );
+        // The others stay fresh.
+        assert!(caches.slot_fresh(&other).is_some());
+        assert!(caches.flag("f/2").is_some());
+        assert!(caches.override_entry("f/1", "v").is_some());
+    }
+
+    #[test]
+    fn a_fetch_that_overlaps_an_announced_change_is_stored_stale() {
+        let caches = Caches::new(CacheConfig::default(), Clock::real());
+        let slot = Slot::empty();
+        // A fetch starts, a change is announced while it waits on the source, then it stores what
+        // it read (which may predate the change): it must not be served as fresh for a TTL.
+        let since = caches.changes();
+        caches.invalidate_override("f/9", "x");
+        caches.put_slot(&slot, None, since);
+        caches.put_flag("f/1".into(), None, since);
+        caches.put_override("f/1", "u", None, since);
+        assert!(caches.slot_fresh(&slot).is_none() && caches.slot_last(&slot).is_some());
+        assert!(caches.flag("f/1").is_none() && caches.last_known_flag("f/1").is_some());
+        assert!(caches.override_entry("f/1", "u").is_none());
+        // The next fetch, with nothing announced during it, is fresh again.
+        caches.put_slot(&slot, None, caches.changes());
+        assert!(caches.slot_fresh(&slot).is_some());
+    }
+
+    #[test]
     fn flush_makes_slots_stale_but_keeps_them() {
         let caches = Caches::new(CacheConfig::default(), Clock::real());
         let slot = Slot::empty();
-        caches.put_slot(&slot, None);
+        caches.put_slot(&slot, None, caches.changes());
         caches.flush();
         assert!(caches.slot_fresh(&slot).is_none());
         assert!(caches.slot_last(&slot).is_some());

@@ -394,7 +394,7 @@ mod tests {
         let caches =
             crate::core::cache::Caches::new(Default::default(), crate::core::clock::Clock::real());
         let old = example();
-        caches.put_slot(old.slot(0), None);
+        caches.put_slot(old.slot(0), None, caches.changes());
         let new = example();
         new.inherit_slots(&old);
         assert!(caches.slot_fresh(new.slot(0)).is_some());

@@ -114,6 +114,10 @@ pub struct Metrics {
     pub source_fast_failures: IntCounter,
     reloads: IntCounterVec,
     tls_reloads: IntCounterVec,
+    change_events: IntCounterVec,
+    /// `pbflags_change_stream_connected`: 1 while change notifications are received (the root's
+    /// PostgreSQL LISTEN), else 0.
+    pub change_stream_connected: IntGauge,
     task_restarts: IntCounterVec,
     rpc_requests: IntCounterVec,
     rpc_duration: HistogramVec,
@@ -228,6 +232,15 @@ impl Metrics {
         )
         .expect("valid");
         reg(Box::new(tls_reloads.clone()));
+        let change_events = IntCounterVec::new(
+            Opts::new(
+                "pbflags_change_events_total",
+                "Change notifications applied to the caches, by kind (flag, override; resync: every entry, after the stream was (re)connected).",
+            ),
+            &["kind"],
+        )
+        .expect("valid");
+        reg(Box::new(change_events.clone()));
         let task_restarts = IntCounterVec::new(
             Opts::new(
                 "pbflags_task_restarts_total",
@@ -310,6 +323,11 @@ impl Metrics {
             ),
             reloads,
             tls_reloads,
+            change_events,
+            change_stream_connected: int_gauge(
+                "pbflags_change_stream_connected",
+                "1 while change notifications are received (root: PostgreSQL LISTEN), else 0.",
+            ),
             task_restarts,
             descriptor_flags: int_gauge(
                 "pbflags_descriptor_flags",
@@ -373,6 +391,16 @@ impl Metrics {
     /// Records a TLS certificate reload.
     pub fn tls_reload(&self, success: bool) {
         self.tls_reloads.with_label_values(&[result(success)]).inc();
+    }
+
+    /// Records an applied change notification of `kind` (`flag`, `override`, `resync`).
+    pub fn change_event(&self, kind: &str) {
+        self.change_events.with_label_values(&[kind]).inc();
+    }
+
+    /// Change notifications of `kind` applied so far.
+    pub fn change_events(&self, kind: &str) -> u64 {
+        self.change_events.with_label_values(&[kind]).get()
     }
 
     /// Records a failed background task that will be restarted.

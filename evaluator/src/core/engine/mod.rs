@@ -431,6 +431,7 @@ impl Engine {
             if let Some(e) = filled {
                 return Ok(e);
             }
+            let since = shared.caches.changes();
             let started = std::time::Instant::now();
             let span = tracing::info_span!("source.flag_state", flag_id = %key);
             let r = shared.source.flag_state(&key).instrument(span).await;
@@ -439,8 +440,8 @@ impl Engine {
                 shared.check_type(&key, state.value.as_ref());
             }
             r.map(|state| match flight_home {
-                Home::Slot(s, i) => shared.caches.put_slot(s.slot(i), state),
-                Home::Map => shared.caches.put_flag(key, state),
+                Home::Slot(s, i) => shared.caches.put_slot(s.slot(i), state, since),
+                Home::Map => shared.caches.put_flag(key, state, since),
             })
         });
         let result = if admission == Admission::Probe {
@@ -490,6 +491,7 @@ impl Engine {
                 return Ok(e);
             }
             let ids = [flag.to_string()];
+            let since = shared.caches.changes();
             let started = std::time::Instant::now();
             let span = tracing::info_span!("source.overrides", entity_id = %entity);
             let r = shared
@@ -498,7 +500,7 @@ impl Engine {
                 .instrument(span)
                 .await;
             shared.observe(Operation::Overrides, &r, started);
-            r.map(|rows| store_overrides(&shared, &entity, &ids, rows).remove(0))
+            r.map(|rows| store_overrides(&shared, &entity, &ids, rows, since).remove(0))
         });
         let result = if admission == Admission::Probe {
             match probe(fetch).await {
@@ -633,6 +635,7 @@ impl Engine {
         let shared = self.shared.clone();
         let entity = entity_id.to_owned();
         let fetch = async move {
+            let since = shared.caches.changes();
             let started = std::time::Instant::now();
             let span =
                 tracing::info_span!("source.overrides", entity_id = %entity, flags = missing.len());
@@ -643,7 +646,7 @@ impl Engine {
                 .await;
             shared.observe(Operation::Overrides, &r, started);
             r.map(|rows| {
-                let entries = store_overrides(&shared, &entity, &missing, rows);
+                let entries = store_overrides(&shared, &entity, &missing, rows, since);
                 missing.into_iter().zip(entries).collect::<Vec<_>>()
             })
         };
@@ -668,6 +671,7 @@ impl Engine {
         let shared = self.shared.clone();
         let fetch = async move {
             let ids: Vec<String> = missing.iter().map(|(id, _)| id.clone()).collect();
+            let since = shared.caches.changes();
             let started = std::time::Instant::now();
             let span = tracing::info_span!("source.flag_states", flags = ids.len());
             let r = shared.source.flag_states(&ids).instrument(span).await;
@@ -681,8 +685,8 @@ impl Engine {
                             shared.check_type(&id, state.value.as_ref());
                         }
                         let entry = match home {
-                            Home::Slot(s, i) => shared.caches.put_slot(s.slot(i), state),
-                            Home::Map => shared.caches.put_flag(id.as_str().into(), state),
+                            Home::Slot(s, i) => shared.caches.put_slot(s.slot(i), state, since),
+                            Home::Map => shared.caches.put_flag(id.as_str().into(), state, since),
                         };
                         (id, entry)
                     })
@@ -690,6 +694,28 @@ impl Engine {
             })
         };
         batch.run(admission, fetch).await
+    }
+
+    /// A change to `flag_id`'s global state was announced: its cached state turns stale (kept as
+    /// the last-known value for outages), so the next evaluation reads the source.
+    pub fn invalidate_flag(&self, flag_id: &str) {
+        let snapshot = self.registry.load();
+        match snapshot.index_of(flag_id) {
+            Some(i) => self.shared.caches.expire_slot(snapshot.slot(i)),
+            None => self.shared.caches.invalidate_flag(flag_id),
+        }
+    }
+
+    /// A change to `entity_id`'s override of `flag_id` was announced (see
+    /// [`invalidate_flag`](Self::invalidate_flag)).
+    pub fn invalidate_override(&self, flag_id: &str, entity_id: &str) {
+        self.shared.caches.invalidate_override(flag_id, entity_id);
+    }
+
+    /// Changes may have been missed: every cached state and override turns stale (last-known
+    /// values stay).
+    pub fn invalidate_all(&self) {
+        self.shared.caches.flush();
     }
 
     /// Polls the kill set once: replaces it on success, keeps the last one on failure.
@@ -800,13 +826,15 @@ impl<T> Batch<T> {
     }
 }
 
-/// Caches the rows of an override fetch for `ids`: each id gets its row, or a negative entry.
+/// Caches the rows of an override fetch for `ids`: each id gets its row, or a negative entry
+/// (stale at once if a change was announced since `since`, see [`Caches::changes`]).
 /// Returns the entries in the order of `ids`.
 fn store_overrides(
     shared: &Shared,
     entity_id: &str,
     ids: &[String],
     rows: Vec<source::Override>,
+    since: u64,
 ) -> Vec<Arc<OverrideEntry>> {
     let mut by_flag: HashMap<String, source::Override> = HashMap::with_capacity(rows.len());
     for row in rows {
@@ -820,7 +848,7 @@ fn store_overrides(
         .map(|id| {
             shared
                 .caches
-                .put_override(id, entity_id, by_flag.remove(id))
+                .put_override(id, entity_id, by_flag.remove(id), since)
         })
         .collect()
 }

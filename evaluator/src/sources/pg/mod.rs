@@ -2,6 +2,7 @@
 //! flag administration. The schema is pbflags v0.6's (`migrations/`).
 
 pub mod admin;
+pub mod changes;
 pub mod db;
 pub mod source;
 pub mod sync;
