@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "pbflags/options.proto",
         "pbflags/v1/types.proto",
         "pbflags/v1/evaluator.proto",
+        "pbflags/v1/changes.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -103,7 +103,7 @@ fn expire(engine: &Engine) {
 async fn migrate_creates_the_v0_6_schema_and_keeps_its_bookkeeping_in_feature_flags() {
     let db = TestDb::create().await;
     let pool = db.pool().await;
-    assert_eq!(db::migrate(&pool).await.unwrap(), 1);
+    assert_eq!(db::migrate(&pool).await.unwrap(), 2);
     assert_eq!(
         db::migrate(&pool).await.unwrap(),
         0,
@@ -152,12 +152,33 @@ async fn migrate_adopts_a_database_migrated_by_v0_6() {
             .await
             .unwrap();
     }
-    assert_eq!(db::migrate(&pool).await.unwrap(), 1);
+    assert_eq!(db::migrate(&pool).await.unwrap(), 2);
     let (row, _) = admin::get(&pool, "legacy/1").await.unwrap();
     assert_eq!(
         (row.state, row.value),
         (Some(State::Enabled), Some(FlagValue::bool(true))),
         "existing data is kept"
+    );
+    // The notification triggers only add notifications: a write as v0.6's tools make it still
+    // works, and is announced.
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
+        .await
+        .unwrap();
+    listener.listen(changes::CHANNEL).await.unwrap();
+    sqlx::query("UPDATE feature_flags.flags SET state = 'KILLED', updated_at = now() WHERE flag_id = 'legacy/1'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        changes::Change::parse(n.payload()),
+        Some(changes::Change {
+            flag_id: "legacy/1".into(),
+            entity_id: None
+        })
     );
 }
 
@@ -175,7 +196,7 @@ async fn concurrent_migrations_all_succeed() {
     for t in tasks {
         applied += t.await.unwrap().expect("every concurrent migrate succeeds");
     }
-    assert_eq!(applied, 1, "exactly one of them applied the migration");
+    assert_eq!(applied, 2, "exactly one of them applied the migrations");
 }
 
 // ---- v0.6 integration scenarios ------------------------------------------------------------------
@@ -871,7 +892,11 @@ async fn a_changed_database_url_file_reaches_new_connections_without_a_restart()
 
     // The watch notices a change by itself.
     let stop = tokio_util::sync::CancellationToken::new();
-    let task = watch.spawn_watch(Duration::from_millis(100), stop.clone());
+    let task = pbflags_evaluator::app::serve::follow_database_file(
+        watch.clone(),
+        Duration::from_millis(100),
+        stop.clone(),
+    );
     std::fs::write(&file, &second.url).unwrap();
     let mut landed = String::new();
     for _ in 0..100 {

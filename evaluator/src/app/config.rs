@@ -68,10 +68,15 @@ pub struct SourceArgs {
     /// Apply database migrations before serving (root mode).
     #[arg(long, env = "PBFLAGS_MIGRATE")]
     pub migrate: bool,
-    /// Root mode: follow PostgreSQL's change notifications (`LISTEN`), so kills, states and
-    /// overrides reach the caches at once; `false` leaves changes to the TTLs.
+    /// Follow changes as they are made, so kills, states and overrides reach the caches at once
+    /// (root: PostgreSQL's notifications; proxy: the upstream's change stream); `false` leaves
+    /// changes to the TTLs.
     #[arg(long, env = "PBFLAGS_CHANGE_NOTIFICATIONS", default_value_t = true, action = clap::ArgAction::Set)]
     pub change_notifications: bool,
+    /// Most subscribers of this evaluator's change stream (`WatchChanges`) at a time; more are
+    /// refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "PBFLAGS_MAX_WATCHERS", default_value_t = crate::core::engine::DEFAULT_MAX_WATCHERS)]
+    pub max_watchers: usize,
     /// Let a reloaded descriptor set that declares no flags replace one that declares some (by
     /// default such a set is refused as a likely truncated file).
     #[arg(long, env = "PBFLAGS_ALLOW_EMPTY_DESCRIPTORS")]
@@ -257,8 +262,10 @@ pub struct Config {
     pub migrate: bool,
     /// A reloaded set without flags may replace one with flags.
     pub allow_empty_descriptors: bool,
-    /// Follow PostgreSQL's change notifications (root mode).
+    /// Follow changes as they are made (root: PostgreSQL; proxy: the upstream's stream).
     pub change_notifications: bool,
+    /// Most change stream subscribers.
+    pub max_watchers: usize,
     /// Cache settings.
     pub cache: CacheConfig,
     /// Largest request body.
@@ -364,6 +371,7 @@ impl ServeArgs {
             migrate: self.source.migrate,
             allow_empty_descriptors: self.source.allow_empty_descriptors,
             change_notifications: self.source.change_notifications,
+            max_watchers: self.source.max_watchers,
             upstream_protocol: self.source.upstream_protocol,
             upstream_ca: source.upstream_ca,
             cache: self.cache.resolve(&file.cache)?,

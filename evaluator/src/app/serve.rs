@@ -20,6 +20,7 @@ use crate::reload::descriptors::{self, DescriptorWatcher, WatcherConfig};
 use crate::server::{self, AppParts, Readiness, service::Evaluator};
 use crate::sources::pg::{db, source::PgSource};
 use crate::sources::upstream::UpstreamSource;
+use pbflags_proto::v1::flag_change_service_server::FlagChangeServiceServer;
 
 /// Why `serve` stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +64,8 @@ pub struct Prepared {
     database_file: Option<Arc<db::UrlFile>>,
     /// The pool whose change notifications to follow (root mode, unless switched off).
     notifications: Option<sqlx::PgPool>,
+    /// The upstream whose change stream to follow (proxy mode, unless switched off).
+    upstream: Option<Arc<UpstreamSource>>,
 }
 
 /// The certificate store and the rustls configuration serving from it.
@@ -103,7 +106,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
     tracing::info!(flags = snapshot.len(), sha256 = %snapshot.hash(), path = %config.descriptors.display(), "descriptors loaded");
     let registry = Arc::new(Registry::new(snapshot));
     let metrics = Metrics::new();
-    let (mut database_file, mut notifications) = (None, None);
+    let (mut database_file, mut notifications, mut upstream) = (None, None, None);
     let (source, backend): (Arc<dyn StateSource>, Backend) = match &config.mode {
         Mode::Root => {
             let pool = config.db.pool()?;
@@ -122,8 +125,8 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
                 Backend::Db,
             )
         }
-        Mode::Proxy(url) => (
-            Arc::new(
+        Mode::Proxy(url) => {
+            let source = Arc::new(
                 UpstreamSource::new(
                     url,
                     config.cache.fetch_timeout,
@@ -131,20 +134,24 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
                     &config.upstream_ca,
                 )
                 .map_err(ServeError::Upstream)?,
-            ),
-            Backend::Upstream,
-        ),
+            );
+            upstream = config.change_notifications.then(|| source.clone());
+            (source, Backend::Upstream)
+        }
     };
     let clock = Clock::coarse();
     clock.tick();
-    let engine = Arc::new(Engine::with_clock(
-        registry.clone(),
-        source,
-        backend,
-        config.cache.clone(),
-        metrics.clone(),
-        clock.clone(),
-    ));
+    let engine = Arc::new(
+        Engine::with_clock(
+            registry.clone(),
+            source,
+            backend,
+            config.cache.clone(),
+            metrics.clone(),
+            clock.clone(),
+        )
+        .max_watchers(config.max_watchers),
+    );
 
     let tls = match config.tls.clone() {
         None => None,
@@ -170,7 +177,12 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
     let parts = AppParts {
         evaluator: Evaluator::new(engine.clone(), config.max_bulk_flags, config.ids),
         readiness: readiness.clone(),
-        grpc_routes: tonic::service::Routes::new(grpc_health),
+        grpc_routes: tonic::service::Routes::new(grpc_health).add_service(
+            FlagChangeServiceServer::new(server::changes::ChangeService::new(
+                engine.clone(),
+                server::changes::HEARTBEAT,
+            )),
+        ),
         max_request_bytes: config.max_request_bytes,
     };
     let mut wc = WatcherConfig::new(&config.descriptors);
@@ -182,6 +194,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
         metrics,
         database_file,
         notifications,
+        upstream,
         listener,
         parts,
         engine,
@@ -203,6 +216,28 @@ async fn set_health(
     reporter.set_service_status(SERVICE, status).await;
 }
 
+/// Checks the database URL file on file events in its directory and every `interval`.
+pub fn follow_database_file(
+    file: Arc<db::UrlFile>,
+    interval: Duration,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let path = file.path().to_owned();
+    crate::reload::files::FileWatch {
+        paths: vec![path],
+        poll_interval: interval,
+        debounce: Duration::from_millis(250),
+        fs_events: true,
+        sighup: false,
+    }
+    .spawn(
+        move |_| {
+            file.check();
+        },
+        stop,
+    )
+}
+
 /// Serves until `shutdown` is cancelled.
 pub async fn run(prepared: Prepared, shutdown: CancellationToken) {
     let Prepared {
@@ -218,6 +253,7 @@ pub async fn run(prepared: Prepared, shutdown: CancellationToken) {
         metrics,
         database_file,
         notifications,
+        upstream,
     } = prepared;
     let tasks = CancellationToken::new();
 
@@ -278,11 +314,20 @@ pub async fn run(prepared: Prepared, shutdown: CancellationToken) {
             }),
         ));
     }
+    if let Some(upstream) = upstream {
+        let (engine, tasks) = (engine.clone(), tasks.clone());
+        background.push(supervised(
+            "change_stream",
+            Box::new(move || {
+                crate::sources::follow::spawn(upstream.clone(), engine.clone(), tasks.clone())
+            }),
+        ));
+    }
     if let Some(file) = &database_file {
         let (file, interval, tasks) = (file.clone(), config.tls_poll_interval, tasks.clone());
         background.push(supervised(
             "database_file_watcher",
-            Box::new(move || file.spawn_watch(interval, tasks.clone())),
+            Box::new(move || follow_database_file(file.clone(), interval, tasks.clone())),
         ));
     }
 
@@ -332,8 +377,11 @@ pub async fn run(prepared: Prepared, shutdown: CancellationToken) {
             server_token.clone(),
             config.shutdown_timeout,
         );
+        let hub_engine = engine.clone();
         let signal = async move {
             on_shutdown.await;
+            // Change streams end cleanly, so draining does not wait on them.
+            hub_engine.hub().close();
             server_token.cancel();
         };
         let (drained, ()) = tokio::join!(serve, signal);

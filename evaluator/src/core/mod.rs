@@ -3,6 +3,7 @@
 //! [`source`] interface state comes through, and the [`engine`] that ties them together.
 
 pub mod cache;
+pub mod changes;
 pub mod clock;
 pub mod decide;
 pub mod descriptor;

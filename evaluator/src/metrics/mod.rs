@@ -118,6 +118,11 @@ pub struct Metrics {
     /// `pbflags_change_stream_connected`: 1 while change notifications are received (the root's
     /// PostgreSQL LISTEN), else 0.
     pub change_stream_connected: IntGauge,
+    /// `pbflags_watchers`: subscribers of this evaluator's change stream.
+    pub watchers: IntGauge,
+    /// `pbflags_change_propagation_seconds`: from a change's origin (the root reading it from
+    /// PostgreSQL) to its being applied here.
+    pub change_propagation: Histogram,
     task_restarts: IntCounterVec,
     rpc_requests: IntCounterVec,
     rpc_duration: HistogramVec,
@@ -324,6 +329,22 @@ impl Metrics {
             reloads,
             tls_reloads,
             change_events,
+            watchers: int_gauge(
+                "pbflags_watchers",
+                "Subscribers of this evaluator's change stream (WatchChanges).",
+            ),
+            change_propagation: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new(
+                        "pbflags_change_propagation_seconds",
+                        "Time from a change's origin (the root reading it from PostgreSQL) to its being applied here.",
+                    )
+                    .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+                )
+                .expect("valid");
+                reg(Box::new(h.clone()));
+                h
+            },
             change_stream_connected: int_gauge(
                 "pbflags_change_stream_connected",
                 "1 while change notifications are received (root: PostgreSQL LISTEN), else 0.",

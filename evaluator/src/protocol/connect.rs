@@ -435,6 +435,135 @@ pub fn error_of(body: &[u8], status: http::StatusCode) -> Option<CallError> {
     })
 }
 
+/// Largest message accepted on a server stream.
+const MAX_STREAM_MESSAGE: usize = 1 << 20;
+
+/// The messages of a Connect server stream (binary protobuf), each as bytes; an error sent in the
+/// end-of-stream message, or a broken stream, is the last item.
+pub type MessageStream = futures_util::stream::BoxStream<'static, Result<Bytes, Box<CallError>>>;
+
+/// Opens a Connect server-streaming call of `url` with `client`: one enveloped request `message`,
+/// and (once the response headers came, within `open_timeout`) the stream of response messages.
+/// A refusal before the stream starts (an HTTP error, e.g. 404 from a server without the method,
+/// which is `unimplemented`) is the error.
+pub async fn open_stream<C>(
+    client: &hyper_util::client::legacy::Client<C, Full<Bytes>>,
+    url: &str,
+    message: &[u8],
+    open_timeout: Duration,
+) -> Result<MessageStream, Box<CallError>>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
+    use bytes::BufMut as _;
+    use futures_util::StreamExt as _;
+    use http_body_util::BodyExt as _;
+    let mut envelope = bytes::BytesMut::with_capacity(5 + message.len());
+    envelope.put_u8(0);
+    envelope.put_u32(u32::try_from(message.len()).unwrap_or(u32::MAX));
+    envelope.put_slice(message);
+    let mut request = http::Request::post(url)
+        .header(header::CONTENT_TYPE, "application/connect+proto")
+        .header("connect-protocol-version", "1")
+        .body(Full::new(envelope.freeze()))
+        .map_err(|e| CallError::new(Code::Internal, format!("build request: {e}")))?;
+    super::trace_context::inject_current(request.headers_mut());
+    let response = tokio::time::timeout(open_timeout, client.request(request))
+        .await
+        .map_err(|_| {
+            CallError::new(
+                Code::DeadlineExceeded,
+                format!("no answer within {open_timeout:?}"),
+            )
+        })?
+        .map_err(|e| CallError::new(Code::Unavailable, e.to_string()))?;
+    let status = response.status();
+    if status != http::StatusCode::OK {
+        let body = http_body_util::Limited::new(response.into_body(), 64 << 10)
+            .collect()
+            .await
+            .map(http_body_util::Collected::to_bytes)
+            .unwrap_or_default();
+        return Err(Box::new(error_of(&body, status).unwrap_or_else(|| {
+            *CallError::new(code_of_http(status), format!("HTTP {status}"))
+        })));
+    }
+    struct Reading {
+        body: hyper::body::Incoming,
+        buf: bytes::BytesMut,
+        done: bool,
+    }
+    let reading = Reading {
+        body: response.into_body(),
+        buf: bytes::BytesMut::new(),
+        done: false,
+    };
+    let stream = futures_util::stream::unfold(reading, |mut r| async move {
+        if r.done {
+            return None;
+        }
+        loop {
+            if r.buf.len() >= 5 {
+                let flags = r.buf[0];
+                let len = u32::from_be_bytes([r.buf[1], r.buf[2], r.buf[3], r.buf[4]]) as usize;
+                if len > MAX_STREAM_MESSAGE {
+                    r.done = true;
+                    let e = CallError::new(
+                        Code::ResourceExhausted,
+                        format!("stream message of {len} bytes exceeds {MAX_STREAM_MESSAGE}"),
+                    );
+                    return Some((Err(e), r));
+                }
+                if r.buf.len() >= 5 + len {
+                    let frame = r.buf.split_to(5 + len).freeze().slice(5..);
+                    if flags & 0x02 != 0 {
+                        r.done = true;
+                        let end: serde_json::Value =
+                            serde_json::from_slice(&frame).unwrap_or_default();
+                        if end.get("error").is_some_and(|e| !e.is_null()) {
+                            let e = serde_json::to_vec(&end["error"]).unwrap_or_default();
+                            let e = error_of(&e, http::StatusCode::OK).unwrap_or_else(|| {
+                                *CallError::new(Code::Unknown, "malformed end-of-stream error")
+                            });
+                            return Some((Err(Box::new(e)), r));
+                        }
+                        return None;
+                    }
+                    if flags & 0x01 != 0 {
+                        r.done = true;
+                        let e = CallError::new(
+                            Code::Internal,
+                            "compressed stream message without an agreed encoding",
+                        );
+                        return Some((Err(e), r));
+                    }
+                    return Some((Ok(frame), r));
+                }
+            }
+            match r.body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        r.buf.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(e)) => {
+                    r.done = true;
+                    return Some((Err(CallError::new(Code::Unavailable, e.to_string())), r));
+                }
+                None => {
+                    r.done = true;
+                    let e = CallError::new(
+                        Code::Unavailable,
+                        "stream ended without its end-of-stream message",
+                    );
+                    return Some((Err(e), r));
+                }
+            }
+        }
+    });
+    Ok(stream.boxed())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,10 +1,12 @@
 //! One listener for everything: gRPC (HTTP/2 cleartext), gRPC-Web, Connect (HTTP/1.1 and HTTP/2),
-//! `grpc.health.v1`, `/metrics`, `/healthz`, `/readyz` and `/descriptors`.
+//! `grpc.health.v1`, the change stream ([`changes`]), `/metrics`, `/healthz`, `/readyz` and
+//! `/descriptors`.
 //!
 //! Requests for the evaluator service go to [`rpc::router`] (Connect, gRPC and gRPC-Web, proto and
 //! JSON); other `application/grpc*` requests to the other tonic services (`grpc.health.v1`,
 //! gRPC-Web translated by tonic-web); everything else to the HTTP routes (metrics, health).
 
+pub mod changes;
 pub mod conn;
 pub mod rpc;
 pub mod service;
@@ -96,6 +98,11 @@ async fn descriptors(State(s): State<HttpState>) -> Response {
         .into_response()
 }
 
+/// `WatchChanges` over Connect (gRPC and gRPC-Web reach the tonic service).
+async fn watch_changes(State(s): State<HttpState>, request: Request<Body>) -> Response {
+    changes::connect_watch(s.evaluator.engine().clone(), changes::HEARTBEAT, request).await
+}
+
 async fn metrics(State(s): State<HttpState>) -> Response {
     // Refresh the cache-size gauges before rendering.
     s.evaluator.engine().health_report();
@@ -137,6 +144,7 @@ pub fn router(parts: AppParts) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/descriptors", get(descriptors))
+        .route(changes::WATCH_PATH, axum::routing::post(watch_changes))
         .with_state(http_state);
     let prefix = format!("/{}/", Evaluator::NAME);
 

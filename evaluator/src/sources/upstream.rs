@@ -13,10 +13,11 @@ use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use pbflags_proto::v1::flag_change_service_client::FlagChangeServiceClient;
 use pbflags_proto::v1::flag_evaluator_service_client::FlagEvaluatorServiceClient;
 use pbflags_proto::v1::{
     GetFlagStateRequest, GetFlagStateResponse, GetKilledFlagsRequest, GetKilledFlagsResponse,
-    GetOverridesRequest, GetOverridesResponse, State,
+    GetOverridesRequest, GetOverridesResponse, State, WatchChangesRequest, WatchChangesResponse,
 };
 use prost::Message;
 
@@ -41,8 +42,15 @@ pub enum UpstreamProtocol {
 
 enum Transport {
     Connect(Client<Connector, Full<Bytes>>),
-    Grpc(FlagEvaluatorServiceClient<tonic::transport::Channel>),
+    Grpc(
+        FlagEvaluatorServiceClient<tonic::transport::Channel>,
+        FlagChangeServiceClient<tonic::transport::Channel>,
+    ),
 }
+
+/// The upstream's change stream: each message, or the error that ended it.
+pub type ChangeStream =
+    futures_util::stream::BoxStream<'static, Result<WatchChangesResponse, SourceError>>;
 
 /// The connector of both transports: TCP, plus TLS for `https://` upstreams.
 pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
@@ -174,11 +182,13 @@ impl UpstreamSource {
             UpstreamProtocol::Grpc => {
                 let endpoint = tonic::transport::Endpoint::from_shared(base.clone())
                     .map_err(|e| format!("server {base:?}: {e}"))?;
-                Transport::Grpc(FlagEvaluatorServiceClient::new(
-                    endpoint
-                        .connect_timeout(timeout)
-                        .connect_with_connector_lazy(connector(timeout, tls, true)),
-                ))
+                let channel = endpoint
+                    .connect_timeout(timeout)
+                    .connect_with_connector_lazy(connector(timeout, tls, true));
+                Transport::Grpc(
+                    FlagEvaluatorServiceClient::new(channel.clone()),
+                    FlagChangeServiceClient::new(channel),
+                )
             }
         };
         Ok(Self {
@@ -228,6 +238,57 @@ impl UpstreamSource {
     }
 }
 
+impl UpstreamSource {
+    /// Opens the upstream's change stream (`FlagChangeService/WatchChanges`). An upstream without
+    /// it (a pbflags v0.6 server) refuses with `Unimplemented`.
+    pub async fn watch(&self) -> SourceResult<ChangeStream> {
+        use futures_util::StreamExt as _;
+        let m: &'static str = "WatchChanges";
+        let failed = move |code: tonic::Code, message: &str| {
+            SourceError::new(
+                kind_of(code),
+                format!("upstream {m}: {} {message}", connect_name(code)),
+            )
+        };
+        match &self.transport {
+            Transport::Connect(client) => {
+                let url = format!("{}/pbflags.v1.FlagChangeService/{m}", self.base);
+                let request = WatchChangesRequest {}.encode_to_vec();
+                let stream = connect::open_stream(client, &url, &request, self.timeout)
+                    .await
+                    .map_err(|e| failed(e.code, &e.message))?;
+                Ok(stream
+                    .map(move |item| match item {
+                        Ok(bytes) => WatchChangesResponse::decode(bytes).map_err(|e| {
+                            SourceError::new(ErrorKind::Internal, format!("upstream {m}: {e}"))
+                        }),
+                        Err(e) => Err(failed(e.code, &e.message)),
+                    })
+                    .boxed())
+            }
+            Transport::Grpc(_, client) => {
+                let opened = tokio::time::timeout(
+                    self.timeout,
+                    client.clone().watch_changes(traced(WatchChangesRequest {})),
+                )
+                .await
+                .map_err(|_| {
+                    SourceError::new(
+                        ErrorKind::Timeout,
+                        format!("upstream {m} exceeded {:?}", self.timeout),
+                    )
+                })?;
+                let stream = opened
+                    .map_err(|s| failed(s.code(), s.message()))?
+                    .into_inner();
+                Ok(stream
+                    .map(move |item| item.map_err(|s| failed(s.code(), s.message())))
+                    .boxed())
+            }
+        }
+    }
+}
+
 fn grpc_result<T>(method: &str, r: Result<tonic::Response<T>, tonic::Status>) -> SourceResult<T> {
     r.map(tonic::Response::into_inner).map_err(|s| {
         SourceError::new(
@@ -243,7 +304,9 @@ impl UpstreamSource {
         self.within_timeout(m, async {
             match &self.transport {
                 Transport::Connect(c) => self.connect_call(c, m, &req).await,
-                Transport::Grpc(c) => grpc_result(m, c.clone().get_flag_state(traced(req)).await),
+                Transport::Grpc(c, _) => {
+                    grpc_result(m, c.clone().get_flag_state(traced(req)).await)
+                }
             }
         })
         .await
@@ -254,7 +317,7 @@ impl UpstreamSource {
         self.within_timeout(m, async {
             match &self.transport {
                 Transport::Connect(c) => self.connect_call(c, m, &req).await,
-                Transport::Grpc(c) => grpc_result(m, c.clone().get_overrides(traced(req)).await),
+                Transport::Grpc(c, _) => grpc_result(m, c.clone().get_overrides(traced(req)).await),
             }
         })
         .await
@@ -265,7 +328,9 @@ impl UpstreamSource {
         self.within_timeout(m, async {
             match &self.transport {
                 Transport::Connect(c) => self.connect_call(c, m, &req).await,
-                Transport::Grpc(c) => grpc_result(m, c.clone().get_killed_flags(traced(req)).await),
+                Transport::Grpc(c, _) => {
+                    grpc_result(m, c.clone().get_killed_flags(traced(req)).await)
+                }
             }
         })
         .await

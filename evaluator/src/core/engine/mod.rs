@@ -25,6 +25,7 @@ use pbflags_proto::v1::{EvaluationSource, FlagValue};
 use tracing::Instrument as _;
 
 use crate::core::cache::{CacheConfig, Caches, FlagEntry, OverrideEntry};
+use crate::core::changes::{Change, ChangeKind, Hub};
 use crate::core::clock::Clock;
 use crate::core::decide::{self, Decided};
 use crate::core::registry::{Registry, Snapshot, View};
@@ -182,7 +183,11 @@ pub struct Engine {
     kills: KillSet,
     flag_flights: Coalescer<Arc<str>, SourceResult<Arc<FlagEntry>>>,
     override_flights: Coalescer<OverrideKey, SourceResult<Arc<OverrideEntry>>>,
+    hub: Hub,
 }
+
+/// Subscribers of the change stream an engine accepts unless told otherwise.
+pub const DEFAULT_MAX_WATCHERS: usize = 1024;
 
 /// Where a flag's global state is cached: its registry slot, or (undeclared flags) the moka cache.
 #[derive(Clone)]
@@ -213,6 +218,7 @@ impl Engine {
         metrics: Metrics,
         clock: Clock,
     ) -> Self {
+        let hub = Hub::new(DEFAULT_MAX_WATCHERS, Some(metrics.watchers.clone()));
         let shared = Shared {
             registry: registry.clone(),
             source,
@@ -227,7 +233,20 @@ impl Engine {
             kills: KillSet::default(),
             flag_flights: Coalescer::default(),
             override_flights: Coalescer::default(),
+            hub,
         }
+    }
+
+    /// Accepts at most `n` subscribers of the change stream at a time.
+    #[must_use]
+    pub fn max_watchers(mut self, n: usize) -> Self {
+        self.hub = Hub::new(n, Some(self.shared.metrics.watchers.clone()));
+        self
+    }
+
+    /// Where the changes this engine applies are announced.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
     }
 
     /// The registry this engine evaluates.
@@ -699,23 +718,54 @@ impl Engine {
     /// A change to `flag_id`'s global state was announced: its cached state turns stale (kept as
     /// the last-known value for outages), so the next evaluation reads the source.
     pub fn invalidate_flag(&self, flag_id: &str) {
-        let snapshot = self.registry.load();
-        match snapshot.index_of(flag_id) {
-            Some(i) => self.shared.caches.expire_slot(snapshot.slot(i)),
-            None => self.shared.caches.invalidate_flag(flag_id),
-        }
+        self.apply_change(Change::now(ChangeKind::Flag {
+            flag_id: flag_id.into(),
+        }));
     }
 
     /// A change to `entity_id`'s override of `flag_id` was announced (see
     /// [`invalidate_flag`](Self::invalidate_flag)).
     pub fn invalidate_override(&self, flag_id: &str, entity_id: &str) {
-        self.shared.caches.invalidate_override(flag_id, entity_id);
+        self.apply_change(Change::now(ChangeKind::Override {
+            flag_id: flag_id.into(),
+            entity_id: entity_id.into(),
+        }));
     }
 
     /// Changes may have been missed: every cached state and override turns stale (last-known
     /// values stay).
     pub fn invalidate_all(&self) {
-        self.shared.caches.flush();
+        self.apply_change(Change::now(ChangeKind::Resync));
+    }
+
+    /// Makes what `change` names stale, then announces it to the change stream's subscribers
+    /// (in that order: a subscriber that asks again at once gets the new state).
+    pub fn apply_change(&self, change: Change) {
+        let caches = &self.shared.caches;
+        let kind = match &change.kind {
+            ChangeKind::Flag { flag_id } => {
+                let snapshot = self.registry.load();
+                match snapshot.index_of(flag_id) {
+                    Some(i) => caches.expire_slot(snapshot.slot(i)),
+                    None => caches.invalidate_flag(flag_id),
+                }
+                "flag"
+            }
+            ChangeKind::Override { flag_id, entity_id } => {
+                caches.invalidate_override(flag_id, entity_id);
+                "override"
+            }
+            ChangeKind::Resync => {
+                caches.flush();
+                "resync"
+            }
+        };
+        let m = &self.shared.metrics;
+        m.change_event(kind);
+        let lag_ms = crate::core::changes::unix_ms().saturating_sub(change.origin_unix_ms);
+        #[allow(clippy::cast_precision_loss)]
+        m.change_propagation.observe(lag_ms.max(0) as f64 / 1000.0);
+        self.hub.publish(change);
     }
 
     /// Polls the kill set once: replaces it on success, keeps the last one on failure.
@@ -744,6 +794,17 @@ impl Engine {
     /// Records a failed kill poll that never reached the source (e.g. the poller's timeout fired).
     pub fn kill_poll_timed_out(&self) {
         self.shared.health.record_failure();
+    }
+
+    /// Re-reads the kill set once within the fetch timeout, after a change to a flag was
+    /// announced; on failure the last set stays and the kill poll retries.
+    pub async fn refresh_kills(&self) {
+        let timeout = self.shared.caches.config().fetch_timeout;
+        match tokio::time::timeout(timeout, self.poll_kill_set()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "kill set re-read after a change failed"),
+            Err(_) => self.kill_poll_timed_out(),
+        }
     }
 }
 

@@ -41,12 +41,10 @@ impl Change {
         match &self.entity_id {
             Some(entity) => {
                 engine.invalidate_override(&self.flag_id, entity);
-                engine.metrics().change_event("override");
                 false
             }
             None => {
                 engine.invalidate_flag(&self.flag_id);
-                engine.metrics().change_event("flag");
                 true
             }
         }
@@ -98,8 +96,7 @@ async fn follow(pool: &PgPool, engine: &Engine) -> Result<(), sqlx::Error> {
     listener.listen(CHANNEL).await?;
     // Anything changed while nobody listened: resync.
     engine.invalidate_all();
-    engine.metrics().change_event("resync");
-    reread_kills(engine).await;
+    engine.refresh_kills().await;
     engine.metrics().change_stream_connected.set(1);
     tracing::info!(
         channel = CHANNEL,
@@ -116,7 +113,7 @@ async fn follow(pool: &PgPool, engine: &Engine) -> Result<(), sqlx::Error> {
             flags_changed |= apply(&n, engine);
         }
         if flags_changed {
-            reread_kills(engine).await;
+            engine.refresh_kills().await;
         }
     }
 }
@@ -131,20 +128,8 @@ fn apply(n: &PgNotification, engine: &Engine) -> bool {
                 "unreadable change notification; every cached entry turns stale"
             );
             engine.invalidate_all();
-            engine.metrics().change_event("resync");
             true
         }
-    }
-}
-
-async fn reread_kills(engine: &Engine) {
-    let timeout = engine.caches().config().fetch_timeout;
-    match tokio::time::timeout(timeout, engine.poll_kill_set()).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, "kill set re-read after a change failed; the kill poll retries");
-        }
-        Err(_) => engine.kill_poll_timed_out(),
     }
 }
 

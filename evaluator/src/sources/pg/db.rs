@@ -272,30 +272,12 @@ impl UrlFile {
         }
     }
 
-    /// Re-checks the file on the triggers of [`FileWatch`](crate::reload::files::FileWatch)
-    /// until `stop`.
-    pub fn spawn_watch(
-        self: &std::sync::Arc<Self>,
-        interval: Duration,
-        stop: tokio_util::sync::CancellationToken,
-    ) -> tokio::task::JoinHandle<()> {
-        let this = self.clone();
-        let Some(path) = self.args.database_file.clone() else {
-            return tokio::spawn(async {});
-        };
-        crate::reload::files::FileWatch {
-            paths: vec![path],
-            poll_interval: interval,
-            debounce: Duration::from_millis(250),
-            fs_events: true,
-            sighup: false,
-        }
-        .spawn(
-            move |_| {
-                this.check();
-            },
-            stop,
-        )
+    /// The file followed.
+    pub fn path(&self) -> &std::path::Path {
+        self.args
+            .database_file
+            .as_deref()
+            .unwrap_or(std::path::Path::new(""))
     }
 }
 
