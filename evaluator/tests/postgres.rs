@@ -1033,13 +1033,20 @@ async fn a_lost_notification_connection_resyncs_and_shows_changes_made_meanwhile
     let resyncs = metrics.change_events("resync");
 
     // The LISTEN connection is ended by the server; the change lands while nobody listens.
-    let ended: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE query LIKE 'LISTEN%' AND datname = current_database()) t",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let mut ended = 0;
+    for _ in 0..100 {
+        ended = sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE query LIKE 'LISTEN%' AND datname = current_database()) t",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if ended > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(ended, 1, "one LISTEN connection");
     admin::set_state(&pool, "notif/2", StateChange::Set("weekly".into()), "t")
         .await
@@ -1050,6 +1057,12 @@ async fn a_lost_notification_connection_resyncs_and_shows_changes_made_meanwhile
         "the reconnection resynced: {}",
         metrics.render()
     );
-    assert_eq!(metrics.change_stream_connected.get(), 1);
+    for _ in 0..500 {
+        if metrics.change_stream_connected.get() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(metrics.change_stream_connected.get(), 1, "listening again");
     stop.cancel();
 }

@@ -13,6 +13,10 @@ pub struct KillSet {
     len: AtomicUsize,
     /// Bumped after every replacement (starts at 1, so snapshots at 0 sync once).
     generation: AtomicU64,
+    /// The last read ticket handed out, and the newest ticket whose set was applied: a read that
+    /// started before another one that already landed is stale and dropped.
+    tickets: AtomicU64,
+    applied: std::sync::Mutex<u64>,
 }
 
 impl Default for KillSet {
@@ -21,6 +25,8 @@ impl Default for KillSet {
             ids: ArcSwap::default(),
             len: AtomicUsize::new(0),
             generation: AtomicU64::new(1),
+            tickets: AtomicU64::new(0),
+            applied: std::sync::Mutex::new(0),
         }
     }
 }
@@ -36,6 +42,28 @@ impl KillSet {
     #[inline]
     pub fn contains(&self, flag_id: &str) -> bool {
         self.len.load(Ordering::Relaxed) != 0 && self.ids.load().contains(flag_id)
+    }
+
+    /// A ticket for a read of the set that starts now (see [`KillSet::replace_read`]).
+    pub fn ticket(&self) -> u64 {
+        self.tickets.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Replaces the set with what the read holding `ticket` found, unless a read that started
+    /// later has already been applied (two reads overlapping a change — the periodic poll and
+    /// the re-read after a notification — must not leave the older answer in place). Returns
+    /// whether it was applied.
+    pub fn replace_read(&self, ticket: u64, ids: impl IntoIterator<Item = String>) -> bool {
+        let mut applied = self
+            .applied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if ticket < *applied {
+            return false;
+        }
+        *applied = ticket;
+        self.replace(ids);
+        true
     }
 
     /// Replaces the whole set.
@@ -76,6 +104,20 @@ mod tests {
         let k = KillSet::default();
         assert!(k.is_empty());
         assert!(!k.contains("f/1"));
+    }
+
+    #[test]
+    fn a_read_that_started_earlier_never_replaces_a_later_one() {
+        let k = KillSet::default();
+        let (poll, reread) = (k.ticket(), k.ticket());
+        // The re-read after a kill notification lands first; the periodic poll, which started
+        // before the kill, lands after it and is dropped.
+        assert!(k.replace_read(reread, ["a/1".to_owned()]));
+        assert!(!k.replace_read(poll, Vec::<String>::new()));
+        assert!(k.contains("a/1"));
+        let next = k.ticket();
+        assert!(k.replace_read(next, Vec::<String>::new()));
+        assert!(k.is_empty());
     }
 
     #[test]

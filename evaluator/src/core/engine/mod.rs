@@ -771,6 +771,7 @@ impl Engine {
     /// Polls the kill set once: replaces it on success, keeps the last one on failure.
     /// Counts towards health either way.
     pub async fn poll_kill_set(&self) -> SourceResult<usize> {
+        let ticket = self.kills.ticket();
         let started = std::time::Instant::now();
         let r = self
             .shared
@@ -780,8 +781,11 @@ impl Engine {
             .await;
         self.shared.observe(Operation::KilledFlags, &r, started);
         let ids = r?;
-        let n = ids.len();
-        self.kills.replace(ids);
+        if !self.kills.replace_read(ticket, ids) {
+            // A read that started later already landed; this one may predate a change.
+            return Ok(self.kills.len());
+        }
+        let n = self.kills.len();
         let m = &self.shared.metrics;
         m.kill_set_size.set(i64::try_from(n).unwrap_or(i64::MAX));
         let now = std::time::SystemTime::now()
