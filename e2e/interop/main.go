@@ -1,4 +1,4 @@
-// Command interop calls every FlagEvaluatorService RPC with connect-go, over Connect (binary and
+// Command interop calls every FlagEvaluatorService RPC, and opens the FlagChangeService stream, with connect-go, over Connect (binary and
 // JSON), gRPC and gRPC-Web, against a running evaluator, and checks the answers. It uses code
 // generated from this repository's protos, under the import paths of the pbflags v0.6 Go module, so
 // it exercises the wire contract the way that module's clients do.
@@ -177,6 +177,26 @@ func main() {
 		var ce *connect.Error
 		if !errors.As(err, &ce) || ce.Code() != connect.CodeInvalidArgument {
 			return fmt.Errorf("want invalid_argument, got %v", err)
+		}
+		return nil
+	}())
+
+	// The change stream (an addition to v0.6's contract): a server stream that opens with a
+	// heartbeat, on every protocol.
+	check("WatchChanges opens with a heartbeat", func() error {
+		changes := pbflagsv1connect.NewFlagChangeServiceClient(httpClient, *url, opts...)
+		sctx, stop := context.WithTimeout(ctx, 10*time.Second)
+		defer stop()
+		stream, err := changes.WatchChanges(sctx, connect.NewRequest(&pbflagsv1.WatchChangesRequest{}))
+		if err != nil {
+			return err
+		}
+		defer stream.Close()
+		if !stream.Receive() {
+			return fmt.Errorf("no message: %v", stream.Err())
+		}
+		if stream.Msg().GetKind() != pbflagsv1.ChangeKind_CHANGE_KIND_HEARTBEAT {
+			return fmt.Errorf("got %v", stream.Msg())
 		}
 		return nil
 	}())

@@ -26,7 +26,7 @@ rm -rf "$here/gen"
 PATH="$tools:$PATH" protoc -I "$repo/proto" \
   --go_out="$here" --go_opt=module=github.com/SpotlightGOV/pbflags \
   --connect-go_out="$here" --connect-go_opt=module=github.com/SpotlightGOV/pbflags \
-  pbflags/v1/types.proto pbflags/v1/evaluator.proto
+  pbflags/v1/types.proto pbflags/v1/evaluator.proto pbflags/v1/changes.proto
 (cd "$here" && go build -o "$tools/interop" .)
 
 cargo build --locked -p pbflags-evaluator --bin pbflags-evaluator
@@ -46,8 +46,8 @@ export PBFLAGS_DATABASE; PBFLAGS_DATABASE=$("$repo/scripts/pg.sh" start "$dir/pg
 "$bin" flags kill notifications/3 --actor interop >/dev/null
 "$bin" flags override set notifications/1 user-100 --value false --actor interop >/dev/null
 
-root=127.0.0.1:${PBFLAGS_INTEROP_ROOT_PORT:-19401}
-proxy=127.0.0.1:${PBFLAGS_INTEROP_PROXY_PORT:-19402}
+root=127.0.0.1:${PBFLAGS_INTEROP_ROOT_PORT:-$(free_port)}
+proxy=127.0.0.1:${PBFLAGS_INTEROP_PROXY_PORT:-$(free_port)}
 "$bin" serve --descriptors "$repo/proto/example/descriptors.pb" --listen "$root" --log-level warn >"$dir/root.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 100); do curl -fsS "http://$root/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
@@ -56,8 +56,8 @@ env -u PBFLAGS_DATABASE "$bin" serve --descriptors "$repo/proto/example/descript
 pids+=($!)
 # TLS: a CA and a localhost certificate, a TLS root and a TLS proxy of it over https.
 test_certs "$dir"
-tls_root=localhost:${PBFLAGS_INTEROP_TLS_ROOT_PORT:-19403}
-tls_proxy=localhost:${PBFLAGS_INTEROP_TLS_PROXY_PORT:-19404}
+tls_root=localhost:${PBFLAGS_INTEROP_TLS_ROOT_PORT:-$(free_port)}
+tls_proxy=localhost:${PBFLAGS_INTEROP_TLS_PROXY_PORT:-$(free_port)}
 tls=(--tls-cert "$dir/tls.crt" --tls-key "$dir/tls.key")
 "$bin" serve --descriptors "$repo/proto/example/descriptors.pb" --listen "127.0.0.1:${tls_root#*:}" \
   "${tls[@]}" --log-level warn >"$dir/tls-root.log" 2>&1 &
