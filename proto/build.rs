@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "pbflags/v1/types.proto",
         "pbflags/v1/evaluator.proto",
         "pbflags/v1/changes.proto",
+        "pbflags/v1/admin.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -239,3 +239,153 @@ fn the_service_has_v0_6s_six_unary_methods() {
         .collect();
     assert_eq!(got, want);
 }
+
+#[test]
+fn admin_messages_and_service_match_v0_6_1() {
+    use Type::{Bool, Enum, Int32, Int64, Message, String as Str};
+    let ad = "pbflags/v1/admin.proto";
+    let f = file(ad);
+    assert_eq!(f.package(), "pbflags.v1");
+    let o = f.options.clone().unwrap();
+    assert_eq!(
+        (o.go_package(), o.java_package(), o.java_multiple_files()),
+        (
+            "github.com/SpotlightGOV/pbflags/gen/pbflags/v1;pbflagsv1",
+            "org.spotlightgov.pbflags.v1.proto",
+            true
+        )
+    );
+    let value = ".pbflags.v1.FlagValue";
+    let state = ".pbflags.v1.State";
+    check_message(ad, "ListFeaturesRequest", &[]);
+    check_message(
+        ad,
+        "ListFeaturesResponse",
+        &[("features", 1, Message, true, ".pbflags.v1.FeatureDetail")],
+    );
+    check_message(
+        ad,
+        "FeatureDetail",
+        &[
+            ("feature_id", 1, Str, false, ""),
+            ("description", 2, Str, false, ""),
+            ("owner", 3, Str, false, ""),
+            ("flags", 4, Message, true, ".pbflags.v1.FlagDetail"),
+        ],
+    );
+    check_message(
+        ad,
+        "FlagDetail",
+        &[
+            ("flag_id", 1, Str, false, ""),
+            ("display_name", 2, Str, false, ""),
+            ("description", 3, Str, false, ""),
+            ("flag_type", 4, Enum, false, ".pbflags.v1.FlagType"),
+            ("layer", 5, Str, false, ""),
+            ("state", 6, Enum, false, state),
+            ("default_value", 7, Message, false, value),
+            ("current_value", 8, Message, false, value),
+            ("overrides", 9, Message, true, ".pbflags.v1.FlagOverrideDetail"),
+            ("supported_values", 10, Message, false, ".pbflags.SupportedValues"),
+            ("archived", 11, Bool, false, ""),
+        ],
+    );
+    check_message(
+        ad,
+        "FlagOverrideDetail",
+        &[
+            ("entity_id", 1, Str, false, ""),
+            ("state", 2, Enum, false, state),
+            ("value", 3, Message, false, value),
+        ],
+    );
+    check_message(ad, "GetFlagRequest", &[("flag_id", 1, Str, false, "")]);
+    check_message(
+        ad,
+        "GetFlagResponse",
+        &[("flag", 1, Message, false, ".pbflags.v1.FlagDetail")],
+    );
+    check_message(
+        ad,
+        "UpdateFlagStateRequest",
+        &[
+            ("flag_id", 1, Str, false, ""),
+            ("state", 2, Enum, false, state),
+            ("value", 3, Message, false, value),
+            ("actor", 4, Str, false, ""),
+        ],
+    );
+    check_message(
+        ad,
+        "SetFlagOverrideRequest",
+        &[
+            ("flag_id", 1, Str, false, ""),
+            ("entity_id", 2, Str, false, ""),
+            ("state", 3, Enum, false, state),
+            ("value", 4, Message, false, value),
+            ("actor", 5, Str, false, ""),
+        ],
+    );
+    check_message(
+        ad,
+        "RemoveFlagOverrideRequest",
+        &[
+            ("flag_id", 1, Str, false, ""),
+            ("entity_id", 2, Str, false, ""),
+            ("actor", 3, Str, false, ""),
+        ],
+    );
+    for empty in [
+        "UpdateFlagStateResponse",
+        "SetFlagOverrideResponse",
+        "RemoveFlagOverrideResponse",
+    ] {
+        check_message(ad, empty, &[]);
+    }
+    check_message(
+        ad,
+        "GetAuditLogRequest",
+        &[("flag_id", 1, Str, false, ""), ("limit", 2, Int32, false, "")],
+    );
+    check_message(
+        ad,
+        "GetAuditLogResponse",
+        &[("entries", 1, Message, true, ".pbflags.v1.AuditLogEntry")],
+    );
+    check_message(
+        ad,
+        "AuditLogEntry",
+        &[
+            ("id", 1, Int64, false, ""),
+            ("flag_id", 2, Str, false, ""),
+            ("action", 3, Str, false, ""),
+            ("old_value", 4, Message, false, value),
+            ("new_value", 5, Message, false, value),
+            ("actor", 6, Str, false, ""),
+            ("created_at", 7, Message, false, ".google.protobuf.Timestamp"),
+        ],
+    );
+    let s = &f.service[0];
+    assert_eq!(s.name(), "FlagAdminService");
+    let methods: Vec<String> = s
+        .method
+        .iter()
+        .map(|m| {
+            assert!(!m.client_streaming() && !m.server_streaming());
+            assert_eq!(m.input_type(), format!(".pbflags.v1.{}Request", m.name()));
+            assert_eq!(m.output_type(), format!(".pbflags.v1.{}Response", m.name()));
+            m.name().to_owned()
+        })
+        .collect();
+    assert_eq!(
+        methods,
+        [
+            "ListFeatures",
+            "GetFlag",
+            "UpdateFlagState",
+            "SetFlagOverride",
+            "RemoveFlagOverride",
+            "GetAuditLog"
+        ]
+    );
+}
