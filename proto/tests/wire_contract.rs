@@ -285,8 +285,20 @@ fn admin_messages_and_service_match_v0_6_1() {
             ("state", 6, Enum, false, state),
             ("default_value", 7, Message, false, value),
             ("current_value", 8, Message, false, value),
-            ("overrides", 9, Message, true, ".pbflags.v1.FlagOverrideDetail"),
-            ("supported_values", 10, Message, false, ".pbflags.SupportedValues"),
+            (
+                "overrides",
+                9,
+                Message,
+                true,
+                ".pbflags.v1.FlagOverrideDetail",
+            ),
+            (
+                "supported_values",
+                10,
+                Message,
+                false,
+                ".pbflags.SupportedValues",
+            ),
             ("archived", 11, Bool, false, ""),
         ],
     );
@@ -345,7 +357,10 @@ fn admin_messages_and_service_match_v0_6_1() {
     check_message(
         ad,
         "GetAuditLogRequest",
-        &[("flag_id", 1, Str, false, ""), ("limit", 2, Int32, false, "")],
+        &[
+            ("flag_id", 1, Str, false, ""),
+            ("limit", 2, Int32, false, ""),
+        ],
     );
     check_message(
         ad,
@@ -362,7 +377,13 @@ fn admin_messages_and_service_match_v0_6_1() {
             ("old_value", 4, Message, false, value),
             ("new_value", 5, Message, false, value),
             ("actor", 6, Str, false, ""),
-            ("created_at", 7, Message, false, ".google.protobuf.Timestamp"),
+            (
+                "created_at",
+                7,
+                Message,
+                false,
+                ".google.protobuf.Timestamp",
+            ),
         ],
     );
     let s = &f.service[0];

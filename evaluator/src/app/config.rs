@@ -77,6 +77,14 @@ pub struct SourceArgs {
     /// refused with RESOURCE_EXHAUSTED.
     #[arg(long, env = "PBFLAGS_MAX_WATCHERS", default_value_t = crate::core::engine::DEFAULT_MAX_WATCHERS)]
     pub max_watchers: usize,
+    /// Root mode: serve `FlagAdminService` (pbflags v0.6's admin API) on this address, apart from
+    /// the evaluation listener [default: off].
+    #[arg(long, env = "PBFLAGS_ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
+    /// The admin listener's bearer tokens: lines of `NAME ROLE TOKEN`, role `viewer` or `editor`
+    /// (followed like the TLS files). Without it the admin listener must be bound to loopback.
+    #[arg(long, env = "PBFLAGS_ADMIN_TOKEN_FILE", requires = "admin_listen")]
+    pub admin_token_file: Option<PathBuf>,
     /// Let a reloaded descriptor set that declares no flags replace one that declares some (by
     /// default such a set is refused as a likely truncated file).
     #[arg(long, env = "PBFLAGS_ALLOW_EMPTY_DESCRIPTORS")]
@@ -266,6 +274,8 @@ pub struct Config {
     pub change_notifications: bool,
     /// Most change stream subscribers.
     pub max_watchers: usize,
+    /// The admin listener, if on.
+    pub admin: Option<Admin>,
     /// Cache settings.
     pub cache: CacheConfig,
     /// Largest request body.
@@ -361,6 +371,7 @@ impl ServeArgs {
         .filter_map(|(key, v)| v.is_some().then_some(key))
         .collect();
         let source = self.source.resolve(&file)?;
+        let admin = self.source.admin(&source.mode)?;
         let listener = self.listener.resolve(&file)?;
         let telemetry = self.telemetry.resolve()?;
         let (tls, tls_poll_interval) = self.tls.resolve(&file.tls)?;
@@ -372,6 +383,7 @@ impl ServeArgs {
             allow_empty_descriptors: self.source.allow_empty_descriptors,
             change_notifications: self.source.change_notifications,
             max_watchers: self.source.max_watchers,
+            admin,
             upstream_protocol: self.source.upstream_protocol,
             upstream_ca: source.upstream_ca,
             cache: self.cache.resolve(&file.cache)?,
@@ -391,6 +403,45 @@ impl ServeArgs {
             log_level: telemetry.0,
             tracing: telemetry.1,
         })
+    }
+}
+
+/// The admin listener's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    /// Where it listens.
+    pub listen: String,
+    /// The token file; `None` only on a loopback address.
+    pub token_file: Option<PathBuf>,
+}
+
+impl SourceArgs {
+    fn admin(&self, mode: &Mode) -> Result<Option<Admin>, ConfigError> {
+        let Some(listen) = self.admin_listen.clone().filter(|l| !l.trim().is_empty()) else {
+            return Ok(None);
+        };
+        if *mode != Mode::Root {
+            return Err(bad(
+                "admin_listen",
+                "the admin API is served by a root (with a database), never by a proxy",
+            ));
+        }
+        let addrs = resolve_listen(&listen).map_err(|e| bad("admin_listen", e))?;
+        if let Some(f) = &self.admin_token_file {
+            crate::server::tokens::Tokens::open(f).map_err(|e| bad("admin_token_file", e))?;
+        } else if !addrs.iter().all(|a| a.ip().is_loopback()) {
+            return Err(bad(
+                "admin_listen",
+                format!(
+                    "{listen} is not a loopback address: the admin API changes flags, so it needs \
+                     --admin-token-file (or bind it to 127.0.0.1)"
+                ),
+            ));
+        }
+        Ok(Some(Admin {
+            listen,
+            token_file: self.admin_token_file.clone(),
+        }))
     }
 }
 

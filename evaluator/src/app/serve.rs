@@ -37,6 +37,9 @@ pub enum ServeError {
     /// The TLS certificate files did not load.
     #[error("{0}")]
     Tls(#[from] server::tls::TlsError),
+    /// The admin listener could not be set up.
+    #[error("admin: {0}")]
+    Admin(String),
     /// The listen address could not be bound.
     #[error("listen on {addr}: {source}")]
     Bind {
@@ -66,6 +69,15 @@ pub struct Prepared {
     notifications: Option<sqlx::PgPool>,
     /// The upstream whose change stream to follow (proxy mode, unless switched off).
     upstream: Option<Arc<UpstreamSource>>,
+    /// The admin listener, its service and its tokens (root mode with `--admin-listen`).
+    admin: Option<AdminListener>,
+}
+
+/// The admin listener, bound.
+struct AdminListener {
+    listener: tokio::net::TcpListener,
+    service: server::admin::AdminService,
+    tokens: Option<Arc<server::tokens::Tokens>>,
 }
 
 /// The certificate store and the rustls configuration serving from it.
@@ -80,6 +92,13 @@ struct Tls {
 const CLOCK_TICK: Duration = Duration::from_millis(50);
 
 impl Prepared {
+    /// The admin listener's bound address, if it is on.
+    pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
+        self.admin
+            .as_ref()
+            .and_then(|a| a.listener.local_addr().ok())
+    }
+
     /// The bound address.
     pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
         self.listener.local_addr()
@@ -107,11 +126,13 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
     let registry = Arc::new(Registry::new(snapshot));
     let metrics = Metrics::new();
     let (mut database_file, mut notifications, mut upstream) = (None, None, None);
+    let mut root_pool = None;
     let (source, backend): (Arc<dyn StateSource>, Backend) = match &config.mode {
         Mode::Root => {
             let pool = config.db.pool()?;
             database_file = db::UrlFile::new(&config.db, &pool);
             notifications = config.change_notifications.then(|| pool.clone());
+            root_pool = Some(pool.clone());
             if config.migrate {
                 let n = db::migrate(&pool).await?;
                 tracing::info!(applied = n, "migrations applied");
@@ -172,6 +193,34 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
             source,
         })?;
 
+    let admin = match (&config.admin, root_pool) {
+        (Some(a), Some(pool)) => {
+            let tokens = match &a.token_file {
+                Some(f) => Some(server::tokens::Tokens::open(f).map_err(ServeError::Admin)?),
+                None => None,
+            };
+            let addrs = resolve_listen(&a.listen).map_err(ServeError::Admin)?;
+            let listener = tokio::net::TcpListener::bind(addrs.as_slice())
+                .await
+                .map_err(|source| ServeError::Bind {
+                    addr: a.listen.clone(),
+                    source,
+                })?;
+            let service = server::admin::AdminService::new(
+                pool,
+                registry.clone(),
+                tokens.clone(),
+                metrics.clone(),
+            );
+            Some(AdminListener {
+                listener,
+                service,
+                tokens,
+            })
+        }
+        _ => None,
+    };
+
     let (health, grpc_health) = tonic_health::server::health_reporter();
     let readiness = Readiness::default();
     let parts = AppParts {
@@ -195,6 +244,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
         database_file,
         notifications,
         upstream,
+        admin,
         listener,
         parts,
         engine,
@@ -254,6 +304,7 @@ pub async fn run(prepared: Prepared, shutdown: CancellationToken) {
         database_file,
         notifications,
         upstream,
+        admin,
     } = prepared;
     let tasks = CancellationToken::new();
 
@@ -323,6 +374,28 @@ pub async fn run(prepared: Prepared, shutdown: CancellationToken) {
             }),
         ));
     }
+    if let Some(tokens) = admin.as_ref().and_then(|a| a.tokens.clone()) {
+        let (interval, tasks) = (config.tls_poll_interval, tasks.clone());
+        background.push(supervised(
+            "admin_token_watcher",
+            Box::new(move || {
+                let tokens = tokens.clone();
+                crate::reload::files::FileWatch {
+                    paths: vec![tokens.path().to_owned()],
+                    poll_interval: interval,
+                    debounce: Duration::from_millis(250),
+                    fs_events: true,
+                    sighup: false,
+                }
+                .spawn(
+                    move |_| {
+                        tokens.check();
+                    },
+                    tasks.clone(),
+                )
+            }),
+        ));
+    }
     if let Some(file) = &database_file {
         let (file, interval, tasks) = (file.clone(), config.tls_poll_interval, tasks.clone());
         background.push(supervised(
@@ -368,15 +441,54 @@ pub async fn run(prepared: Prepared, shutdown: CancellationToken) {
     let drained = {
         let server_token = server_token.clone();
         let app = server::router(parts);
-        let serve = server::serve(
-            listener,
-            app,
-            tls.map(|t| t.config),
-            &config.connections,
-            metrics.clone(),
-            server_token.clone(),
-            config.shutdown_timeout,
-        );
+        let tls_config = tls.map(|t| t.config);
+        let admin_serve = admin.map(|a| {
+            let addr = a
+                .listener
+                .local_addr()
+                .map(|x| x.to_string())
+                .unwrap_or_default();
+            let auth = if a.tokens.is_some() {
+                "bearer tokens"
+            } else {
+                "no tokens (loopback)"
+            };
+            tracing::info!(%addr, auth, "serving the admin API (FlagAdminService)");
+            let app = server::admin::router(
+                a.service,
+                server::rpc::RpcLimits {
+                    max_request_bytes: config.max_request_bytes,
+                },
+            );
+            server::serve(
+                a.listener,
+                app,
+                tls_config.clone(),
+                &config.connections,
+                metrics.clone(),
+                server_token.clone(),
+                config.shutdown_timeout,
+            )
+        });
+        let main_token = server_token.clone();
+        let serve = async {
+            let main = server::serve(
+                listener,
+                app,
+                tls_config.clone(),
+                &config.connections,
+                metrics.clone(),
+                main_token,
+                config.shutdown_timeout,
+            );
+            match admin_serve {
+                Some(admin) => {
+                    let (main, admin) = tokio::join!(main, admin);
+                    main && admin
+                }
+                None => main.await,
+            }
+        };
         let hub_engine = engine.clone();
         let signal = async move {
             on_shutdown.await;

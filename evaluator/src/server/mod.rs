@@ -6,11 +6,13 @@
 //! JSON); other `application/grpc*` requests to the other tonic services (`grpc.health.v1`,
 //! gRPC-Web translated by tonic-web); everything else to the HTTP routes (metrics, health).
 
+pub mod admin;
 pub mod changes;
 pub mod conn;
 pub mod rpc;
 pub mod service;
 pub mod tls;
+pub mod tokens;
 
 use std::convert::Infallible;
 use std::sync::Arc;

@@ -34,6 +34,8 @@ pub fn resolve(extra: &[&str]) -> Result<Config, ConfigError> {
 pub struct Running {
     /// The bound address.
     pub addr: SocketAddr,
+    /// The admin listener's address, if it is on.
+    pub admin_addr: Option<SocketAddr>,
     /// Its metrics.
     pub metrics: Metrics,
     stop: CancellationToken,
@@ -51,11 +53,13 @@ impl Running {
     pub async fn with_config(config: Config) -> Running {
         let prepared = serve::prepare(config).await.expect("prepare");
         let addr = prepared.local_addr().expect("addr");
+        let admin_addr = prepared.admin_addr();
         let metrics = prepared.engine().metrics().clone();
         let stop = CancellationToken::new();
         let task = tokio::spawn(serve::run(prepared, stop.clone()));
         Running {
             addr,
+            admin_addr,
             metrics,
             stop,
             task,

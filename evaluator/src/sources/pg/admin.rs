@@ -30,6 +30,14 @@ pub enum AdminError {
         /// What was expected, in words.
         expected: &'static str,
     },
+    /// A typed value of another type than the flag's.
+    #[error("{flag_id} is {flag_type}; the value given is of another type")]
+    WrongType {
+        /// The flag.
+        flag_id: String,
+        /// Its type.
+        flag_type: &'static str,
+    },
     /// Overrides need a non-global layer.
     #[error("{0} is a global-layer flag; it does not support per-entity overrides")]
     GlobalLayer(String),
@@ -62,6 +70,21 @@ pub struct FlagRow {
     pub description: String,
     /// Number of overrides.
     pub overrides: i64,
+    /// Its feature.
+    pub feature_id: String,
+    /// Display name (the proto field name, as synced).
+    pub display_name: String,
+}
+
+/// One feature as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeatureRow {
+    /// Id.
+    pub feature_id: String,
+    /// Description.
+    pub description: String,
+    /// Owner.
+    pub owner: String,
 }
 
 /// One override as stored.
@@ -145,6 +168,8 @@ fn flag_row(r: &PgRow) -> Result<FlagRow, sqlx::Error> {
         archived: r.try_get("archived")?,
         description: r.try_get("description")?,
         overrides: r.try_get("overrides")?,
+        feature_id: r.try_get("feature_id")?,
+        display_name: r.try_get("display_name")?,
     })
 }
 
@@ -153,7 +178,7 @@ macro_rules! flag_select {
     ($tail:literal) => {
         concat!(
             "SELECT f.flag_id, f.flag_type, f.layer, f.state, f.value, f.default_value, ",
-            "f.archived_at IS NOT NULL AS archived, f.description, ",
+            "f.archived_at IS NOT NULL AS archived, f.description, f.feature_id, f.display_name, ",
             "(SELECT count(*) FROM feature_flags.flag_overrides o WHERE o.flag_id = f.flag_id) AS overrides ",
             "FROM feature_flags.flags f ",
             $tail
@@ -167,6 +192,44 @@ pub async fn list(pool: &PgPool) -> Result<Vec<FlagRow>, AdminError> {
         .fetch_all(pool)
         .await?;
     Ok(rows.iter().map(flag_row).collect::<Result<_, _>>()?)
+}
+
+/// Every feature with its flags that are not archived (features without any left out), ordered
+/// by feature and field number, as v0.6's `ListFeatures`.
+pub async fn list_features(pool: &PgPool) -> Result<Vec<(FeatureRow, Vec<FlagRow>)>, AdminError> {
+    let features = sqlx::query(
+        "SELECT feature_id, description, owner FROM feature_flags.features ORDER BY feature_id",
+    )
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(FeatureRow {
+            feature_id: r.try_get("feature_id")?,
+            description: r.try_get("description")?,
+            owner: r.try_get("owner")?,
+        })
+    })
+    .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    let flags = sqlx::query(flag_select!(
+        "WHERE f.archived_at IS NULL ORDER BY f.feature_id, f.field_number"
+    ))
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(flag_row)
+    .collect::<Result<Vec<_>, _>>()?;
+    let mut by_feature: std::collections::BTreeMap<String, Vec<FlagRow>> = Default::default();
+    for f in flags {
+        by_feature.entry(f.feature_id.clone()).or_default().push(f);
+    }
+    Ok(features
+        .into_iter()
+        .filter_map(|feature| {
+            let flags = by_feature.remove(&feature.feature_id)?;
+            Some((feature, flags))
+        })
+        .collect())
 }
 
 /// One flag and its overrides.
@@ -194,11 +257,50 @@ pub async fn get(pool: &PgPool, flag_id: &str) -> Result<(FlagRow, Vec<OverrideR
     Ok((flag_row(&row)?, overrides))
 }
 
+/// A value as given: text parsed against the flag's type (the CLI), or a typed value checked
+/// against it (the admin API).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// Text, e.g. `weekly`, `true`, `3`.
+    Text(String),
+    /// A typed value.
+    Typed(FlagValue),
+}
+
+impl Input {
+    /// The value, if it is one of `flag_type`.
+    fn resolve(&self, flag_id: &str, flag_type: FlagType) -> Result<FlagValue, AdminError> {
+        match self {
+            Input::Text(text) => parse_value(flag_id, flag_type, text),
+            Input::Typed(v) => {
+                use pbflags_proto::v1::flag_value::Value;
+                let fits = matches!(
+                    (flag_type, &v.value),
+                    (FlagType::Bool, Some(Value::BoolValue(_)))
+                        | (FlagType::String, Some(Value::StringValue(_)))
+                        | (FlagType::Int64, Some(Value::Int64Value(_)))
+                        | (FlagType::Double, Some(Value::DoubleValue(_)))
+                );
+                if fits {
+                    Ok(v.clone())
+                } else {
+                    Err(AdminError::WrongType {
+                        flag_id: flag_id.to_owned(),
+                        flag_type: type_name(flag_type),
+                    })
+                }
+            }
+        }
+    }
+}
+
 /// The new global state of a flag.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StateChange {
     /// ENABLED with this value (text, parsed against the flag's type).
     Set(String),
+    /// ENABLED with this typed value, checked against the flag's type.
+    SetTyped(FlagValue),
     /// DEFAULT, value cleared: the compiled default applies.
     Default,
     /// KILLED; the stored value is kept so `unkill` can restore it.
@@ -233,7 +335,10 @@ async fn audit(
     actor: &str,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO feature_flags.flag_audit_log (flag_id, action, old_value, new_value, actor) VALUES ($1, $2, $3, $4, $5)",
+        // clock_timestamp(), not the column's default now(): now() is when the transaction began,
+        // so of two changes to one flag the one that waited for the row lock would be logged as
+        // the earlier although it came second. This row is written under the flag's lock.
+        "INSERT INTO feature_flags.flag_audit_log (flag_id, action, old_value, new_value, actor, created_at) VALUES ($1, $2, $3, $4, $5, clock_timestamp())",
     )
     .bind(flag_id)
     .bind(action)
@@ -258,6 +363,10 @@ pub async fn set_state(
         StateChange::Set(input) => (
             State::Enabled,
             encode_value(Some(&parse_value(flag_id, flag_type, input)?)),
+        ),
+        StateChange::SetTyped(v) => (
+            State::Enabled,
+            encode_value(Some(&Input::Typed(v.clone()).resolve(flag_id, flag_type)?)),
         ),
         StateChange::Default => (State::Default, None),
         StateChange::Kill => (State::Killed, old_value.clone()),
@@ -299,6 +408,19 @@ pub async fn set_override(
     value: Option<&str>,
     actor: &str,
 ) -> Result<bool, AdminError> {
+    let value = value.map(|v| Input::Text(v.to_owned()));
+    set_override_input(pool, flag_id, entity_id, state, value, actor).await
+}
+
+/// [`set_override`] with the value as an [`Input`].
+pub async fn set_override_input(
+    pool: &PgPool,
+    flag_id: &str,
+    entity_id: &str,
+    state: State,
+    value: Option<Input>,
+    actor: &str,
+) -> Result<bool, AdminError> {
     if state == State::Killed {
         return Err(AdminError::EntityKill(flag_id.to_owned()));
     }
@@ -308,7 +430,7 @@ pub async fn set_override(
         return Err(AdminError::GlobalLayer(flag_id.to_owned()));
     }
     let value = match value {
-        Some(v) => encode_value(Some(&parse_value(flag_id, flag_type, v)?)),
+        Some(v) => encode_value(Some(&v.resolve(flag_id, flag_type)?)),
         None => None,
     };
     let old: Option<Option<Vec<u8>>> = sqlx::query_scalar(
