@@ -30,6 +30,7 @@ func main() {
 	protocol := flag.String("protocol", "connect-proto", "connect-proto, connect-json, grpc or grpc-web")
 	killed := flag.String("killed", "notifications/3", "a flag the database has killed")
 	caFile := flag.String("cacert", "", "PEM CA bundle for an https:// URL")
+	adminToken := flag.String("admin-token", "", "with it, call every FlagAdminService RPC at -url (an admin listener) instead")
 	flag.Parse()
 
 	// Cleartext: h2c for gRPC (prior knowledge), HTTP/1.1 for Connect and gRPC-Web. TLS: ALPN h2
@@ -78,6 +79,9 @@ func main() {
 	client := pbflagsv1connect.NewFlagEvaluatorServiceClient(httpClient, *url, opts...)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
+	if *adminToken != "" {
+		os.Exit(admin(ctx, pbflagsv1connect.NewFlagAdminServiceClient(httpClient, *url, opts...), *protocol, *adminToken))
+	}
 
 	passed, failed := 0, 0
 	check := func(name string, err error) {
@@ -205,4 +209,111 @@ func main() {
 	if failed > 0 {
 		os.Exit(1)
 	}
+}
+
+// admin calls every FlagAdminService RPC with the bearer token and checks the answers; returns the
+// exit code.
+func admin(ctx context.Context, c pbflagsv1connect.FlagAdminServiceClient, protocol, token string) int {
+	passed, failed := 0, 0
+	check := func(name string, err error) {
+		if err != nil {
+			failed++
+			fmt.Printf("FAIL %s admin %s: %v\n", protocol, name, err)
+		} else {
+			passed++
+			fmt.Printf("ok   %s admin %s\n", protocol, name)
+		}
+	}
+	req := func(r interface{ Header() http.Header }) {
+		r.Header().Set("Authorization", "Bearer "+token)
+	}
+	actor := "interop-" + protocol
+	check("ListFeatures", func() error {
+		r := connect.NewRequest(&pbflagsv1.ListFeaturesRequest{})
+		req(r)
+		resp, err := c.ListFeatures(ctx, r)
+		if err != nil {
+			return err
+		}
+		if len(resp.Msg.GetFeatures()) != 1 || len(resp.Msg.GetFeatures()[0].GetFlags()) != 4 {
+			return fmt.Errorf("got %v", resp.Msg)
+		}
+		return nil
+	}())
+	check("UpdateFlagState", func() error {
+		r := connect.NewRequest(&pbflagsv1.UpdateFlagStateRequest{
+			FlagId: "notifications/4", State: pbflagsv1.State_STATE_ENABLED,
+			Value: &pbflagsv1.FlagValue{Value: &pbflagsv1.FlagValue_DoubleValue{DoubleValue: 0.5}}, Actor: actor,
+		})
+		req(r)
+		_, err := c.UpdateFlagState(ctx, r)
+		return err
+	}())
+	check("UpdateFlagState of the wrong type", func() error {
+		r := connect.NewRequest(&pbflagsv1.UpdateFlagStateRequest{
+			FlagId: "notifications/4", State: pbflagsv1.State_STATE_ENABLED,
+			Value: &pbflagsv1.FlagValue{Value: &pbflagsv1.FlagValue_BoolValue{BoolValue: true}},
+		})
+		req(r)
+		_, err := c.UpdateFlagState(ctx, r)
+		if connect.CodeOf(err) != connect.CodeInvalidArgument {
+			return fmt.Errorf("want invalid_argument, got %v", err)
+		}
+		return nil
+	}())
+	check("SetFlagOverride", func() error {
+		r := connect.NewRequest(&pbflagsv1.SetFlagOverrideRequest{
+			FlagId: "notifications/1", EntityId: "interop-user", State: pbflagsv1.State_STATE_ENABLED,
+			Value: &pbflagsv1.FlagValue{Value: &pbflagsv1.FlagValue_BoolValue{BoolValue: false}}, Actor: actor,
+		})
+		req(r)
+		_, err := c.SetFlagOverride(ctx, r)
+		return err
+	}())
+	check("GetFlag", func() error {
+		r := connect.NewRequest(&pbflagsv1.GetFlagRequest{FlagId: "notifications/1"})
+		req(r)
+		resp, err := c.GetFlag(ctx, r)
+		if err != nil {
+			return err
+		}
+		for _, o := range resp.Msg.GetFlag().GetOverrides() {
+			if o.GetEntityId() == "interop-user" {
+				return nil
+			}
+		}
+		return fmt.Errorf("no interop-user override in %v", resp.Msg)
+	}())
+	check("RemoveFlagOverride", func() error {
+		r := connect.NewRequest(&pbflagsv1.RemoveFlagOverrideRequest{FlagId: "notifications/1", EntityId: "interop-user", Actor: actor})
+		req(r)
+		_, err := c.RemoveFlagOverride(ctx, r)
+		return err
+	}())
+	check("GetAuditLog", func() error {
+		flagID := "notifications/1"
+		r := connect.NewRequest(&pbflagsv1.GetAuditLogRequest{FlagId: &flagID, Limit: 1})
+		req(r)
+		resp, err := c.GetAuditLog(ctx, r)
+		if err != nil {
+			return err
+		}
+		e := resp.Msg.GetEntries()
+		if len(e) != 1 || e[0].GetAction() != "REMOVE_OVERRIDE" || e[0].GetActor() != actor || e[0].GetCreatedAt().AsTime().IsZero() {
+			return fmt.Errorf("got %v", resp.Msg)
+		}
+		return nil
+	}())
+	check("no token", func() error {
+		_, err := c.ListFeatures(ctx, connect.NewRequest(&pbflagsv1.ListFeaturesRequest{}))
+		if connect.CodeOf(err) != connect.CodeUnauthenticated {
+			return fmt.Errorf("want unauthenticated, got %v", err)
+		}
+		return nil
+	}())
+	fmt.Printf("interop %s admin: %d passed, %d failed\n", protocol, passed, failed)
+	if failed > 0 {
+		return 1
+	}
+	return 0
 }

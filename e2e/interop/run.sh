@@ -26,7 +26,8 @@ rm -rf "$here/gen"
 PATH="$tools:$PATH" protoc -I "$repo/proto" \
   --go_out="$here" --go_opt=module=github.com/SpotlightGOV/pbflags \
   --connect-go_out="$here" --connect-go_opt=module=github.com/SpotlightGOV/pbflags \
-  pbflags/v1/types.proto pbflags/v1/evaluator.proto pbflags/v1/changes.proto
+  pbflags/options.proto pbflags/v1/types.proto pbflags/v1/evaluator.proto pbflags/v1/changes.proto \
+  pbflags/v1/admin.proto
 (cd "$here" && go build -o "$tools/interop" .)
 
 cargo build --locked -p pbflags-evaluator --bin pbflags-evaluator
@@ -47,8 +48,12 @@ export PBFLAGS_DATABASE; PBFLAGS_DATABASE=$("$repo/scripts/pg.sh" start "$dir/pg
 "$bin" flags override set notifications/1 user-100 --value false --actor interop >/dev/null
 
 root=127.0.0.1:${PBFLAGS_INTEROP_ROOT_PORT:-$(free_port)}
+admin=127.0.0.1:$(free_port)
+admin_token=interop-editor-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')
+echo "interop editor $admin_token" >"$dir/tokens"
 proxy=127.0.0.1:${PBFLAGS_INTEROP_PROXY_PORT:-$(free_port)}
-"$bin" serve --descriptors "$repo/proto/example/descriptors.pb" --listen "$root" --log-level warn >"$dir/root.log" 2>&1 &
+"$bin" serve --descriptors "$repo/proto/example/descriptors.pb" --listen "$root" --log-level warn \
+  --admin-listen "$admin" --admin-token-file "$dir/tokens" >"$dir/root.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 100); do curl -fsS "http://$root/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
 env -u PBFLAGS_DATABASE "$bin" serve --descriptors "$repo/proto/example/descriptors.pb" --listen "$proxy" \
@@ -83,5 +88,9 @@ for url in "http://$root" "http://$proxy" "https://$tls_root" "https://$tls_prox
   else
     echo "FAIL curl Connect JSON against $url: $out"; failed=1
   fi
+done
+# connect-go's generated FlagAdminService client, every RPC, over every protocol.
+for protocol in connect-proto connect-json grpc grpc-web; do
+  "$tools/interop" -url "http://$admin" -protocol "$protocol" -admin-token "$admin_token" || failed=1
 done
 exit $failed
