@@ -620,3 +620,105 @@ fn the_admin_listener_needs_a_root_and_tokens_off_loopback() {
     .unwrap();
     assert!(ok.admin.unwrap().token_file.is_none());
 }
+
+/// Runs `pbflags-evaluator flags ARGS` against `target`: `--server URL` (with the token file) or a
+/// database URL.
+fn cli(target: &[&str], args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pbflags-evaluator"))
+        .arg("flags")
+        .args(target)
+        .args(args)
+        .env_remove("PBFLAGS_DATABASE")
+        .env("USER", "cli-test")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_works_through_the_admin_api_as_through_the_database() {
+    let Admin { root, db, _dir } = admin_root().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, format!("{EDITOR}\n")).unwrap();
+    let viewer = dir.path().join("viewer");
+    std::fs::write(&viewer, format!("{VIEWER}\n")).unwrap();
+    let server = format!("http://{}", root.admin_addr.unwrap());
+    let remote = ["--server", &server, "--token-file", token.to_str().unwrap()];
+    let direct = ["--database", &db.url];
+    for args in [
+        &["set", "notifications/3", "--value", "5"][..],
+        &["kill", "notifications/3"],
+        &["unkill", "notifications/3"],
+        &["set", "notifications/2", "--value", "weekly"],
+        &[
+            "override",
+            "set",
+            "notifications/1",
+            "user-9",
+            "--value",
+            "false",
+        ],
+        &[
+            "override",
+            "set",
+            "notifications/1",
+            "user-9",
+            "--value",
+            "true",
+        ],
+        &["override", "rm", "notifications/1", "user-9"],
+        &["default", "notifications/2"],
+    ] {
+        let (ok, out, err) = cli(&remote, args);
+        assert!(ok, "{args:?}: {err}");
+        assert!(!out.is_empty(), "{args:?}");
+    }
+    // What the remote commands did is what the database shows, through either path.
+    for args in [
+        &["get", "notifications/3"][..],
+        &["get", "notifications/1"],
+        &["list"],
+        &["get", "notifications/2", "--json"],
+    ] {
+        let (_, remote_out, err) = cli(&remote, args);
+        let (_, direct_out, _) = cli(&direct, args);
+        assert_eq!(remote_out, direct_out, "{args:?}: {err}");
+    }
+    let (_, audit, _) = cli(&remote, &["audit", "--limit", "3"]);
+    let (_, direct_audit, _) = cli(&direct, &["audit", "--limit", "3"]);
+    assert_eq!(audit, direct_audit);
+    assert!(
+        audit.contains("alice"),
+        "the token's name is the actor: {audit}"
+    );
+    let (_, get3, _) = cli(&remote, &["get", "notifications/3"]);
+    assert!(
+        get3.contains("ENABLED") && get3.contains('5'),
+        "unkill revived the value: {get3}"
+    );
+
+    // Refusals come through with the server's reason; a viewer cannot change anything.
+    let (ok, _, err) = cli(&remote, &["set", "notifications/3", "--value", "many"]);
+    assert!(!ok && err.contains("INT64"), "{err}");
+    let as_viewer = [
+        "--server",
+        &server,
+        "--token-file",
+        viewer.to_str().unwrap(),
+    ];
+    let (ok, _, err) = cli(&as_viewer, &["kill", "notifications/2"]);
+    assert!(
+        !ok && err.contains("viewer") && err.contains("permission_denied"),
+        "{err}"
+    );
+    let (ok, _, _) = cli(&as_viewer, &["list"]);
+    assert!(ok);
+    let (ok, _, err) = cli(&["--server", &server], &["list"]);
+    assert!(!ok && err.contains("unauthenticated"), "{err}");
+    root.stop().await;
+}

@@ -90,6 +90,16 @@ pub struct FlagsArgs {
     /// The database.
     #[command(flatten)]
     pub db: DatabaseArgs,
+    /// A root's admin API (`--admin-listen`) instead of a database, e.g. `http://127.0.0.1:9200`
+    /// after `kubectl port-forward svc/NAME-admin 9200`.
+    #[arg(long, env = "PBFLAGS_ADMIN_SERVER", global = true)]
+    pub server: Option<String>,
+    /// File holding the admin token (`--server`): its first non-empty line.
+    #[arg(long, env = "PBFLAGS_TOKEN_FILE", global = true)]
+    pub token_file: Option<std::path::PathBuf>,
+    /// PEM CA bundle an https:// `--server` is checked against [default: the system trust store].
+    #[arg(long, env = "PBFLAGS_ADMIN_SERVER_CA", global = true)]
+    pub server_ca: Option<std::path::PathBuf>,
     /// The action.
     #[command(subcommand)]
     pub action: FlagsAction,

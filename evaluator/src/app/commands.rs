@@ -160,10 +160,112 @@ fn actor(args: &FlagsArgs) -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
+/// Where `flags` reads and changes flags: the database, or a root's admin API (`--server`).
+enum Store {
+    Db(sqlx::PgPool),
+    Remote(Box<crate::app::remote::Remote>),
+}
+
+impl Store {
+    fn of(args: &FlagsArgs) -> Result<Self, Failure> {
+        let database = args.db.database.is_some() || args.db.database_file.is_some();
+        match &args.server {
+            Some(_) if database => Err(Failure {
+                code: 64,
+                message: "--server and a database (--database, PBFLAGS_DATABASE, --database-file) \
+                          are both set; use one"
+                    .to_owned(),
+            }),
+            None if args.token_file.is_some() || args.server_ca.is_some() => Err(Failure {
+                code: 64,
+                message: "--token-file and --server-ca go with --server".to_owned(),
+            }),
+            Some(url) => Ok(Store::Remote(Box::new(crate::app::remote::Remote::new(
+                url,
+                args.token_file.as_deref(),
+                args.server_ca.as_deref(),
+            )?))),
+            None => Ok(Store::Db(pool(&args.db)?)),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<admin::FlagRow>, Failure> {
+        match self {
+            Store::Db(p) => Ok(admin::list(p).await?),
+            Store::Remote(r) => r.list().await,
+        }
+    }
+
+    async fn get(
+        &self,
+        flag_id: &str,
+    ) -> Result<(admin::FlagRow, Vec<admin::OverrideRow>), Failure> {
+        match self {
+            Store::Db(p) => Ok(admin::get(p, flag_id).await?),
+            Store::Remote(r) => r.get(flag_id).await,
+        }
+    }
+
+    async fn set_state(
+        &self,
+        flag_id: &str,
+        change: StateChange,
+        who: &str,
+    ) -> Result<State, Failure> {
+        match self {
+            Store::Db(p) => Ok(admin::set_state(p, flag_id, change, who).await?),
+            Store::Remote(r) => r.set_state(flag_id, change, who).await,
+        }
+    }
+
+    async fn set_override(
+        &self,
+        flag_id: &str,
+        entity_id: &str,
+        state: State,
+        value: Option<&str>,
+        who: &str,
+    ) -> Result<bool, Failure> {
+        match self {
+            Store::Db(p) => {
+                Ok(admin::set_override(p, flag_id, entity_id, state, value, who).await?)
+            }
+            Store::Remote(r) => r.set_override(flag_id, entity_id, state, value, who).await,
+        }
+    }
+
+    async fn remove_override(
+        &self,
+        flag_id: &str,
+        entity_id: &str,
+        who: &str,
+    ) -> Result<bool, Failure> {
+        match self {
+            Store::Db(p) => Ok(admin::remove_override(p, flag_id, entity_id, who).await?),
+            Store::Remote(r) => r.remove_override(flag_id, entity_id, who).await,
+        }
+    }
+
+    async fn audit_log(
+        &self,
+        flag_id: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<admin::AuditRow>, Failure> {
+        match self {
+            Store::Db(p) => Ok(admin::audit_log(p, flag_id, limit).await?),
+            Store::Remote(r) => r.audit_log(flag_id, limit).await,
+        }
+    }
+}
+
 /// `flags ...`.
 pub async fn flags(args: &FlagsArgs) -> Result<String, Failure> {
-    let pool = pool(&args.db)?;
-    let who = actor(args);
+    let store = Store::of(args)?;
+    // Through the admin API the token's name is the actor unless one is given explicitly.
+    let who = match (&store, &args.actor) {
+        (Store::Remote(_), None) => String::new(),
+        _ => actor(args),
+    };
     let changed = |flag_id: &str, what: String| {
         if args.json {
             format!("{}\n", json!({ "flag_id": flag_id, "result": what }))
@@ -173,7 +275,7 @@ pub async fn flags(args: &FlagsArgs) -> Result<String, Failure> {
     };
     Ok(match &args.action {
         FlagsAction::List => {
-            let rows = admin::list(&pool).await?;
+            let rows = store.list().await?;
             if args.json {
                 rows.iter()
                     .map(|r| {
@@ -212,7 +314,7 @@ pub async fn flags(args: &FlagsArgs) -> Result<String, Failure> {
             }
         }
         FlagsAction::Get { flag_id } => {
-            let (r, overrides) = admin::get(&pool, flag_id).await?;
+            let (r, overrides) = store.get(flag_id).await?;
             if args.json {
                 let o: Vec<_> = overrides
                     .iter()
@@ -252,19 +354,21 @@ pub async fn flags(args: &FlagsArgs) -> Result<String, Failure> {
             }
         }
         FlagsAction::Set { flag_id, value } => {
-            let s = admin::set_state(&pool, flag_id, StateChange::Set(value.clone()), &who).await?;
+            let s = store
+                .set_state(flag_id, StateChange::Set(value.clone()), &who)
+                .await?;
             changed(flag_id, format!("{} {value}", values::state_name(s)))
         }
         FlagsAction::Default { flag_id } => {
-            let s = admin::set_state(&pool, flag_id, StateChange::Default, &who).await?;
+            let s = store.set_state(flag_id, StateChange::Default, &who).await?;
             changed(flag_id, values::state_name(s).to_owned())
         }
         FlagsAction::Kill { flag_id } => {
-            let s = admin::set_state(&pool, flag_id, StateChange::Kill, &who).await?;
+            let s = store.set_state(flag_id, StateChange::Kill, &who).await?;
             changed(flag_id, values::state_name(s).to_owned())
         }
         FlagsAction::Unkill { flag_id } => {
-            let s = admin::set_state(&pool, flag_id, StateChange::Unkill, &who).await?;
+            let s = store.set_state(flag_id, StateChange::Unkill, &who).await?;
             changed(flag_id, values::state_name(s).to_owned())
         }
         FlagsAction::Override(OverrideAction::Set {
@@ -278,9 +382,9 @@ pub async fn flags(args: &FlagsArgs) -> Result<String, Failure> {
             } else {
                 State::Enabled
             };
-            let replaced =
-                admin::set_override(&pool, flag_id, entity_id, state, value.as_deref(), &who)
-                    .await?;
+            let replaced = store
+                .set_override(flag_id, entity_id, state, value.as_deref(), &who)
+                .await?;
             let what = if replaced {
                 "override updated"
             } else {
@@ -289,7 +393,7 @@ pub async fn flags(args: &FlagsArgs) -> Result<String, Failure> {
             changed(flag_id, format!("{what} for {entity_id}"))
         }
         FlagsAction::Override(OverrideAction::Rm { flag_id, entity_id }) => {
-            let existed = admin::remove_override(&pool, flag_id, entity_id, &who).await?;
+            let existed = store.remove_override(flag_id, entity_id, &who).await?;
             let what = if existed {
                 "override removed"
             } else {
@@ -298,7 +402,7 @@ pub async fn flags(args: &FlagsArgs) -> Result<String, Failure> {
             changed(flag_id, format!("{what} for {entity_id}"))
         }
         FlagsAction::Audit { flag_id, limit } => {
-            let rows = admin::audit_log(&pool, flag_id.as_deref(), *limit).await?;
+            let rows = store.audit_log(flag_id.as_deref(), *limit).await?;
             rows.iter()
                 .map(|a| {
                     if args.json {

@@ -7,4 +7,5 @@ pub mod commands;
 pub mod config;
 pub mod descriptors;
 pub mod logging;
+pub mod remote;
 pub mod serve;
