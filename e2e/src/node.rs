@@ -414,3 +414,52 @@ pub fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
     }
     Ok(body.to_owned())
 }
+
+/// A `kubectl port-forward` to `target` (e.g. `svc/flags-admin`) on a free local port, stopped
+/// (by process id) when dropped.
+pub struct PortForward {
+    child: Child,
+    /// The local port.
+    pub port: u16,
+}
+
+impl PortForward {
+    /// Forwards a free loopback port to `remote` of `target` in `ns`, once kubectl says it listens.
+    pub fn start(cp: &ControlPlane, ns: &str, target: &str, remote: u16) -> anyhow::Result<Self> {
+        use std::io::BufRead as _;
+        let mut child = cp
+            .kubectl()
+            .args(["-n", ns, "port-forward", "--address=127.0.0.1", target])
+            .arg(format!(":{remote}"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start kubectl port-forward")?;
+        let stdout = child.stdout.take().context("port-forward stdout")?;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .context("read port-forward")?;
+        // "Forwarding from 127.0.0.1:41234 -> 9200"
+        let port = line
+            .split("127.0.0.1:")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|p| p.parse().ok());
+        match port {
+            Some(port) => Ok(Self { child, port }),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("kubectl port-forward {target}: unexpected output {line:?}")
+            }
+        }
+    }
+}
+
+impl Drop for PortForward {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -121,6 +121,19 @@ async fn from_zero_to_evaluating_flags_on_a_real_node() {
     let from_file = format!("--from-file=descriptors.pb={}", pb.display());
     cp.run(n, &["create", "configmap", "flag-descriptors", &from_file])
         .unwrap();
+    // The admin API's tokens (the example FlagEvaluator serves it).
+    let admin_token = format!("user-path-{:016x}", fastrand::u64(..));
+    cp.run(
+        n,
+        &[
+            "create",
+            "secret",
+            "generic",
+            "flags-admin",
+            &format!("--from-literal=tokens=sre editor {admin_token}\n"),
+        ],
+    )
+    .unwrap();
     // 3. The FlagEvaluator, as shipped in the chart's examples (root 2 + proxy 2, migrate: true),
     // applied before its database Secret exists, as a user may. The operator cannot read Secrets:
     // the kubelet's mount failure, read from the migrations pod's events, is the status.
@@ -435,18 +448,40 @@ async fn from_zero_to_evaluating_flags_on_a_real_node() {
     let v = client.evaluate(&endpoint, "notifications/3").unwrap();
     assert_eq!(v["value"]["stringValue"], "3", "{v}");
 
-    // 8. Kill a flag with the CLI in a pod; the proxy serves the compiled default, pushed through
-    // the root's notifications and the proxy's change stream (the kill TTL, 10s, is the safety net).
-    let killed = evaluator_command(
-        &cp,
-        n,
-        &images,
-        &db_url_in_cluster,
-        &["flags", "--actor", "readme", "kill", "notifications/2"],
-        b"",
-    )
-    .unwrap();
-    assert!(killed.contains("notifications/2"), "{killed}");
+    // 8. Kill a flag through the admin API, over `kubectl port-forward svc/flags-admin` with the
+    // token (no database URL leaves the cluster); the proxy serves the compiled default, pushed
+    // through the root's notifications and the proxy's change stream (the kill TTL, 10s, is the
+    // safety net).
+    let forward = node::PortForward::start(&cp, n, "svc/flags-admin", 9200).unwrap();
+    let mut admin_client =
+        pbflags_proto::v1::flag_admin_service_client::FlagAdminServiceClient::new(
+            tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{}", forward.port))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
+        );
+    let kill = || {
+        tonic::Request::new(pbflags_proto::v1::UpdateFlagStateRequest {
+            flag_id: "notifications/2".into(),
+            state: pbflags_proto::v1::State::Killed as i32,
+            value: None,
+            actor: String::new(),
+        })
+    };
+    let refused = admin_client.update_flag_state(kill()).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::Unauthenticated,
+        "no token, no change"
+    );
+    let mut with_token = kill();
+    with_token.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {admin_token}").parse().unwrap(),
+    );
+    admin_client.update_flag_state(with_token).await.unwrap();
+    drop(forward);
     let took = eventually("the kill", Duration::from_secs(60), async || {
         client
             .evaluate(&endpoint, "notifications/2")

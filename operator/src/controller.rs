@@ -9,6 +9,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
 use kube::runtime::controller::Controller;
@@ -35,13 +36,14 @@ fn referencing(
 }
 
 /// The resources the controller watches, by their plural name.
-const WATCHED: [&str; 8] = [
+const WATCHED: [&str; 9] = [
     "flagevaluators",
     "deployments",
     "services",
     "poddisruptionbudgets",
     "horizontalpodautoscalers",
     "jobs",
+    "networkpolicies",
     "configmaps",
     "pods",
 ];
@@ -101,6 +103,7 @@ async fn run_in(ctx: Arc<Context>, ns: Option<String>, shutdown: CancellationTok
             scoped::<HorizontalPodAutoscaler>(&client, ns),
             owned.clone(),
         )
+        .owns(scoped::<NetworkPolicy>(&client, ns), owned.clone())
         .owns(scoped::<Job>(&client, ns), owned)
         .watches(
             scoped::<ConfigMap>(&client, ns),

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{
     Affinity, LocalObjectReference, ResourceRequirements, Toleration, TopologySpreadConstraint,
 };
+use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -166,8 +167,9 @@ pub struct RootSpec {
     #[x_kube(validation = Rule::new("self >= 0 && self <= 100").message("root.replicas must be between 0 and 100"))]
     #[schemars(extend("default" = 1))]
     pub replicas: Option<i32>,
-    /// The Secret key holding the PostgreSQL URL (never inline). A change to the Secret rolls the
-    /// root pods.
+    /// The Secret key holding the PostgreSQL URL (never inline). It is mounted as a file the
+    /// evaluator follows: a rotated password reaches new connections without a restart. The
+    /// operator never reads it.
     pub database: SecretKeyRef,
     /// The CA bundle the database's TLS certificate is checked against (mounted into the root pods
     /// and the migrations Job as `--database-ca`). Without an `sslmode` in the URL this means
@@ -181,6 +183,47 @@ pub struct RootSpec {
     /// Compute resources of each root pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// The admin API (`FlagAdminService`, as pbflags v0.6 serves it, behind bearer tokens) on the
+    /// root pods' port 9200, with a `<name>-admin` Service. Reach it with
+    /// `kubectl port-forward svc/<name>-admin 9200` and `pbflags-evaluator flags --server
+    /// http://127.0.0.1:9200 --token-file …`; over the network only from `allowedFrom`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminSpec>,
+}
+
+/// The admin API of the root tier.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AdminSpec {
+    /// Serve it. Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = true))]
+    pub enabled: Option<bool>,
+    /// The Secret holding the tokens: lines of `NAME ROLE TOKEN`, the role `viewer` or `editor`,
+    /// tokens of at least 16 characters. Changes are followed without a restart.
+    #[x_kube(validation = Rule::new("self != ''").message("root.admin.tokenSecretName must name the Secret holding the admin tokens"))]
+    pub token_secret_name: String,
+    /// The key of the token file in the Secret. Default `tokens`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = "tokens"))]
+    pub token_key: Option<String>,
+    /// Who may reach the admin port over the network (NetworkPolicy peers: pods, namespaces, IP
+    /// blocks). Default: nobody (a NetworkPolicy closes the port; `kubectl port-forward` still
+    /// works). The evaluation port stays open to all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_from: Option<Vec<NetworkPolicyPeer>>,
+}
+
+impl AdminSpec {
+    /// Whether the admin API is served.
+    pub fn enabled(&self) -> bool {
+        self.enabled != Some(false)
+    }
+
+    /// The Secret key of the token file, defaulted.
+    pub fn token_key(&self) -> &str {
+        self.token_key.as_deref().unwrap_or("tokens")
+    }
 }
 
 /// The proxy tier.

@@ -160,6 +160,10 @@ pub fn from_events(events: &[Event]) -> Option<(&'static str, String)> {
         (reason::SECRET_MISSING, " (spec.root.databaseCa.secretName)")
     } else if volume("database-ca") && no_key {
         (reason::SECRET_KEY_MISSING, " (spec.root.databaseCa.key)")
+    } else if volume("admin-tokens") && not_found {
+        (reason::SECRET_MISSING, " (spec.root.admin.tokenSecretName)")
+    } else if volume("admin-tokens") && no_key {
+        (reason::SECRET_KEY_MISSING, " (spec.root.admin.tokenKey)")
     } else if volume("tls") && not_found {
         (reason::TLS_SECRET_MISSING, " (spec.tls.secretName)")
     } else {

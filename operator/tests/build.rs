@@ -492,3 +492,125 @@ fn an_autoscaled_proxy_tier_gets_a_cpu_autoscaler_and_leaves_replicas_to_it() {
         Some(2)
     );
 }
+
+#[test]
+fn the_admin_api_runs_on_the_root_pods_behind_its_own_service_and_a_closed_port() {
+    let mut fe = fixture("root-and-proxy");
+    assert!(built(&fe).admin.is_none(), "off unless asked for");
+    fe.spec.root.as_mut().unwrap().admin = Some(
+        serde_json::from_value(serde_json::json!({"tokenSecretName": "flags-admin"})).unwrap(),
+    );
+    let candidate = Candidate::new(b"descriptor set bytes".to_vec());
+    let d = build::build(&Inputs {
+        fe: &fe,
+        defaults: &defaults(),
+        descriptors: Some(&candidate),
+    })
+    .unwrap();
+    let root = pod_template(&d, Tier::Root).spec.as_ref().unwrap();
+    let c = &root.containers[0];
+    let args = c.args.as_ref().unwrap();
+    assert!(
+        args.contains(&"--admin-listen=0.0.0.0:9200".to_owned()),
+        "{args:?}"
+    );
+    assert!(args.contains(&"--admin-token-file=/etc/pbflags/admin/tokens".to_owned()));
+    assert!(
+        c.ports
+            .iter()
+            .flatten()
+            .any(|p| p.name.as_deref() == Some("admin") && p.container_port == 9200)
+    );
+    let volume = root
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "admin-tokens")
+        .unwrap();
+    let secret = volume.secret.as_ref().unwrap();
+    assert_eq!(secret.secret_name.as_deref(), Some("flags-admin"));
+    let item = &secret.items.as_ref().unwrap()[0];
+    assert_eq!(
+        (item.key.as_str(), item.path.as_str()),
+        ("tokens", "tokens")
+    );
+
+    // Neither the proxy nor the Jobs see the tokens.
+    let proxy = pod_template(&d, Tier::Proxy).spec.as_ref().unwrap();
+    let jobs = [
+        d.migration.as_ref().unwrap().spec.as_ref().unwrap(),
+        d.check.as_ref().unwrap().1.spec.as_ref().unwrap(),
+    ];
+    for pod in std::iter::once(proxy).chain(jobs.iter().map(|j| j.template.spec.as_ref().unwrap()))
+    {
+        assert!(
+            pod.volumes
+                .iter()
+                .flatten()
+                .all(|v| v.name != "admin-tokens")
+        );
+        assert!(
+            pod.containers[0]
+                .args
+                .iter()
+                .flatten()
+                .all(|a| !a.starts_with("--admin"))
+        );
+    }
+
+    let (service, policy) = d.admin.as_ref().unwrap();
+    assert_eq!(service.metadata.name.as_deref(), Some("flags-admin"));
+    let port = &service.spec.as_ref().unwrap().ports.as_ref().unwrap()[0];
+    assert_eq!((port.port, port.name.as_deref()), (9200, Some("admin")));
+    assert!(
+        d.services()
+            .any(|s| s.metadata.name.as_deref() == Some("flags-admin"))
+    );
+    // By default nobody reaches the admin port over the network; the evaluation port stays open.
+    let rules = policy.spec.as_ref().unwrap().ingress.as_ref().unwrap();
+    assert_eq!(rules.len(), 1);
+    assert!(rules[0].from.is_none());
+    let ports: Vec<_> = rules[0]
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| p.port.clone())
+        .collect();
+    assert_eq!(
+        ports,
+        [Some(
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(9201)
+        )]
+    );
+
+    fe.spec.root.as_mut().unwrap().admin = Some(
+        serde_json::from_value(serde_json::json!({
+            "tokenSecretName": "flags-admin",
+            "allowedFrom": [{"namespaceSelector": {"matchLabels": {"team": "sre"}}}]
+        }))
+        .unwrap(),
+    );
+    let (_, policy) = built(&fe).admin.unwrap();
+    let rules = policy.spec.unwrap().ingress.unwrap();
+    assert_eq!(rules.len(), 2);
+    assert_eq!(
+        rules[1].from.as_ref().unwrap()[0]
+            .namespace_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap()["team"],
+        "sre"
+    );
+
+    fe.spec
+        .root
+        .as_mut()
+        .unwrap()
+        .admin
+        .as_mut()
+        .unwrap()
+        .enabled = Some(false);
+    assert!(built(&fe).admin.is_none());
+}

@@ -46,6 +46,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+# NetworkPolicies: the one closing a root's admin port (spec.root.admin).
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
 # No Secrets: the database URL, its CA and the TLS pair reach the evaluator pods as mounted files;
 # the operator never reads them. A pod that cannot mount one is reported from its events.
 - apiGroups: [""]

@@ -128,7 +128,7 @@ pub fn check_job(inputs: &Inputs<'_>, owner: &OwnerReference, sha256: &str) -> J
             vec!["descriptors".to_owned(), descriptors, report],
         )
     };
-    let mut pod = job_pod(inputs, tier, args, &["tls"], "Never");
+    let mut pod = job_pod(inputs, tier, args, &["tls", "admin-tokens"], "Never");
     for v in pod.volumes.iter_mut().flatten() {
         if let Some(cm) = v.config_map.as_mut().filter(|_| v.name == "descriptors") {
             cm.name = candidate_name(fe, sha256);

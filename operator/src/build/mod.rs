@@ -14,6 +14,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, ResourceRequirements, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt as _};
@@ -29,6 +30,10 @@ pub use pod::evaluator_args;
 
 /// The evaluator's port: gRPC, gRPC-Web, Connect, metrics and probes.
 pub const PORT: i32 = 9201;
+/// The root's admin API port (`spec.root.admin`).
+pub const ADMIN_PORT: i32 = 9200;
+/// Where the admin token Secret is mounted in root pods.
+pub const ADMIN_DIR: &str = "/etc/pbflags/admin";
 /// Label every owned object carries; watches are scoped to it.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "pbflags-operator");
 /// Where the descriptors ConfigMap is mounted (a directory, so kubelet updates reach the pods).
@@ -85,6 +90,9 @@ pub struct Desired {
     /// The copy of the candidate descriptor set its check reads, and the check Job; applied only
     /// when the candidate is not already published.
     pub check: Option<(ConfigMap, Job)>,
+    /// The admin API's Service and the NetworkPolicy keeping its port closed to all but
+    /// `allowedFrom` (`spec.root.admin`).
+    pub admin: Option<(Service, NetworkPolicy)>,
 }
 
 impl Desired {
@@ -100,9 +108,16 @@ impl Desired {
         self.tiers().map(|(_, t)| &t.deployment)
     }
 
-    /// The Services, root first.
+    /// The Services, root first, then the admin API's.
     pub fn services(&self) -> impl Iterator<Item = &Service> {
-        self.tiers().map(|(_, t)| &t.service)
+        self.tiers()
+            .map(|(_, t)| &t.service)
+            .chain(self.admin.as_ref().map(|(s, _)| s))
+    }
+
+    /// The NetworkPolicies.
+    pub fn network_policies(&self) -> impl Iterator<Item = &NetworkPolicy> {
+        self.admin.as_ref().map(|(_, p)| p).into_iter()
     }
 
     /// The PodDisruptionBudgets, root first.
@@ -309,6 +324,18 @@ pub fn build(inputs: &Inputs<'_>) -> Result<Desired, BuildError> {
             .as_ref()
             .is_some_and(|r| r.migrate == Some(true))
             .then(|| workload::migration(inputs, &owner)),
+        admin: fe
+            .spec
+            .root
+            .as_ref()
+            .and_then(|r| r.admin.as_ref())
+            .filter(|a| a.enabled())
+            .map(|a| {
+                (
+                    network::admin_service(fe, &owner),
+                    network::admin_policy(fe, &owner, a),
+                )
+            }),
         check: inputs.descriptors.map(|c| {
             (
                 descriptors::candidate(fe, &owner, &c.content, &c.sha256),

@@ -12,7 +12,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
-    DATABASE_CA_DIR, DATABASE_DIR, DESCRIPTORS_DIR, Inputs, PORT, TLS_DIR, Tier, tier_url,
+    ADMIN_DIR, ADMIN_PORT, DATABASE_CA_DIR, DATABASE_DIR, DESCRIPTORS_DIR, Inputs, PORT, TLS_DIR,
+    Tier, tier_url,
 };
 use crate::crd::FlagEvaluator;
 
@@ -82,8 +83,25 @@ pub fn evaluator_args(inputs: &Inputs<'_>, tier: Tier) -> Vec<String> {
         args.push(format!("--tls-cert={TLS_DIR}/tls.crt"));
         args.push(format!("--tls-key={TLS_DIR}/tls.key"));
     }
+    if tier == Tier::Root && admin(fe).is_some() {
+        args.push(format!("--admin-listen=0.0.0.0:{ADMIN_PORT}"));
+        args.push(format!("--admin-token-file={ADMIN_DIR}/{ADMIN_FILE}"));
+    }
     args
 }
+
+/// The admin API settings, if the root tier serves it.
+fn admin(fe: &FlagEvaluator) -> Option<&crate::crd::AdminSpec> {
+    fe.spec
+        .root
+        .as_ref()?
+        .admin
+        .as_ref()
+        .filter(|a| a.enabled())
+}
+
+/// The token file's name in [`ADMIN_DIR`].
+const ADMIN_FILE: &str = "tokens";
 
 fn database_env(fe: &FlagEvaluator) -> Vec<EnvVar> {
     let Some(root) = &fe.spec.root else {
@@ -134,6 +152,9 @@ pub(super) fn container(
     };
     let root = fe.spec.root.as_ref().filter(|_| tier == Tier::Root);
     let database = root.map(|_| ("database", DATABASE_DIR));
+    let admin_tokens = admin(fe)
+        .filter(|_| tier == Tier::Root)
+        .map(|_| ("admin-tokens", ADMIN_DIR));
     let database_ca = root
         .filter(|r| r.database_ca.is_some())
         .map(|_| ("database-ca", DATABASE_CA_DIR));
@@ -160,11 +181,21 @@ pub(super) fn container(
         image_pull_policy: fe.spec.image_pull_policy.clone(),
         args: Some(args),
         env: (!env.is_empty()).then_some(env),
-        ports: Some(vec![ContainerPort {
-            name: Some("http".to_owned()),
-            container_port: PORT,
-            ..ContainerPort::default()
-        }]),
+        ports: Some(
+            std::iter::once(ContainerPort {
+                name: Some("http".to_owned()),
+                container_port: PORT,
+                ..ContainerPort::default()
+            })
+            .chain(
+                (tier == Tier::Root && admin(fe).is_some()).then(|| ContainerPort {
+                    name: Some("admin".to_owned()),
+                    container_port: ADMIN_PORT,
+                    ..ContainerPort::default()
+                }),
+            )
+            .collect(),
+        ),
         liveness_probe: Some(probe(fe, "/healthz")),
         readiness_probe: Some(probe(fe, "/readyz")),
         resources: Some(resources.unwrap_or_else(default_resources)),
@@ -186,6 +217,7 @@ pub(super) fn container(
                 .chain(fe.spec.tls.as_ref().map(|_| ("tls", TLS_DIR)))
                 .chain(database)
                 .chain(database_ca)
+                .chain(admin_tokens)
                 .map(|(name, path)| VolumeMount {
                     name: name.to_owned(),
                     mount_path: path.to_owned(),
@@ -348,7 +380,15 @@ fn database_volumes(fe: &FlagEvaluator, containers: &[Container]) -> Vec<Volume>
         .as_ref()
         .filter(|_| mounted("database-ca"))
         .map(|ca| volume("database-ca", &ca.secret_name, ca.key(), "ca.crt"));
-    url.into_iter().chain(ca).collect()
+    let tokens = admin(fe).filter(|_| mounted("admin-tokens")).map(|a| {
+        volume(
+            "admin-tokens",
+            &a.token_secret_name,
+            a.token_key(),
+            ADMIN_FILE,
+        )
+    });
+    url.into_iter().chain(ca).chain(tokens).collect()
 }
 
 pub(super) fn pod_annotations(inputs: &Inputs<'_>) -> Option<BTreeMap<String, String>> {

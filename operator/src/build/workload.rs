@@ -174,7 +174,7 @@ pub(super) fn migration(inputs: &Inputs<'_>, owner: &OwnerReference) -> Job {
         inputs,
         Tier::Root,
         vec!["migrate".to_owned()],
-        &["tls", "descriptors"],
+        &["tls", "descriptors", "admin-tokens"],
         "OnFailure",
     );
     job(

@@ -8,6 +8,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::{Job, JobStatus};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::{Resource as _, ResourceExt as _};
 
@@ -277,6 +278,9 @@ pub async fn apply(
     for hpa in desired.hpas() {
         api.apply(hpa).await?;
     }
+    for policy in desired.network_policies() {
+        api.apply(policy).await?;
+    }
     let gate = match &desired.migration {
         None => Gate::Open,
         Some(job) => {
@@ -331,6 +335,8 @@ pub async fn apply(
         .await?;
     api.prune::<HorizontalPodAutoscaler>(&instance, &names(desired.hpas()))
         .await?;
+    api.prune::<NetworkPolicy>(&instance, &names(desired.network_policies()))
+        .await?;
     // Earlier versions named the ServiceAccount after the FlagEvaluator itself.
     api.prune::<ServiceAccount>(&instance, &names(std::iter::once(&desired.service_account)))
         .await?;
@@ -359,6 +365,9 @@ async fn name_conflicts(
     }
     for h in desired.hpas() {
         taken.extend(api.foreign(h, &uid).await?);
+    }
+    for p in desired.network_policies() {
+        taken.extend(api.foreign(p, &uid).await?);
     }
     if let Some(job) = &desired.migration {
         taken.extend(api.foreign(job, &uid).await?);
