@@ -448,40 +448,43 @@ async fn from_zero_to_evaluating_flags_on_a_real_node() {
     let v = client.evaluate(&endpoint, "notifications/3").unwrap();
     assert_eq!(v["value"]["stringValue"], "3", "{v}");
 
-    // 8. Kill a flag through the admin API, over `kubectl port-forward svc/flags-admin` with the
-    // token (no database URL leaves the cluster); the proxy serves the compiled default, pushed
+    // 8. Kill a flag through the admin API with the token (no database URL leaves the cluster); the proxy serves the compiled default, pushed
     // through the root's notifications and the proxy's change stream (the kill TTL, 10s, is the
     // safety net).
-    let forward = node::PortForward::start(&cp, n, "svc/flags-admin", 9200).unwrap();
-    let mut admin_client =
-        pbflags_proto::v1::flag_admin_service_client::FlagAdminServiceClient::new(
-            tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{}", forward.port))
-                .unwrap()
-                .connect()
-                .await
-                .unwrap(),
-        );
-    let kill = || {
-        tonic::Request::new(pbflags_proto::v1::UpdateFlagStateRequest {
-            flag_id: "notifications/2".into(),
-            state: pbflags_proto::v1::State::Killed as i32,
-            value: None,
-            actor: String::new(),
-        })
+    // A root pod's admin port, from the node (as `kubectl port-forward svc/flags-admin 9200`
+    // reaches it), with Connect JSON over HTTP/1.1 as the CLI's `--server` calls it.
+    let roots = tier_pods(&admin, n, "flags", "root").await.unwrap();
+    let root_ip = roots.iter().find_map(pod_ip).unwrap().to_owned();
+    let kill = |token: Option<&str>| {
+        let mut c = std::process::Command::new("curl");
+        c.args([
+            "-s",
+            "-m",
+            "10",
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            "content-type: application/json",
+        ]);
+        if let Some(t) = token {
+            c.args(["-H", &format!("authorization: Bearer {t}")]);
+        }
+        c.args([
+            "-d",
+            r#"{"flagId":"notifications/2","state":"STATE_KILLED"}"#,
+        ]);
+        c.arg(format!(
+            "http://{root_ip}:9200/pbflags.v1.FlagAdminService/UpdateFlagState"
+        ));
+        let out = String::from_utf8_lossy(&c.output().unwrap().stdout).into_owned();
+        let (body, code) = out.rsplit_once('\n').unwrap_or(("", &out));
+        (code.to_owned(), body.to_owned())
     };
-    let refused = admin_client.update_flag_state(kill()).await.unwrap_err();
-    assert_eq!(
-        refused.code(),
-        tonic::Code::Unauthenticated,
-        "no token, no change"
-    );
-    let mut with_token = kill();
-    with_token.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {admin_token}").parse().unwrap(),
-    );
-    admin_client.update_flag_state(with_token).await.unwrap();
-    drop(forward);
+    let (code, body) = kill(None);
+    assert_eq!(code, "401", "no token, no change: {body}");
+    assert!(body.contains("unauthenticated"), "{body}");
+    let (code, body) = kill(Some(&admin_token));
+    assert_eq!(code, "200", "{body}");
     let took = eventually("the kill", Duration::from_secs(60), async || {
         client
             .evaluate(&endpoint, "notifications/2")
@@ -492,7 +495,7 @@ async fn from_zero_to_evaluating_flags_on_a_real_node() {
     .await
     .unwrap();
     eprintln!(
-        "kill answered through the proxy Service {took:.1?} after the CLI returned (each check is a kubectl exec)"
+        "kill answered through the proxy Service {took:.1?} after the admin call returned (each check is a kubectl exec)"
     );
 
     ns.delete(&admin).await.unwrap();
