@@ -160,6 +160,13 @@ fn actor(args: &FlagsArgs) -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
+fn remote_failure(f: crate::app::remote::Failure) -> Failure {
+    Failure {
+        code: f.code,
+        message: f.message,
+    }
+}
+
 /// Where `flags` reads and changes flags: the database, or a root's admin API (`--server`).
 enum Store {
     Db(sqlx::PgPool),
@@ -180,11 +187,14 @@ impl Store {
                 code: 64,
                 message: "--token-file and --server-ca go with --server".to_owned(),
             }),
-            Some(url) => Ok(Store::Remote(Box::new(crate::app::remote::Remote::new(
-                url,
-                args.token_file.as_deref(),
-                args.server_ca.as_deref(),
-            )?))),
+            Some(url) => Ok(Store::Remote(Box::new(
+                crate::app::remote::Remote::new(
+                    url,
+                    args.token_file.as_deref(),
+                    args.server_ca.as_deref(),
+                )
+                .map_err(remote_failure)?,
+            ))),
             None => Ok(Store::Db(pool(&args.db)?)),
         }
     }
@@ -192,7 +202,7 @@ impl Store {
     async fn list(&self) -> Result<Vec<admin::FlagRow>, Failure> {
         match self {
             Store::Db(p) => Ok(admin::list(p).await?),
-            Store::Remote(r) => r.list().await,
+            Store::Remote(r) => r.list().await.map_err(remote_failure),
         }
     }
 
@@ -202,7 +212,7 @@ impl Store {
     ) -> Result<(admin::FlagRow, Vec<admin::OverrideRow>), Failure> {
         match self {
             Store::Db(p) => Ok(admin::get(p, flag_id).await?),
-            Store::Remote(r) => r.get(flag_id).await,
+            Store::Remote(r) => r.get(flag_id).await.map_err(remote_failure),
         }
     }
 
@@ -214,7 +224,10 @@ impl Store {
     ) -> Result<State, Failure> {
         match self {
             Store::Db(p) => Ok(admin::set_state(p, flag_id, change, who).await?),
-            Store::Remote(r) => r.set_state(flag_id, change, who).await,
+            Store::Remote(r) => r
+                .set_state(flag_id, change, who)
+                .await
+                .map_err(remote_failure),
         }
     }
 
@@ -230,7 +243,10 @@ impl Store {
             Store::Db(p) => {
                 Ok(admin::set_override(p, flag_id, entity_id, state, value, who).await?)
             }
-            Store::Remote(r) => r.set_override(flag_id, entity_id, state, value, who).await,
+            Store::Remote(r) => r
+                .set_override(flag_id, entity_id, state, value, who)
+                .await
+                .map_err(remote_failure),
         }
     }
 
@@ -242,7 +258,10 @@ impl Store {
     ) -> Result<bool, Failure> {
         match self {
             Store::Db(p) => Ok(admin::remove_override(p, flag_id, entity_id, who).await?),
-            Store::Remote(r) => r.remove_override(flag_id, entity_id, who).await,
+            Store::Remote(r) => r
+                .remove_override(flag_id, entity_id, who)
+                .await
+                .map_err(remote_failure),
         }
     }
 
@@ -253,7 +272,7 @@ impl Store {
     ) -> Result<Vec<admin::AuditRow>, Failure> {
         match self {
             Store::Db(p) => Ok(admin::audit_log(p, flag_id, limit).await?),
-            Store::Remote(r) => r.audit_log(flag_id, limit).await,
+            Store::Remote(r) => r.audit_log(flag_id, limit).await.map_err(remote_failure),
         }
     }
 }

@@ -19,13 +19,30 @@ use pbflags_proto::v1::{
 };
 use prost::Message;
 
-use crate::app::commands::Failure;
 use crate::protocol::connect;
 use crate::protocol::status::connect_name;
 use crate::sources::pg::admin::{AuditRow, FlagRow, OverrideRow, StateChange, parse_value};
 use crate::sources::upstream::{Connector, UpstreamCa, https_connector};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a remote command failed, and the exit code it maps to (64: a setting; 1: the call).
+#[derive(Debug)]
+pub struct Failure {
+    /// The exit code.
+    pub code: u8,
+    /// The message.
+    pub message: String,
+}
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Self {
+            code: 1,
+            message: e.to_string(),
+        }
+    }
+}
 
 fn config_error(message: String) -> Failure {
     Failure { code: 64, message }
