@@ -414,3 +414,58 @@ pub fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
     }
     Ok(body.to_owned())
 }
+
+/// A `kubectl port-forward` to `target` (e.g. `svc/flags-admin`) on a free local port, stopped
+/// (by process id) when dropped.
+pub struct PortForward {
+    child: Child,
+    /// The local port.
+    pub port: u16,
+}
+
+impl PortForward {
+    /// Forwards a free loopback port to `remote` of `target` in `ns`, once kubectl says it listens.
+    /// kubectl's output is read to its end on a thread of its own: it writes a line per
+    /// connection, and a closed pipe would end it.
+    pub fn start(cp: &ControlPlane, ns: &str, target: &str, remote: u16) -> anyhow::Result<Self> {
+        use std::io::BufRead as _;
+        let mut child = cp
+            .kubectl()
+            .args(["-n", ns, "port-forward", "--address=127.0.0.1", target])
+            .arg(format!(":{remote}"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start kubectl port-forward")?;
+        let stdout = child.stdout.take().context("port-forward stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        // "Forwarding from 127.0.0.1:41234 -> 9200"
+        let first = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
+        let port = first
+            .split("127.0.0.1:")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|p| p.parse().ok());
+        match port {
+            Some(port) => Ok(Self { child, port }),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("kubectl port-forward {target}: unexpected output {first:?}")
+            }
+        }
+    }
+}
+
+impl Drop for PortForward {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

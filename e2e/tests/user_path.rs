@@ -451,10 +451,10 @@ async fn from_zero_to_evaluating_flags_on_a_real_node() {
     // 8. Kill a flag through the admin API with the token (no database URL leaves the cluster); the proxy serves the compiled default, pushed
     // through the root's notifications and the proxy's change stream (the kill TTL, 10s, is the
     // safety net).
-    // A root pod's admin port, from the node (as `kubectl port-forward svc/flags-admin 9200`
-    // reaches it), with Connect JSON over HTTP/1.1 as the CLI's `--server` calls it.
-    let roots = tier_pods(&admin, n, "flags", "root").await.unwrap();
-    let root_ip = roots.iter().find_map(pod_ip).unwrap().to_owned();
+    // README's step 8: `kubectl port-forward svc/flags-admin`, then Connect over HTTP/1.1 as the
+    // CLI's `--server` calls it (JSON here, to read the answers).
+    let forward = node::PortForward::start(&cp, n, "svc/flags-admin", 9200).unwrap();
+    let admin_url = format!("127.0.0.1:{}", forward.port);
     let kill = |token: Option<&str>| {
         let mut c = std::process::Command::new("curl");
         c.args([
@@ -474,7 +474,7 @@ async fn from_zero_to_evaluating_flags_on_a_real_node() {
             r#"{"flagId":"notifications/2","state":"STATE_KILLED"}"#,
         ]);
         c.arg(format!(
-            "http://{root_ip}:9200/pbflags.v1.FlagAdminService/UpdateFlagState"
+            "http://{admin_url}/pbflags.v1.FlagAdminService/UpdateFlagState"
         ));
         let out = String::from_utf8_lossy(&c.output().unwrap().stdout).into_owned();
         let (body, code) = out.rsplit_once('\n').unwrap_or(("", &out));
@@ -485,6 +485,7 @@ async fn from_zero_to_evaluating_flags_on_a_real_node() {
     assert!(body.contains("unauthenticated"), "{body}");
     let (code, body) = kill(Some(&admin_token));
     assert_eq!(code, "200", "{body}");
+    drop(forward);
     let took = eventually("the kill", Duration::from_secs(60), async || {
         client
             .evaluate(&endpoint, "notifications/2")
