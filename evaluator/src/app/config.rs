@@ -85,6 +85,13 @@ pub struct SourceArgs {
     /// (followed like the TLS files). Without it the admin listener must be bound to loopback.
     #[arg(long, env = "PBFLAGS_ADMIN_TOKEN_FILE", requires = "admin_listen")]
     pub admin_token_file: Option<PathBuf>,
+    /// The admin web UI's banner: the environment's name, e.g. `production` [default: no banner].
+    #[arg(long, env = "PBFLAGS_ENV_NAME")]
+    pub env_name: Option<String>,
+    /// The banner's colour (`#rgb`, `#rrggbb` or a CSS colour name) [default: derived from the
+    /// name: red for prod…, amber for staging…, green for dev…].
+    #[arg(long, env = "PBFLAGS_ENV_COLOR")]
+    pub env_color: Option<String>,
     /// Let a reloaded descriptor set that declares no flags replace one that declares some (by
     /// default such a set is refused as a likely truncated file).
     #[arg(long, env = "PBFLAGS_ALLOW_EMPTY_DESCRIPTORS")]
@@ -221,8 +228,8 @@ struct FileConfig {
     #[serde(default)]
     tls: FileTls,
     admin: Option<serde_yaml_ng::Value>,
-    env_name: Option<serde_yaml_ng::Value>,
-    env_color: Option<serde_yaml_ng::Value>,
+    env_name: Option<String>,
+    env_color: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -361,17 +368,11 @@ impl ServeArgs {
     }
 
     fn resolve_over(&self, file: FileConfig) -> Result<Config, ConfigError> {
-        // v0.6 keys this evaluator accepts and ignores; logged once logging runs (see `serve`).
-        let ignored_keys = [
-            ("admin", &file.admin),
-            ("env_name", &file.env_name),
-            ("env_color", &file.env_color),
-        ]
-        .into_iter()
-        .filter_map(|(key, v)| v.is_some().then_some(key))
-        .collect();
+        // v0.6's `admin` key (an admin listener without authentication) is accepted and ignored;
+        // logged once logging runs (see `serve`).
+        let ignored_keys = file.admin.iter().map(|_| "admin").collect();
         let source = self.source.resolve(&file)?;
-        let admin = self.source.admin(&source.mode)?;
+        let admin = self.source.admin(&source.mode, &file)?;
         let listener = self.listener.resolve(&file)?;
         let telemetry = self.telemetry.resolve()?;
         let (tls, tls_poll_interval) = self.tls.resolve(&file.tls)?;
@@ -413,10 +414,12 @@ pub struct Admin {
     pub listen: String,
     /// The token file; `None` only on a loopback address.
     pub token_file: Option<PathBuf>,
+    /// The web UI's environment banner.
+    pub banner: Option<crate::server::ui::Banner>,
 }
 
 impl SourceArgs {
-    fn admin(&self, mode: &Mode) -> Result<Option<Admin>, ConfigError> {
+    fn admin(&self, mode: &Mode, file: &FileConfig) -> Result<Option<Admin>, ConfigError> {
         let Some(listen) = self.admin_listen.clone().filter(|l| !l.trim().is_empty()) else {
             return Ok(None);
         };
@@ -438,9 +441,18 @@ impl SourceArgs {
                 ),
             ));
         }
+        let name = self.env_name.as_ref().or(file.env_name.as_ref());
+        let color = self.env_color.as_ref().or(file.env_color.as_ref());
+        let banner = name
+            .map(|n| n.trim())
+            .filter(|n| !n.is_empty())
+            .map(|n| crate::server::ui::Banner::new(n, color.map(String::as_str)))
+            .transpose()
+            .map_err(|e| bad("env_color", e))?;
         Ok(Some(Admin {
             listen,
             token_file: self.admin_token_file.clone(),
+            banner,
         }))
     }
 }
@@ -932,8 +944,30 @@ mod tests {
             file("descriptors: d\nserver: http://x:1\nadmin: ':9200'\nenv_color: red\n");
         let c = args(&["--config", &path])
             .resolve()
-            .expect("v0.6 admin keys are ignored");
-        assert_eq!(c.ignored_keys, ["admin", "env_color"]);
+            .expect("v0.6's admin key is ignored");
+        assert_eq!(c.ignored_keys, ["admin"]);
+    }
+
+    #[test]
+    fn the_ui_banner_comes_from_flags_or_the_file_and_refuses_unsafe_colours() {
+        let (_d, path) =
+            file("descriptors: d\ndatabase: postgres://u:p@db/flags\nenv_name: production\n");
+        let admin = |extra: &[&str]| {
+            let mut a = vec!["--config", path.as_str(), "--admin-listen", "127.0.0.1:0"];
+            a.extend_from_slice(extra);
+            args(&a).resolve().map(|c| c.admin.and_then(|a| a.banner))
+        };
+        let b = admin(&[]).unwrap().unwrap();
+        assert_eq!(
+            (b.name.as_str(), b.color.as_str()),
+            ("production", "#b91c1c")
+        );
+        let b = admin(&["--env-name", "qa", "--env-color", "#123456"])
+            .unwrap()
+            .unwrap();
+        assert_eq!((b.name.as_str(), b.color.as_str()), ("qa", "#123456"));
+        let e = admin(&["--env-color", "red;x"]).unwrap_err().to_string();
+        assert!(e.contains("env_color") && e.contains("not a colour"), "{e}");
     }
 
     #[test]

@@ -78,6 +78,7 @@ struct AdminListener {
     listener: tokio::net::TcpListener,
     service: server::admin::AdminService,
     tokens: Option<Arc<server::tokens::Tokens>>,
+    banner: Option<server::ui::Banner>,
 }
 
 /// The certificate store and the rustls configuration serving from it.
@@ -115,7 +116,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
     for key in &config.ignored_keys {
         tracing::warn!(
             key,
-            "config file key ignored: the admin UI is not part of this evaluator"
+            "config file key ignored: v0.6's admin address served without authentication; use --admin-listen (with --admin-token-file)"
         );
     }
     let snapshot = descriptors::load_file(&config.descriptors)?;
@@ -216,6 +217,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServeError> {
                 listener,
                 service,
                 tokens,
+                banner: a.banner.clone(),
             })
         }
         _ => None,
@@ -453,12 +455,14 @@ pub async fn run(prepared: Prepared, shutdown: CancellationToken) {
             } else {
                 "no tokens (loopback)"
             };
-            tracing::info!(%addr, auth, "serving the admin API (FlagAdminService)");
+            tracing::info!(%addr, auth, "serving the admin API (FlagAdminService) and web UI");
             let app = server::admin::router(
                 a.service,
                 server::rpc::RpcLimits {
                     max_request_bytes: config.max_request_bytes,
                 },
+                a.banner,
+                tls_config.is_some(),
             );
             server::serve(
                 a.listener,

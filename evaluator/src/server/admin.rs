@@ -371,12 +371,25 @@ impl UnaryService for AdminService {
     }
 }
 
-/// The admin listener's routes: the service and `/healthz` (a database ping: 200 `ok`, or 503
-/// naming the failure, as v0.6's admin port).
-pub fn router(service: AdminService, limits: super::rpc::RpcLimits) -> axum::Router {
+/// The admin listener's routes: the service, the web UI ([`super::ui`]) and `/healthz` (a
+/// database ping: 200 `ok`, or 503 naming the failure, as v0.6's admin port). `secure`: served
+/// over TLS (the UI's cookies are `Secure`).
+pub fn router(
+    service: AdminService,
+    limits: super::rpc::RpcLimits,
+    banner: Option<super::ui::Banner>,
+    secure: bool,
+) -> axum::Router {
     let pool = service.pool.clone();
+    let ui = super::ui::router(
+        pool.clone(),
+        service.registry.clone(),
+        service.tokens.clone(),
+        banner,
+        secure,
+    );
     let rpc = super::rpc::router(service, limits);
-    let health = axum::Router::new().route(
+    let web = ui.route(
         "/healthz",
         axum::routing::get(move || {
             let pool = pool.clone();
@@ -407,7 +420,7 @@ pub fn router(service: AdminService, limits: super::rpc::RpcLimits) -> axum::Rou
             let target = if req.uri().path().starts_with(&prefix) {
                 rpc.clone()
             } else {
-                health.clone()
+                web.clone()
             };
             async move {
                 Ok::<_, std::convert::Infallible>(axum::response::IntoResponse::into_response(

@@ -13,6 +13,7 @@ pub mod rpc;
 pub mod service;
 pub mod tls;
 pub mod tokens;
+pub mod ui;
 
 use std::convert::Infallible;
 use std::sync::Arc;

@@ -151,11 +151,20 @@ impl Tokens {
 
     /// Whose `token` this is, if anyone's.
     pub fn authenticate(&self, token: &str) -> Option<Principal> {
-        let d = digest(token.as_bytes());
+        self.authenticate_digest(&Self::digest_of(token))
+    }
+
+    /// The digest a token is held and compared as (what a web UI session keeps instead of it).
+    pub fn digest_of(token: &str) -> [u8; 32] {
+        digest(token.as_bytes())
+    }
+
+    /// Whose token has digest `d`, if anyone's.
+    pub fn authenticate_digest(&self, d: &[u8; 32]) -> Option<Principal> {
         let entries = self.entries.load();
         let mut found = None;
         for (e, p) in entries.iter() {
-            if same(e, &d) {
+            if same(e, d) {
                 found = Some(p.clone());
             }
         }

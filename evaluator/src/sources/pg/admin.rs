@@ -194,10 +194,9 @@ pub async fn list(pool: &PgPool) -> Result<Vec<FlagRow>, AdminError> {
     Ok(rows.iter().map(flag_row).collect::<Result<_, _>>()?)
 }
 
-/// Every feature with its flags that are not archived (features without any left out), ordered
-/// by feature and field number, as v0.6's `ListFeatures`.
-pub async fn list_features(pool: &PgPool) -> Result<Vec<(FeatureRow, Vec<FlagRow>)>, AdminError> {
-    let features = sqlx::query(
+/// Every feature, ordered by id.
+pub async fn features(pool: &PgPool) -> Result<Vec<FeatureRow>, AdminError> {
+    Ok(sqlx::query(
         "SELECT feature_id, description, owner FROM feature_flags.features ORDER BY feature_id",
     )
     .fetch_all(pool)
@@ -210,7 +209,13 @@ pub async fn list_features(pool: &PgPool) -> Result<Vec<(FeatureRow, Vec<FlagRow
             owner: r.try_get("owner")?,
         })
     })
-    .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    .collect::<Result<Vec<_>, sqlx::Error>>()?)
+}
+
+/// Every feature with its flags that are not archived (features without any left out), ordered
+/// by feature and field number, as v0.6's `ListFeatures`.
+pub async fn list_features(pool: &PgPool) -> Result<Vec<(FeatureRow, Vec<FlagRow>)>, AdminError> {
+    let features = features(pool).await?;
     let flags = sqlx::query(flag_select!(
         "WHERE f.archived_at IS NULL ORDER BY f.feature_id, f.field_number"
     ))
@@ -504,14 +509,53 @@ pub async fn audit_log(
     flag_id: Option<&str>,
     limit: i64,
 ) -> Result<Vec<AuditRow>, AdminError> {
+    let query = AuditQuery {
+        flag_id: flag_id.map(str::to_owned),
+        limit,
+        ..AuditQuery::default()
+    };
+    audit_search(pool, &query).await
+}
+
+/// Which audit entries to read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// Of this flag only.
+    pub flag_id: Option<String>,
+    /// With this action only (`UPDATE_STATE`, ...).
+    pub action: Option<String>,
+    /// By actors whose name contains this, ignoring case.
+    pub actor: Option<String>,
+    /// Most entries, newest first; clamped to 1..=1000.
+    pub limit: i64,
+}
+
+/// `text` as a literal inside an `ILIKE` pattern (its `%`, `_` and `\` match only themselves).
+fn like_literal(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The newest audit entries that match `q`.
+pub async fn audit_search(pool: &PgPool, q: &AuditQuery) -> Result<Vec<AuditRow>, AdminError> {
     let rows = sqlx::query(
         "SELECT id, flag_id, action, old_value, new_value, actor, \
            to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS created_at \
          FROM feature_flags.flag_audit_log WHERE ($1::text IS NULL OR flag_id = $1) \
-         ORDER BY created_at DESC, id DESC LIMIT $2",
+           AND ($2::text IS NULL OR action = $2) \
+           AND ($3::text IS NULL OR actor ILIKE '%' || $3 || '%') \
+         ORDER BY created_at DESC, id DESC LIMIT $4",
     )
-    .bind(flag_id)
-    .bind(limit.clamp(1, 1000))
+    .bind(q.flag_id.as_deref())
+    .bind(q.action.as_deref())
+    .bind(q.actor.as_deref().map(like_literal))
+    .bind(q.limit.clamp(1, 1000))
     .fetch_all(pool)
     .await?;
     rows.iter()
