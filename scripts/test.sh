@@ -26,14 +26,15 @@ cleanup+=("scripts/pg.sh stop '$pg_dir'; rm -rf '$pg_dir'")
 
 # Every cargo test below selects the whole workspace and picks test targets by name, so features
 # resolve the same way each time and the tiers share one build. Test target names are unique across
-# the workspace; the ones that need a cluster (or helm) are named here, every other one is quick.
-cluster_tests=(chart_templates controlplane cluster chart user_path node)
+# the workspace; the ones that need a browser, a cluster (or helm) are named here, every other one
+# is quick.
+own_step_tests=(browser chart_templates controlplane cluster chart user_path node)
 all_tests=$(ls ./*/tests/*.rs | xargs -n1 basename | sed 's/\.rs$//' | sort)
 dups=$(uniq -d <<<"$all_tests")
 [ -z "$dups" ] || { echo "test target names must be unique across the workspace: $dups" >&2; exit 1; }
 quick_tests=()
 for t in $all_tests; do
-  [[ " ${cluster_tests[*]} " == *" $t "* ]] || quick_tests+=(--test "$t")
+  [[ " ${own_step_tests[*]} " == *" $t "* ]] || quick_tests+=(--test "$t")
 done
 tests() { within "$1" cargo test --workspace --locked "${@:2}"; }
 
@@ -41,6 +42,15 @@ step "unit, in-process and PostgreSQL tests; reconcile decisions against a fake 
 tests 30 --lib --bins "${quick_tests[@]}"
 
 [ "${1:-}" = "--quick" ] && exit 0
+
+step "the admin web UI in headless Chromium through ChromeDriver (Debian's chromium, chromium-driver)"
+browser_debs=()
+for p in chromium chromium-driver; do dpkg -s "$p" >/dev/null 2>&1 || browser_debs+=("$p"); done
+if [ ${#browser_debs[@]} -gt 0 ]; then
+  DEBIAN_FRONTEND=noninteractive within 10 apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive within 10 apt-get install -y -qq "${browser_debs[@]}" >&2
+fi
+tests 10 --test browser
 
 step "fuzzing: descriptor parsing, request decoding on every protocol, the YAML configuration (30 s each)"
 within 30 scripts/fuzz.sh 30
