@@ -485,6 +485,30 @@ async fn from_zero_to_evaluating_flags_on_a_real_node() {
     assert!(body.contains("unauthenticated"), "{body}");
     let (code, body) = kill(Some(&admin_token));
     assert_eq!(code, "200", "{body}");
+    // The web UI on the same port: the audit page shows the kill by the token's name (the page
+    // takes the token as a bearer header, as a browser's session after logging in with it);
+    // without one it sends to the login page.
+    let page = |token: Option<&str>, path: &str| {
+        let mut c = std::process::Command::new("curl");
+        c.args(["-s", "-m", "10", "-w", "\n%{http_code} %{redirect_url}"]);
+        if let Some(t) = token {
+            c.args(["-H", &format!("authorization: Bearer {t}")]);
+        }
+        c.arg(format!("http://{admin_url}{path}"));
+        String::from_utf8_lossy(&c.output().unwrap().stdout).into_owned()
+    };
+    let audit = page(Some(&admin_token), "/audit?flag_id=notifications%2F2");
+    assert!(
+        audit.ends_with("\n200 ")
+            && audit.contains("<td>UPDATE_STATE</td>")
+            && audit.contains("<td>sre</td>"),
+        "{audit}"
+    );
+    let anonymous = page(None, "/");
+    assert!(
+        anonymous.contains("303 http://") && anonymous.contains("/login?next=/"),
+        "{anonymous}"
+    );
     drop(forward);
     let took = eventually("the kill", Duration::from_secs(60), async || {
         client
