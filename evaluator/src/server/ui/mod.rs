@@ -638,144 +638,143 @@ fn editor(
     Ok(who)
 }
 
-fn state_field(form: &HashMap<String, String>) -> Result<&'static str, String> {
-    match form_field(form, "state") {
-        "ENABLED" => Ok("ENABLED"),
-        "DEFAULT" => Ok("DEFAULT"),
-        "KILLED" => Ok("KILLED"),
-        "" => Err("state is required: ENABLED, DEFAULT or KILLED".into()),
-        other => Err(format!("state {other:?} is not ENABLED, DEFAULT or KILLED")),
+/// A change a form asks for.
+#[derive(Debug, PartialEq)]
+enum Change {
+    State(StateChange),
+    SetOverride {
+        entity: String,
+        state: pbflags_proto::v1::State,
+        value: Option<Input>,
+    },
+    RemoveOverride {
+        entity: String,
+    },
+}
+
+/// Which form was posted.
+#[derive(Debug, Clone, Copy)]
+enum FormKind {
+    State,
+    SetOverride,
+    RemoveOverride,
+}
+
+impl FormKind {
+    /// What the flag's page says after the change (`?done=`).
+    fn done(self) -> &'static str {
+        match self {
+            FormKind::State => "state",
+            FormKind::SetOverride => "override",
+            FormKind::RemoveOverride => "removed",
+        }
     }
 }
 
-/// The flag page again, with `error`, as a 400.
-async fn refuse(
-    ui: &Ui,
-    who: &Principal,
-    headers: &HeaderMap,
-    flag_id: &str,
-    error: String,
+/// The change `form` asks for, or what is wrong with it.
+fn parse_change(kind: FormKind, form: &HashMap<String, String>) -> Result<Change, String> {
+    use pbflags_proto::v1::State as S;
+    let entity = || match form_field(form, "entity_id") {
+        "" => Err("entity_id is required".to_owned()),
+        e => Ok(e.to_owned()),
+    };
+    let value = form_field(form, "value");
+    let state = match kind {
+        FormKind::RemoveOverride => return Ok(Change::RemoveOverride { entity: entity()? }),
+        _ => match form_field(form, "state") {
+            "ENABLED" if value.is_empty() => {
+                return Err(match kind {
+                    FormKind::State => "value is required to enable a flag",
+                    _ => "value is required for an enabled override",
+                }
+                .to_owned());
+            }
+            "ENABLED" => S::Enabled,
+            "DEFAULT" => S::Default,
+            "KILLED" => S::Killed,
+            "" => return Err("state is required: ENABLED, DEFAULT or KILLED".into()),
+            other => return Err(format!("state {other:?} is not ENABLED, DEFAULT or KILLED")),
+        },
+    };
+    Ok(match kind {
+        FormKind::State => Change::State(match state {
+            S::Enabled => StateChange::Set(value.to_owned()),
+            S::Killed => StateChange::Kill,
+            _ => StateChange::Default,
+        }),
+        _ => Change::SetOverride {
+            entity: entity()?,
+            value: (state == S::Enabled).then(|| Input::Text(value.to_owned())),
+            state,
+        },
+    })
+}
+
+/// A posted form: checked (session, CSRF, role), parsed, applied by the CLI's code; then the
+/// flag's page, saying what was done or why not.
+async fn post_change(
+    ui: Arc<Ui>,
+    kind: FormKind,
+    headers: HeaderMap,
+    flag_id: String,
+    form: HashMap<String, String>,
 ) -> Response {
-    show_flag(
-        ui,
-        who,
-        headers,
-        flag_id,
-        StatusCode::BAD_REQUEST,
-        None,
-        Some(error),
+    let who = match editor(&ui, &headers, &form) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
+    let change = match parse_change(kind, &form) {
+        Ok(c) => c,
+        Err(e) => {
+            return show_flag(
+                &ui,
+                &who,
+                &headers,
+                &flag_id,
+                StatusCode::BAD_REQUEST,
+                None,
+                Some(e),
+            )
+            .await;
+        }
+    };
+    let (pool, actor) = (&ui.pool, who.name.as_str());
+    let done = match change {
+        Change::State(c) => admin::set_state(pool, &flag_id, c, actor)
+            .await
+            .map(|state| {
+                tracing::info!(
+                    flag_id,
+                    state = state_name(state),
+                    actor,
+                    "flag state changed in the admin UI"
+                );
+            }),
+        Change::SetOverride {
+            entity,
+            state,
+            value,
+        } => admin::set_override_input(pool, &flag_id, &entity, state, value, actor)
+            .await
+            .map(drop),
+        Change::RemoveOverride { entity } => admin::remove_override(pool, &flag_id, &entity, actor)
+            .await
+            .map(drop),
+    };
+    match done {
+        Ok(()) => see_other(&format!("/flags/{flag_id}?done={}", kind.done())),
+        Err(e) => ui.failure(&who, &headers, &e),
+    }
+}
+
+/// The route of one kind of form.
+fn form(kind: FormKind) -> axum::routing::MethodRouter<Arc<Ui>> {
+    axum::routing::post(
+        move |State(ui): Shared,
+              headers: HeaderMap,
+              Path(flag_id): Path<String>,
+              Form(f): Fields| { post_change(ui, kind, headers, flag_id, f) },
     )
-    .await
-}
-
-async fn post_state(
-    State(ui): Shared,
-    headers: HeaderMap,
-    Path(flag_id): Path<String>,
-    Form(form): Fields,
-) -> Response {
-    let who = match editor(&ui, &headers, &form) {
-        Ok(p) => p,
-        Err(r) => return *r,
-    };
-    let value = form_field(&form, "value");
-    let change = match state_field(&form) {
-        Ok("ENABLED") if value.is_empty() => {
-            return refuse(
-                &ui,
-                &who,
-                &headers,
-                &flag_id,
-                "value is required to enable a flag".into(),
-            )
-            .await;
-        }
-        Ok("ENABLED") => StateChange::Set(value.to_owned()),
-        Ok("KILLED") => StateChange::Kill,
-        Ok(_) => StateChange::Default,
-        Err(e) => return refuse(&ui, &who, &headers, &flag_id, e).await,
-    };
-    match admin::set_state(&ui.pool, &flag_id, change, &who.name).await {
-        Ok(state) => {
-            tracing::info!(flag_id, state = state_name(state), actor = %who.name, "flag state changed in the admin UI");
-            see_other(&format!("/flags/{flag_id}?done=state"))
-        }
-        Err(e) => ui.failure(&who, &headers, &e),
-    }
-}
-
-async fn post_override(
-    State(ui): Shared,
-    headers: HeaderMap,
-    Path(flag_id): Path<String>,
-    Form(form): Fields,
-) -> Response {
-    let who = match editor(&ui, &headers, &form) {
-        Ok(p) => p,
-        Err(r) => return *r,
-    };
-    let entity = form_field(&form, "entity_id");
-    if entity.is_empty() {
-        return refuse(
-            &ui,
-            &who,
-            &headers,
-            &flag_id,
-            "entity_id is required".into(),
-        )
-        .await;
-    }
-    let value = form_field(&form, "value");
-    let (state, input) = match state_field(&form) {
-        Ok("ENABLED") if value.is_empty() => {
-            return refuse(
-                &ui,
-                &who,
-                &headers,
-                &flag_id,
-                "value is required for an enabled override".into(),
-            )
-            .await;
-        }
-        Ok("ENABLED") => (
-            pbflags_proto::v1::State::Enabled,
-            Some(Input::Text(value.to_owned())),
-        ),
-        Ok("KILLED") => (pbflags_proto::v1::State::Killed, None),
-        Ok(_) => (pbflags_proto::v1::State::Default, None),
-        Err(e) => return refuse(&ui, &who, &headers, &flag_id, e).await,
-    };
-    match admin::set_override_input(&ui.pool, &flag_id, entity, state, input, &who.name).await {
-        Ok(_) => see_other(&format!("/flags/{flag_id}?done=override")),
-        Err(e) => ui.failure(&who, &headers, &e),
-    }
-}
-
-async fn post_remove_override(
-    State(ui): Shared,
-    headers: HeaderMap,
-    Path(flag_id): Path<String>,
-    Form(form): Fields,
-) -> Response {
-    let who = match editor(&ui, &headers, &form) {
-        Ok(p) => p,
-        Err(r) => return *r,
-    };
-    let entity = form_field(&form, "entity_id");
-    if entity.is_empty() {
-        return refuse(
-            &ui,
-            &who,
-            &headers,
-            &flag_id,
-            "entity_id is required".into(),
-        )
-        .await;
-    }
-    match admin::remove_override(&ui.pool, &flag_id, entity, &who.name).await {
-        Ok(_) => see_other(&format!("/flags/{flag_id}?done=removed")),
-        Err(e) => ui.failure(&who, &headers, &e),
-    }
 }
 
 async fn asset(Path(name): Path<String>) -> Response {
@@ -824,11 +823,14 @@ pub fn router(
         .route("/logout", post(logout))
         .route("/flags/{*flag_id}", get(flag_page))
         .route("/audit", get(audit_page))
-        .route("/api/flags/state/{*flag_id}", post(post_state))
-        .route("/api/flags/overrides/{*flag_id}", post(post_override))
+        .route("/api/flags/state/{*flag_id}", form(FormKind::State))
+        .route(
+            "/api/flags/overrides/{*flag_id}",
+            form(FormKind::SetOverride),
+        )
         .route(
             "/api/flags/remove-override/{*flag_id}",
-            post(post_remove_override),
+            form(FormKind::RemoveOverride),
         )
         .route("/static/{name}", get(asset))
         .route(
@@ -858,6 +860,72 @@ mod tests {
             "message.html",
         ] {
             assert!(env.get_template(name).is_ok(), "{name}");
+        }
+    }
+
+    #[test]
+    fn forms_parse_into_changes_with_errors_naming_the_field() {
+        use pbflags_proto::v1::State as S;
+        let f = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            parse_change(
+                FormKind::State,
+                &f(&[("state", "ENABLED"), ("value", " 7 ")])
+            ),
+            Ok(Change::State(StateChange::Set("7".into())))
+        );
+        assert_eq!(
+            parse_change(FormKind::State, &f(&[("state", "KILLED"), ("value", "x")])),
+            Ok(Change::State(StateChange::Kill))
+        );
+        assert_eq!(
+            parse_change(
+                FormKind::SetOverride,
+                &f(&[("state", "DEFAULT"), ("entity_id", "u1")])
+            ),
+            Ok(Change::SetOverride {
+                entity: "u1".into(),
+                state: S::Default,
+                value: None
+            })
+        );
+        assert_eq!(
+            parse_change(FormKind::RemoveOverride, &f(&[("entity_id", "u1")])),
+            Ok(Change::RemoveOverride {
+                entity: "u1".into()
+            })
+        );
+        for (kind, form, says) in [
+            (
+                FormKind::State,
+                f(&[("state", "ENABLED")]),
+                "value is required to enable",
+            ),
+            (FormKind::State, f(&[]), "state is required"),
+            (
+                FormKind::State,
+                f(&[("state", "ON")]),
+                "\"ON\" is not ENABLED",
+            ),
+            (
+                FormKind::SetOverride,
+                f(&[("state", "ENABLED"), ("value", "1")]),
+                "entity_id is required",
+            ),
+            (
+                FormKind::SetOverride,
+                f(&[("state", "ENABLED"), ("entity_id", "u")]),
+                "for an enabled override",
+            ),
+            (FormKind::RemoveOverride, f(&[]), "entity_id is required"),
+        ] {
+            let e = parse_change(kind, &form).unwrap_err();
+            assert!(e.contains(says), "{kind:?} {form:?}: {e}");
         }
     }
 
