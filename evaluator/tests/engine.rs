@@ -529,12 +529,30 @@ fn health_reports_real_cache_counts() {
     let h = Harness::new(vec![def("f/1", "", b(true)), def("f/2", "", b(true))]);
     h.eval("f/1", "");
     h.eval("f/2", "");
+    // An undeclared id is cached from its second fetch on.
+    h.eval("unsynced/9", "");
+    assert_eq!(h.engine.health_report().cached_flags, 2);
     h.eval("unsynced/9", "");
     assert_eq!(h.engine.health_report().cached_flags, 3);
     assert_eq!(h.metrics.flag_cache_size.get(), 3);
 }
 
 // ---- better than v0.6 --------------------------------------------------------------------------------
+
+#[test]
+fn an_undeclared_flag_is_cached_from_its_second_fetch_and_ids_seen_once_are_not() {
+    let h = Harness::new(vec![def("f/1", "", b(true))]);
+    for _ in 0..10 {
+        assert_eq!(h.eval("stray/1", "").source, Src::Default);
+    }
+    assert_eq!(h.source.calls.flag_state.load(Ordering::SeqCst), 2);
+    // A stream of ids each seen once is fetched (and answered) but takes no cache space.
+    for i in 0..1000 {
+        h.eval(&format!("probe/{i}"), "");
+    }
+    assert_eq!(h.source.calls.flag_state.load(Ordering::SeqCst), 1002);
+    assert_eq!(h.engine.health_report().cached_flags, 1);
+}
 
 #[test]
 fn an_unsynced_flag_is_fetched_once_per_ttl_not_per_evaluation() {

@@ -254,7 +254,14 @@ pub struct Caches {
     last_flags: Cache<Arc<str>, Arc<FlagEntry>, Hash>,
     last_overrides: Cache<u64, Arc<OverrideEntry>, Hash>,
     key_hasher: Hash,
+    /// Admission of undeclared flags: hashes of ids fetched recently, direct-mapped. An id is
+    /// cached from its second fetch on, so a stream of ids each seen once (typos, probes, an
+    /// attack) costs its fetches and no cache inserts, and cannot push out the ids in use.
+    seen: Box<[AtomicU64]>,
 }
+
+/// Slots of the undeclared-flag admission table (8 bytes each).
+const SEEN_SLOTS: usize = 4096;
 
 impl Caches {
     /// The bounds of the four caches: `max_bytes` shared 1:3 between flag states (of undeclared
@@ -282,6 +289,7 @@ impl Caches {
             last_flags: last(last_flags),
             last_overrides: last(last_overrides),
             key_hasher: Hash::default(),
+            seen: (0..SEEN_SLOTS).map(|_| AtomicU64::new(0)).collect(),
             config,
         }
     }
@@ -374,6 +382,22 @@ impl Caches {
         self.flags.get(flag_id).filter(|e| self.is_fresh(e))
     }
 
+    /// A fetched state (or "no row") of an undeclared flag, cached as [`put_flag`](Self::put_flag)
+    /// does if the id was fetched recently (see `seen`); the first fetch of an id only remembers
+    /// its hash.
+    pub fn admit_flag(
+        &self,
+        flag_id: Arc<str>,
+        state: Option<FlagState>,
+        since: u64,
+    ) -> Arc<FlagEntry> {
+        if self.admit(&flag_id) {
+            self.put_flag(flag_id, state, since)
+        } else {
+            self.flag_entry(state, since)
+        }
+    }
+
     /// Caches a fetched state (or "no row") of an undeclared flag in the hot cache and the
     /// last-known store.
     pub fn put_flag(
@@ -386,6 +410,14 @@ impl Caches {
         self.flags.insert(flag_id.clone(), entry.clone());
         self.last_flags.insert(flag_id, entry.clone());
         entry
+    }
+
+    /// Whether `flag_id` was fetched recently; remembers it either way. Two ids sharing a slot
+    /// push each other out: both are then fetched each time, which costs no more than a miss.
+    fn admit(&self, flag_id: &str) -> bool {
+        let h = self.key_hasher.hash_one(flag_id.as_bytes()) | 1; // never 0, the empty slot
+        let slot = &self.seen[(h >> 52) as usize % SEEN_SLOTS];
+        slot.swap(h, Ordering::Relaxed) == h
     }
 
     /// The last fetched entry for `flag_id`, whatever its age.
@@ -507,6 +539,27 @@ mod tests {
             value: None,
             archived: false,
         }
+    }
+
+    #[test]
+    fn undeclared_flags_are_cached_from_their_second_fetch() {
+        let caches = Caches::new(CacheConfig::default(), Clock::manual());
+        let first = caches.admit_flag("f/1".into(), Some(state()), caches.changes());
+        assert!(caches.is_fresh(&first), "the answer itself is fresh");
+        assert!(
+            caches.flag("f/1").is_none(),
+            "not cached on the first fetch"
+        );
+        assert!(caches.last_known_flag("f/1").is_none());
+        caches.admit_flag("f/1".into(), Some(state()), caches.changes());
+        assert!(caches.flag("f/1").is_some(), "cached on the second");
+        assert!(caches.last_known_flag("f/1").is_some());
+        // A stream of ids seen once inserts nothing.
+        for i in 0..10_000 {
+            caches.admit_flag(format!("probe/{i}").into(), None, caches.changes());
+        }
+        caches.flags.run_pending_tasks();
+        assert_eq!(caches.flags.entry_count(), 1);
     }
 
     #[test]

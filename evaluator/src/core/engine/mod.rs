@@ -460,7 +460,7 @@ impl Engine {
             }
             r.map(|state| match flight_home {
                 Home::Slot(s, i) => shared.caches.put_slot(s.slot(i), state, since),
-                Home::Map => shared.caches.put_flag(key, state, since),
+                Home::Map => shared.caches.admit_flag(key, state, since),
             })
         });
         let result = if admission == Admission::Probe {
@@ -705,7 +705,7 @@ impl Engine {
                         }
                         let entry = match home {
                             Home::Slot(s, i) => shared.caches.put_slot(s.slot(i), state, since),
-                            Home::Map => shared.caches.put_flag(id.as_str().into(), state, since),
+                            Home::Map => shared.caches.admit_flag(id.as_str().into(), state, since),
                         };
                         (id, entry)
                     })

@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
 
+/// A pooled connection idle this long is checked before it is used.
+const PING_WHEN_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Database arguments shared by every subcommand that talks to PostgreSQL.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DatabaseArgs {
@@ -189,10 +192,24 @@ impl DatabaseArgs {
 
     /// A pool that connects lazily: creating it never touches the network, so an evaluator starts
     /// (serving defaults) while the database is down, and connects when it comes back.
+    ///
+    /// A connection is checked (a round trip) before use only when it sat idle for a second or
+    /// more, as pgx's pool does for v0.6: sqlx's default checks every acquire, which doubled the
+    /// round trips of a cache miss under load. A connection that broke while busy fails its query;
+    /// the pool drops it and the evaluation falls back as for any failed fetch.
     pub fn pool(&self) -> Result<PgPool, DbError> {
         Ok(PgPoolOptions::new()
             .max_connections(self.db_pool_size.max(1))
             .acquire_timeout(self.db_connect_timeout)
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_WHEN_IDLE {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_lazy_with(self.pool_options()?))
     }
 
