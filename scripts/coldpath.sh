@@ -5,10 +5,12 @@
 # saturation, so the latencies are those of one query each, not of a queue. Given two evaluator
 # binaries it alternates them round by round (A/B against the same database).
 #   scripts/coldpath.sh [SECONDS per run, default 10] [ROUNDS, default 2] [BINARY_A [BINARY_B]]
+# PBFLAGS_COLD_RATE sets the request rate (default 200/s).
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$repo"
 seconds=${1:-10}
+rate=${PBFLAGS_COLD_RATE:-200}
 rounds=${2:-2}
 cargo build --release --locked --workspace --bin pbflags-evaluator --bin pbflags-load >&2
 bins=("${3:-$CARGO_TARGET_DIR/release/pbflags-evaluator}")
@@ -44,12 +46,12 @@ for round in $(seq 1 "$rounds"); do
     server=$!
     for _ in $(seq 1 100); do curl -fsS "$base/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
     echo "round $round, $b:"
-    run "override miss → PostgreSQL, Connect proto, 200/s" --protocol connect \
-      --flags notifications/1 --unique-entity-bytes 24 --rate 200 --concurrency 1 --connections 1
-    run "override miss → PostgreSQL, gRPC, 200/s" --protocol grpc \
-      --flags notifications/1 --unique-entity-bytes 24 --rate 200 --concurrency 1 --connections 1
-    run "new undeclared flag id each call, gRPC, 200/s" --protocol grpc \
-      --unique-flag-bytes 24 --rate 200 --concurrency 1 --connections 1
+    run "override miss → PostgreSQL, Connect proto, $rate/s" --protocol connect \
+      --flags notifications/1 --unique-entity-bytes 24 --rate "$rate" --concurrency 1 --connections 1
+    run "override miss → PostgreSQL, gRPC, $rate/s" --protocol grpc \
+      --flags notifications/1 --unique-entity-bytes 24 --rate "$rate" --concurrency 1 --connections 1
+    run "new undeclared flag id each call, gRPC, $rate/s" --protocol grpc \
+      --unique-flag-bytes 24 --rate "$rate" --concurrency 1 --connections 1
     kill -TERM "$server"
     wait "$server" 2>/dev/null || true
     server=""
