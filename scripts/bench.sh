@@ -6,6 +6,7 @@
 # used 90% or more of its core is marked GENERATOR-BOUND: its rate is a floor, not the server's
 # saturation figure.
 #   scripts/bench.sh [SECONDS per run, default 10]
+# PBFLAGS_BENCH_BIN serves with another evaluator binary (an A/B against the tree's build).
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$repo"
@@ -29,7 +30,7 @@ PBFLAGS_DATABASE=$url "$bin/pbflags-evaluator" sync --descriptors proto/example/
 PBFLAGS_DATABASE=$url "$bin/pbflags-evaluator" flags set notifications/2 --value weekly --actor bench >/dev/null
 
 port=$(free_port)
-PBFLAGS_DATABASE=$url taskset -c 0 "$bin/pbflags-evaluator" serve --descriptors proto/example/descriptors.pb \
+PBFLAGS_DATABASE=$url taskset -c 0 "${PBFLAGS_BENCH_BIN:-$bin/pbflags-evaluator}" serve --descriptors proto/example/descriptors.pb \
   --listen "127.0.0.1:$port" --worker-threads 1 --log-level warn >"$dir/server.log" 2>&1 &
 server=$!
 base="http://127.0.0.1:$port"

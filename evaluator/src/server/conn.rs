@@ -20,7 +20,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::BodyExt as _;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
-use tokio::sync::watch;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use tokio::time::{Instant, Sleep};
 
 /// The connection settings.
@@ -54,46 +54,68 @@ impl Default for Limits {
 }
 
 /// The requests in flight on one connection; [`Activity::idle`] resolves once none has been for
-/// the given time.
+/// the given time. A request costs two atomic operations and a clock read: the idle wait checks
+/// the counts when its timer fires instead of being woken by every request.
 #[derive(Clone)]
-pub(crate) struct Activity(Arc<watch::Sender<usize>>);
+pub(crate) struct Activity(Arc<ActivityState>);
+
+pub(crate) struct ActivityState {
+    in_flight: AtomicUsize,
+    /// When the connection was accepted.
+    start: Instant,
+    /// When the last request ended, in milliseconds since `start`.
+    last_end_ms: AtomicU64,
+}
+
+impl ActivityState {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}
 
 /// One request in flight; dropped when its response body is done (or dropped).
-pub(crate) struct InFlight(Arc<watch::Sender<usize>>);
+pub(crate) struct InFlight(Arc<ActivityState>);
 
 impl Activity {
     pub(crate) fn new() -> Self {
-        Self(Arc::new(watch::Sender::new(0)))
+        Self(Arc::new(ActivityState {
+            in_flight: AtomicUsize::new(0),
+            start: Instant::now(),
+            last_end_ms: AtomicU64::new(0),
+        }))
     }
 
     /// Marks a request as started.
     pub(crate) fn begin(&self) -> InFlight {
-        self.0.send_modify(|n| *n += 1);
+        self.0.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlight(self.0.clone())
     }
 
     /// Resolves once no request has been in flight for `idle`; any request starting or ending
     /// restarts the wait.
     pub(crate) async fn idle(&self, idle: Duration) {
-        let mut rx = self.0.subscribe();
+        let mut wait = idle;
         loop {
-            let busy = *rx.borrow_and_update() > 0;
-            if busy {
-                // Sender lives in `self`: changed() cannot fail while we hold it.
-                let _ = rx.changed().await;
+            tokio::time::sleep(wait).await;
+            if self.0.in_flight.load(Ordering::Acquire) > 0 {
+                wait = idle;
                 continue;
             }
-            tokio::select! {
-                () = tokio::time::sleep(idle) => return,
-                _ = rx.changed() => {}
+            let last = self.0.last_end_ms.load(Ordering::Acquire);
+            let quiet = Duration::from_millis(self.0.now_ms().saturating_sub(last));
+            if quiet >= idle {
+                return;
             }
+            wait = idle - quiet;
         }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.send_modify(|n| *n = n.saturating_sub(1));
+        // The end time first: whoever sees the count drop sees when it dropped.
+        self.0.last_end_ms.store(self.0.now_ms(), Ordering::Release);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
