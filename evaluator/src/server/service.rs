@@ -15,7 +15,8 @@ use tracing::Instrument as _;
 
 use super::rpc::{Answer, Call, UnaryService};
 use crate::core::engine::{Engine, Evaluation};
-use crate::protocol::connect::{decode, encode};
+use crate::protocol::connect::{Codec, decode, encode};
+use crate::protocol::json;
 use crate::protocol::status::{connect_name, from_source};
 
 /// The longest ids a request may carry, in bytes. Longer ids are refused with `invalid_argument`
@@ -117,30 +118,50 @@ const METHODS: [&str; 6] = [
     "GetOverrides",
 ];
 
-/// Decodes a `$req` from the call, runs the typed method, encodes the answer.
+/// Decodes a `$req` from the call, runs the typed method, encodes the answer (as JSON with
+/// `$json` when given: the hot responses' direct encoding).
 macro_rules! typed {
     ($this:expr, $call:expr, $method:ident, $req:literal, $resp:literal) => {{
+        let resp = typed!(@call $this, $call, $method, $req);
+        encode($call.codec, &resp, $resp)
+    }};
+    ($this:expr, $call:expr, $method:ident, $req:literal, $resp:literal, $json:path) => {{
+        let codec = $call.codec;
+        let resp = typed!(@call $this, $call, $method, $req);
+        match codec {
+            Codec::Json => Ok($json(&resp)),
+            Codec::Proto => encode(codec, &resp, $resp),
+        }
+    }};
+    (@call $this:expr, $call:expr, $method:ident, $req:literal) => {{
         let req = decode($call.codec, &$call.body, $req)?;
         let request = Request::from_parts(
             tonic::metadata::MetadataMap::from_headers($call.headers),
             tonic::Extensions::default(),
             req,
         );
-        let resp = $this.$method(request).await?.into_inner();
-        encode($call.codec, &resp, $resp)
+        $this.$method(request).await?.into_inner()
     }};
 }
 
 impl Evaluator {
     async fn dispatch(&self, call: Call) -> Result<Vec<u8>, Status> {
         match call.method {
-            "Evaluate" => typed!(self, call, evaluate, "EvaluateRequest", "EvaluateResponse"),
+            "Evaluate" => typed!(
+                self,
+                call,
+                evaluate,
+                "EvaluateRequest",
+                "EvaluateResponse",
+                json::evaluate_response
+            ),
             "BulkEvaluate" => typed!(
                 self,
                 call,
                 bulk_evaluate,
                 "BulkEvaluateRequest",
-                "BulkEvaluateResponse"
+                "BulkEvaluateResponse",
+                json::bulk_evaluate_response
             ),
             "Health" => typed!(self, call, health, "HealthRequest", "HealthResponse"),
             "GetFlagState" => typed!(
