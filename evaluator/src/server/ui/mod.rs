@@ -231,12 +231,35 @@ impl Ui {
                 (StatusCode::INTERNAL_SERVER_ERROR, "page failed to render\n").into_response()
             }
         };
-        if fresh
-            && let Ok(v) = HeaderValue::from_str(&set_cookie(CSRF_COOKIE, &csrf, self.secure, None))
-        {
-            r.headers_mut().append(header::SET_COOKIE, v);
+        if fresh {
+            self.set(&mut r, CSRF_COOKIE, &csrf, None);
         }
         r
+    }
+
+    /// Adds cookie `name` to `r` (see [`set_cookie`]).
+    fn set(&self, r: &mut Response, name: &str, value: &str, max_age: Option<u64>) {
+        if let Ok(v) = HeaderValue::from_str(&set_cookie(name, value, self.secure, max_age)) {
+            r.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+
+    /// The refusal of a form whose CSRF token or origin is wrong; `None` if it passes.
+    fn forged(
+        &self,
+        who: Option<&Principal>,
+        headers: &HeaderMap,
+        form: &HashMap<String, String>,
+    ) -> Option<Response> {
+        let e = check_csrf(headers, form_field(form, "csrf_token")).err()?;
+        tracing::warn!(token = who.map(|p| p.name.as_str()), error = %e, "admin UI form refused");
+        Some(self.message(
+            StatusCode::FORBIDDEN,
+            who,
+            headers,
+            "Refused",
+            &e.to_string(),
+        ))
     }
 
     fn message(
@@ -544,24 +567,15 @@ fn form_field<'a>(form: &'a HashMap<String, String>, name: &str) -> &'a str {
 }
 
 async fn login(State(ui): Shared, headers: HeaderMap, Form(form): Fields) -> Response {
-    if let Err(e) = check_csrf(&headers, form_field(&form, "csrf_token")) {
-        return ui.message(
-            StatusCode::FORBIDDEN,
-            None,
-            &headers,
-            "Refused",
-            &e.to_string(),
-        );
+    if let Some(refused) = ui.forged(None, &headers, &form) {
+        return refused;
     }
     let next = local_path(form.get("next"));
     match ui.sessions.login(form_field(&form, "token")) {
         Some((id, who)) => {
             tracing::info!(token = %who.name, "admin UI login");
             let mut r = see_other(&next);
-            if let Ok(v) = HeaderValue::from_str(&set_cookie(SESSION_COOKIE, &id, ui.secure, None))
-            {
-                r.headers_mut().append(header::SET_COOKIE, v);
-            }
+            ui.set(&mut r, SESSION_COOKIE, &id, None);
             r
         }
         None => {
@@ -578,22 +592,14 @@ async fn login(State(ui): Shared, headers: HeaderMap, Form(form): Fields) -> Res
 }
 
 async fn logout(State(ui): Shared, headers: HeaderMap, Form(form): Fields) -> Response {
-    if let Err(e) = check_csrf(&headers, form_field(&form, "csrf_token")) {
-        return ui.message(
-            StatusCode::FORBIDDEN,
-            None,
-            &headers,
-            "Refused",
-            &e.to_string(),
-        );
+    if let Some(refused) = ui.forged(None, &headers, &form) {
+        return refused;
     }
     if let Some(id) = cookie(&headers, SESSION_COOKIE) {
         ui.sessions.logout(id);
     }
     let mut r = see_other("/login");
-    if let Ok(v) = HeaderValue::from_str(&set_cookie(SESSION_COOKIE, "", ui.secure, Some(0))) {
-        r.headers_mut().append(header::SET_COOKIE, v);
-    }
+    ui.set(&mut r, SESSION_COOKIE, "", Some(0));
     r
 }
 
@@ -612,15 +618,8 @@ fn editor(
             "Log in with an admin token to change flags.",
         )));
     };
-    if let Err(e) = check_csrf(headers, form_field(form, "csrf_token")) {
-        tracing::warn!(token = %who.name, error = %e, "admin UI form refused");
-        return Err(Box::new(ui.message(
-            StatusCode::FORBIDDEN,
-            Some(&who),
-            headers,
-            "Refused",
-            &e.to_string(),
-        )));
+    if let Some(refused) = ui.forged(Some(&who), headers, form) {
+        return Err(Box::new(refused));
     }
     if who.role != Role::Editor {
         tracing::warn!(token = %who.name, "admin UI change refused: a viewer token cannot change flags");
