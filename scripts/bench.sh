@@ -16,17 +16,7 @@ dir=$(mktemp -d /tmp/pbflags-bench.XXXXXX)
 
 cargo build --release --locked --workspace --bin pbflags-evaluator >&2
 bin=$CARGO_TARGET_DIR/release
-url=$(scripts/pg.sh start "$dir/pg")
-server=""
-cleanup() {
-  [ -n "$server" ] && kill -TERM "$server" 2>/dev/null
-  wait 2>/dev/null || true
-  scripts/pg.sh stop "$dir/pg"
-  rm -rf "$dir"
-}
-trap cleanup EXIT
-PBFLAGS_DATABASE=$url "$bin/pbflags-evaluator" migrate >/dev/null
-PBFLAGS_DATABASE=$url "$bin/pbflags-evaluator" sync --descriptors proto/example/descriptors.pb >/dev/null
+measure_db "$dir" "$bin/pbflags-evaluator"
 PBFLAGS_DATABASE=$url "$bin/pbflags-evaluator" flags set notifications/2 --value weekly --actor bench >/dev/null
 
 port=$(free_port)

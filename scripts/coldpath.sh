@@ -17,17 +17,7 @@ bins=("${3:-$CARGO_TARGET_DIR/release/pbflags-evaluator}")
 [ -n "${4:-}" ] && bins+=("$4")
 load=$CARGO_TARGET_DIR/release/pbflags-load
 dir=$(mktemp -d /tmp/pbflags-coldpath.XXXXXX)
-url=$(scripts/pg.sh start "$dir/pg")
-server=""
-cleanup() {
-  [ -n "$server" ] && kill -TERM "$server" 2>/dev/null
-  wait 2>/dev/null || true
-  scripts/pg.sh stop "$dir/pg"
-  rm -rf "$dir"
-}
-trap cleanup EXIT
-PBFLAGS_DATABASE=$url "${bins[0]}" migrate >/dev/null
-PBFLAGS_DATABASE=$url "${bins[0]}" sync --descriptors proto/example/descriptors.pb >/dev/null
+measure_db "$dir" "${bins[0]}"
 port=$(free_port)
 base="http://127.0.0.1:$port"
 

@@ -76,6 +76,24 @@ test_certs() {
     -extfile "$d/san.ext" -out "$d/tls.crt" 2>/dev/null
 }
 
+# measure_db DIR EVALUATOR: for the measuring scripts, a throwaway PostgreSQL in DIR/pg, migrated
+# and synced with the example descriptors by EVALUATOR; sets $url and $server (empty). On exit the
+# server (if $server names one), PostgreSQL and DIR are removed.
+measure_db() {
+  _measure_dir=$1
+  url=$(scripts/pg.sh start "$1/pg")
+  server=""
+  trap _measure_cleanup EXIT
+  PBFLAGS_DATABASE=$url "$2" migrate >/dev/null
+  PBFLAGS_DATABASE=$url "$2" sync --descriptors proto/example/descriptors.pb >/dev/null
+}
+_measure_cleanup() {
+  [ -n "${server:-}" ] && kill -TERM "$server" 2>/dev/null
+  wait 2>/dev/null || true
+  scripts/pg.sh stop "$_measure_dir/pg"
+  rm -rf "$_measure_dir"
+}
+
 # A free loopback TCP port (the kernel's pick; free unless another process takes it first).
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
