@@ -80,6 +80,9 @@ pub fn init(format: LogFormat, filter: &str, tracing_cfg: &Tracing) -> Telemetry
                 }
             }
         });
+    if provider.is_some() {
+        crate::protocol::trace_context::exporting();
+    }
     let otel = provider
         .as_ref()
         .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("pbflags-evaluator")));

@@ -3,6 +3,8 @@
 //! a proxy's upstream calls carry the current span's context, so a root's spans join the proxy's.
 //! Without trace export both directions cost a header lookup.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator as _};
 use opentelemetry::trace::TraceContextExt as _;
@@ -10,6 +12,21 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 const TRACEPARENT: &str = "traceparent";
+
+/// Whether spans leave the process (an OTLP exporter is installed).
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Records that trace export is on; the logging set-up calls it when it installs an exporter.
+pub fn exporting() {
+    EXPORTING.store(true, Ordering::Relaxed);
+}
+
+/// Whether a span per RPC is worth making: spans are exported, or debug logs are on (log lines
+/// then carry the RPC's method). Otherwise the span would only cost time (about 1 µs per request
+/// at the default log level, where the text log formats its fields) and appear nowhere.
+pub fn rpc_spans() -> bool {
+    EXPORTING.load(Ordering::Relaxed) || tracing::enabled!(tracing::Level::DEBUG)
+}
 
 struct Extract<'a>(&'a HeaderMap);
 

@@ -90,14 +90,18 @@ impl Evaluator {
     }
 
     /// Runs one RPC inside its span (a child of the caller's trace when `metadata` carries
-    /// `traceparent`). Its method, code and duration are recorded by the serving layer
-    /// ([`UnaryService::observe`]), which also sees the requests refused before they get here.
+    /// `traceparent`) when spans are exported or debug logs are on. Its method, code and duration
+    /// are recorded by the serving layer ([`UnaryService::observe`]), which also sees the requests
+    /// refused before they get here.
     async fn rpc<T>(
         &self,
         method: &'static str,
         metadata: &tonic::metadata::MetadataMap,
         call: impl Future<Output = Result<T, Status>>,
     ) -> Result<Response<T>, Status> {
+        if !crate::protocol::trace_context::rpc_spans() {
+            return call.await.map(Response::new);
+        }
         let span = tracing::info_span!(
             "rpc",
             otel.name = %format_args!("pbflags.v1.FlagEvaluatorService/{method}"),
