@@ -1,6 +1,8 @@
 //! `pbflags-load`: a closed-loop load generator for an evaluator on loopback. Runs `--concurrency`
 //! callers for `--duration` over gRPC (HTTP/2, several connections) or Connect (binary proto over
-//! HTTP/1.1 keep-alive connections), and prints throughput and latency percentiles.
+//! HTTP/1.1 keep-alive connections), and prints throughput, latency percentiles and its own CPU
+//! use, marked GENERATOR-BOUND when it used 90% or more of the cores it may run on (the rate is
+//! then the tool's limit; `scripts/bench.sh` measures the server with h2load instead).
 //!
 //! `pbflags-load --url http://127.0.0.1:9201 --protocol grpc --rpc evaluate --duration 10s`; an
 //! `https://` URL is called over TLS, checked against `--cacert`.
@@ -213,8 +215,54 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[i] as f64 / 1000.0
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// This process's CPU time (user and system, all threads) in seconds, from `/proc/self/stat`;
+/// `None` where there is no such file.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = |n: usize| fields.get(n - 3)?.parse::<f64>().ok();
+    // In clock ticks of USER_HZ, which Linux fixes at 100 for /proc on every architecture it
+    // supports.
+    Some((ticks(14)? + ticks(15)?) / 100.0)
+}
+
+/// The load tool's own share of the CPUs it may run on over a measurement, and whether that makes
+/// it the bottleneck (90% or more): then the rate measured is the tool's limit, not the server's.
+fn own_cpu(cpu: Option<f64>, elapsed: f64) -> String {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    match cpu {
+        Some(seconds) => {
+            let share = seconds / elapsed / cores as f64;
+            format!(
+                ", load tool CPU {:.0}% of {cores} core(s){}",
+                100.0 * share,
+                if share >= 0.9 {
+                    " GENERATOR-BOUND: the rate is this tool's limit, not the server's"
+                } else {
+                    ""
+                }
+            )
+        }
+        None => String::new(),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    // As the evaluator does: on one CPU (pinned with taskset), the current-thread scheduler, which
+    // costs about half as much per request as one worker thread plus the thread driving it.
+    let one_cpu = std::thread::available_parallelism().map_or(true, |n| n.get() == 1);
+    let runtime = if one_cpu {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    }
+    .enable_all()
+    .build()?;
+    runtime.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let args = Arc::new(Args::parse());
     anyhow::ensure!(
         !args.check_stable || matches!((args.protocol, args.rpc), (Protocol::Grpc, Rpc::Evaluate)),
@@ -311,10 +359,12 @@ async fn main() -> anyhow::Result<()> {
         }));
     }
     let started;
+    let cpu_at_start;
     if args.requests.is_some() {
         // A fixed number of requests: measure them all, the duration is only a limit.
         measuring.store(true, Ordering::Relaxed);
         started = Instant::now();
+        cpu_at_start = cpu_seconds();
         let all_done = async {
             while !tasks.iter().all(tokio::task::JoinHandle::is_finished) {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -325,10 +375,14 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(1)).await;
         measuring.store(true, Ordering::Relaxed);
         started = Instant::now();
+        cpu_at_start = cpu_seconds();
         tokio::time::sleep(args.duration).await;
     }
     measuring.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds()
+        .zip(cpu_at_start)
+        .map(|(end, start)| end - start);
     stop.store(true, Ordering::Relaxed);
     let mut all = Vec::new();
     let mut records = Vec::new();
@@ -355,7 +409,7 @@ async fn main() -> anyhow::Result<()> {
     }
     all.sort_unstable();
     println!(
-        "{:?} {:?}{}: {:.0} req/s over {:.1}s, concurrency {}, p50 {:.3} ms, p99 {:.3} ms, p999 {:.3} ms, errors {}, sent {} (warm-up included){}",
+        "{:?} {:?}{}: {:.0} req/s over {:.1}s, concurrency {}, p50 {:.3} ms, p99 {:.3} ms, p999 {:.3} ms, errors {}, sent {} (warm-up included){}{}",
         args.protocol,
         args.rpc,
         if matches!(args.rpc, Rpc::Bulk) {
@@ -375,7 +429,8 @@ async fn main() -> anyhow::Result<()> {
             format!(", wrong {wrong}")
         } else {
             String::new()
-        }
+        },
+        own_cpu(cpu, elapsed)
     );
     Ok(())
 }
