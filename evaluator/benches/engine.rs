@@ -93,7 +93,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("bulk_evaluate_100_cached", |b| {
         b.iter(|| {
             h.engine
-                .bulk_evaluate(black_box(&ids), black_box(""))
+                .bulk_evaluate(black_box(ids.clone()), black_box(""))
                 .now_or_never()
         })
     });

@@ -102,7 +102,7 @@ fn main() {
             engine.caches().flush();
             let (o, f) = (fetches(&metrics, "overrides"), fetches(&metrics, "flag_state"));
             let t = Instant::now();
-            let out = engine.bulk_evaluate(&[], "u1").await;
+            let out = engine.bulk_evaluate(Vec::new(), "u1").await;
             bulk.push(t.elapsed());
             assert_eq!(out.len(), 100);
             assert_eq!((fetches(&metrics, "overrides") - o, fetches(&metrics, "flag_state") - f), (1, 1));

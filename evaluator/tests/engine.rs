@@ -459,9 +459,12 @@ async fn while_the_source_is_down_a_probe_runs_in_the_background_and_its_caller_
         .expect("not held back by the probe");
     assert_eq!(ev.source, Src::Default);
     let ids = ["f/1".to_owned()];
-    let ev = tokio::time::timeout(Duration::from_secs(10), h.engine.bulk_evaluate(&ids, ""))
-        .await
-        .expect("not held back");
+    let ev = tokio::time::timeout(
+        Duration::from_secs(10),
+        h.engine.bulk_evaluate(ids.to_vec(), ""),
+    )
+    .await
+    .expect("not held back");
     assert_eq!(ev[0].1.source, Src::Default, "other misses stay fast");
     // ... and the probe, released, brings the source back and fills the cache.
     wait_for(|| h.source.calls.fetches() > calls).await;

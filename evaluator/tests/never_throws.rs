@@ -262,7 +262,7 @@ proptest! {
                     check(&engine, &f, &e, ev.source, ev.value());
                 }
                 Op::Bulk(ids, e) => {
-                    let out = engine.bulk_evaluate(&ids, &e).now_or_never().expect("answers at once");
+                    let out = engine.bulk_evaluate(ids.clone(), &e).now_or_never().expect("answers at once");
                     let want = if ids.is_empty() { 3 } else { ids.len() };
                     prop_assert_eq!(out.len(), want);
                     for (i, (id, ev)) in out.iter().enumerate() {

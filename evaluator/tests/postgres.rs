@@ -254,7 +254,7 @@ async fn ids_postgresql_cannot_store_are_answered_without_a_query_and_keep_healt
         assert_eq!(ev.source, Src::Default, "{flag:?} {entity:?}");
     }
     let ids = vec!["a\0".to_owned(), "notif/1".to_owned()];
-    let bulk = engine.bulk_evaluate(&ids, "e\0").await;
+    let bulk = engine.bulk_evaluate(ids.clone(), "e\0").await;
     assert_eq!(bulk.len(), 2);
     assert_eq!(engine.health().consecutive_failures(), 0);
     assert_eq!(engine.health().status(), EvaluatorStatus::Serving);
@@ -470,7 +470,7 @@ async fn bulk_evaluation_of_a_hundred_uncached_flags_for_an_entity_takes_two_que
         CacheConfig::default(),
         metrics.clone(),
     );
-    let out = engine.bulk_evaluate(&[], "u1").await;
+    let out = engine.bulk_evaluate(Vec::new(), "u1").await;
     assert_eq!(out.len(), 100);
     assert_eq!(
         (out[6].1.source, out[7].1.source, out[0].1.source),

@@ -228,11 +228,11 @@ impl FlagEvaluatorService for Evaluator {
         request: Request<EvaluateRequest>,
     ) -> Result<Response<EvaluateResponse>, Status> {
         let (metadata, _, req) = request.into_parts();
-        self.rpc("Evaluate", &metadata, async {
+        self.rpc("Evaluate", &metadata, async move {
             self.ids.flag("flag_id", &req.flag_id)?;
             self.ids.entity(&req.entity_id)?;
             let ev = self.engine.evaluate(&req.flag_id, &req.entity_id).await;
-            Ok(response(req.flag_id.clone(), ev))
+            Ok(response(req.flag_id, ev))
         })
         .await
     }
@@ -242,7 +242,7 @@ impl FlagEvaluatorService for Evaluator {
         request: Request<BulkEvaluateRequest>,
     ) -> Result<Response<BulkEvaluateResponse>, Status> {
         let (metadata, _, req) = request.into_parts();
-        self.rpc("BulkEvaluate", &metadata, async {
+        self.rpc("BulkEvaluate", &metadata, async move {
             if req.flag_ids.len() > self.max_bulk_flags {
                 return Err(Status::invalid_argument(format!(
                     "flag_ids: {} ids requested; at most {} per BulkEvaluate",
@@ -254,7 +254,7 @@ impl FlagEvaluatorService for Evaluator {
             self.ids.entity(&req.entity_id)?;
             let out = self
                 .engine
-                .bulk_evaluate(&req.flag_ids, &req.entity_id)
+                .bulk_evaluate(req.flag_ids, &req.entity_id)
                 .await;
             Ok(BulkEvaluateResponse {
                 evaluations: out.into_iter().map(|(id, ev)| response(id, ev)).collect(),

@@ -111,7 +111,7 @@ impl Harness {
     pub fn bulk(&self, flag_ids: &[&str], entity_id: &str) -> Vec<(String, Evaluation)> {
         let ids: Vec<String> = flag_ids.iter().map(|s| (*s).to_owned()).collect();
         self.engine
-            .bulk_evaluate(&ids, entity_id)
+            .bulk_evaluate(ids.clone(), entity_id)
             .now_or_never()
             .expect("memory source answers at once")
     }

@@ -547,7 +547,7 @@ impl Engine {
     /// in at most two source calls: the entity's overrides, then the flags' global state.
     pub async fn bulk_evaluate(
         &self,
-        flag_ids: &[String],
+        flag_ids: Vec<String>,
         entity_id: &str,
     ) -> Vec<(String, Evaluation)> {
         // The cached pass, and the snapshot the fetches for its misses use.
@@ -556,7 +556,7 @@ impl Engine {
             let ids: Vec<String> = if flag_ids.is_empty() {
                 snapshot.flags().iter().map(|f| f.flag_id.clone()).collect()
             } else {
-                flag_ids.to_vec()
+                flag_ids
             };
             let results: Vec<Option<Evaluation>> = ids
                 .iter()
