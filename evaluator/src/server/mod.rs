@@ -131,7 +131,7 @@ pub fn router(parts: AppParts) -> Router {
         .grpc_routes
         .into_axum_router()
         .layer(tonic_web::GrpcWebLayer::new());
-    let evaluator = rpc::router(
+    let evaluator = rpc::Endpoint::new(
         parts.evaluator.clone(),
         rpc::RpcLimits {
             max_request_bytes: parts.max_request_bytes,
@@ -152,17 +152,21 @@ pub fn router(parts: AppParts) -> Router {
     let prefix = format!("/{}/", Evaluator::NAME);
 
     Router::new().fallback_service(tower::service_fn(move |req: Request<Body>| {
+        // The evaluator's RPCs are called directly; the rest goes through its router.
         let target = if req.uri().path().starts_with(&prefix) {
-            evaluator.clone()
+            Either::Left(evaluator.clone())
         } else if rpc::is_grpc(req.headers()) {
-            grpc.clone()
+            Either::Right(grpc.clone())
         } else {
-            http.clone()
+            Either::Right(http.clone())
         };
         let http1 = req.version() < http::Version::HTTP_2;
         let readiness = readiness.clone();
         async move {
-            let mut response = target.oneshot(req).await.into_response();
+            let mut response = match target {
+                Either::Left(evaluator) => evaluator.call(req).await,
+                Either::Right(router) => router.oneshot(req).await.into_response(),
+            };
             // Shutting down (not ready) but still serving: an HTTP/1.1 client is told to take its
             // next request elsewhere, so no keep-alive connection is left for the drain to close
             // under a request in flight.

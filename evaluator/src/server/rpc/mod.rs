@@ -203,96 +203,124 @@ fn json_content_type(ct: &str) -> Option<&'static str> {
     }
 }
 
-/// Serves `service` on `POST /<S::NAME>/<method>` over Connect, gRPC and gRPC-Web.
-pub fn router<S: UnaryService>(service: S, limits: RpcLimits) -> Router {
-    let shared = Arc::new(Shared { service, limits });
-    let web = {
-        let shared = shared.clone();
-        tonic_web::GrpcWebLayer::new().layer(tower::service_fn(
-            move |req: Request<tonic::body::Body>| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(grpc::handle(&shared, req.map(Body::new)).await) }
-            },
-        ))
-    };
-    let path = format!("/{}/{{method}}", S::NAME);
-    let fallback = {
-        let shared = shared.clone();
-        move |req: Request<Body>| {
+/// The gRPC-Web side of an [`Endpoint`]: tonic-web translating to gRPC, then [`grpc::handle`].
+type WebService =
+    tower::util::BoxCloneSyncService<Request<Body>, axum::response::Response, Infallible>;
+
+/// One service's RPCs, `/<S::NAME>/<method>`, over Connect, gRPC and gRPC-Web. Called directly by
+/// the serving layer for the service's path prefix (no router between the connection and the
+/// call), or through [`router`].
+pub struct Endpoint<S> {
+    shared: Arc<Shared<S>>,
+    web: WebService,
+}
+
+impl<S: UnaryService> Endpoint<S> {
+    /// An endpoint for `service` under `limits`.
+    pub fn new(service: S, limits: RpcLimits) -> Arc<Self> {
+        let shared = Arc::new(Shared { service, limits });
+        let web = {
             let shared = shared.clone();
-            async move { unknown_path(&shared, req).await }
-        }
-    };
-    Router::new().fallback(fallback).route(
-        &path,
-        axum::routing::any(move |req: Request<Body>| {
-            let (shared, web) = (shared.clone(), web.clone());
-            async move {
-                let route = route_of(req.headers());
-                let mut response = match route {
-                    Route::Connect => connect::handle(&shared, req).await,
-                    Route::Grpc(codec) => {
-                        let mut req = req;
-                        req.headers_mut().insert(
-                            http::header::CONTENT_TYPE,
-                            http::HeaderValue::from_static("application/grpc"),
-                        );
-                        req.extensions_mut().insert(codec);
-                        grpc::handle(&shared, req).await
-                    }
-                    Route::GrpcWeb(_, _) if req.method() != http::Method::POST => {
-                        // tonic-web would answer 405 without reading the body.
-                        let _ = read_body(req.into_body(), shared.limits.max_request_bytes).await;
-                        shared
-                            .service
-                            .observe(UNKNOWN_METHOD, Code::Unimplemented, Duration::ZERO);
-                        let mut resp = http::StatusCode::METHOD_NOT_ALLOWED.into_response();
-                        resp.headers_mut()
-                            .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
-                        return resp;
-                    }
-                    Route::GrpcWeb(codec, ct) => {
-                        let mut req = req;
-                        req.headers_mut().insert(
-                            http::header::CONTENT_TYPE,
-                            http::HeaderValue::from_static(ct),
-                        );
-                        req.extensions_mut().insert(codec);
-                        match web.oneshot(req).await {
-                            Ok(r) => r.map(Body::new),
-                            Err(e) => match e {},
+            let web =
+                tonic_web::GrpcWebLayer::new().layer(tower::service_fn(
+                    move |req: Request<tonic::body::Body>| {
+                        let shared = shared.clone();
+                        async move {
+                            Ok::<_, Infallible>(grpc::handle(&shared, req.map(Body::new)).await)
                         }
-                    }
-                    Route::GrpcUnsupported => {
-                        let _ = read_body(req.into_body(), shared.limits.max_request_bytes).await;
-                        shared.service.observe(
-                            UNKNOWN_METHOD,
-                            Code::InvalidArgument,
-                            Duration::ZERO,
-                        );
-                        return http::StatusCode::UNSUPPORTED_MEDIA_TYPE.into_response();
-                    }
-                };
-                if matches!(
-                    route,
-                    Route::Grpc(Codec::Json) | Route::GrpcWeb(Codec::Json, _)
-                ) {
-                    let ct = response
-                        .headers()
-                        .get(http::header::CONTENT_TYPE)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(json_content_type);
-                    if let Some(ct) = ct {
-                        response.headers_mut().insert(
-                            http::header::CONTENT_TYPE,
-                            http::HeaderValue::from_static(ct),
-                        );
-                    }
-                }
-                response
+                    },
+                ));
+            WebService::new(tower::ServiceExt::<Request<Body>>::map_response(web, |r| {
+                r.map(Body::new)
+            }))
+        };
+        Arc::new(Self { shared, web })
+    }
+
+    /// Answers one request. A path other than `/<S::NAME>/<method>` (one non-empty segment after
+    /// the service name) is unknown: `unimplemented`, or 404 over Connect.
+    pub async fn call(&self, req: Request<Body>) -> axum::response::Response {
+        let method = req
+            .uri()
+            .path()
+            .strip_prefix('/')
+            .and_then(|p| p.strip_prefix(S::NAME))
+            .and_then(|p| p.strip_prefix('/'));
+        if !method.is_some_and(|m| !m.is_empty() && !m.contains('/')) {
+            return unknown_path(&self.shared, req).await;
+        }
+        let shared = &self.shared;
+        let route = route_of(req.headers());
+        let mut response = match route {
+            Route::Connect => connect::handle(shared, req).await,
+            Route::Grpc(codec) => {
+                let mut req = req;
+                req.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/grpc"),
+                );
+                req.extensions_mut().insert(codec);
+                grpc::handle(shared, req).await
             }
-        }),
-    )
+            Route::GrpcWeb(_, _) if req.method() != http::Method::POST => {
+                // tonic-web would answer 405 without reading the body.
+                let _ = read_body(req.into_body(), shared.limits.max_request_bytes).await;
+                shared
+                    .service
+                    .observe(UNKNOWN_METHOD, Code::Unimplemented, Duration::ZERO);
+                let mut resp = http::StatusCode::METHOD_NOT_ALLOWED.into_response();
+                resp.headers_mut()
+                    .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
+                return resp;
+            }
+            Route::GrpcWeb(codec, ct) => {
+                let mut req = req;
+                req.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static(ct),
+                );
+                req.extensions_mut().insert(codec);
+                match self.web.clone().oneshot(req).await {
+                    Ok(r) => r,
+                    Err(e) => match e {},
+                }
+            }
+            Route::GrpcUnsupported => {
+                let _ = read_body(req.into_body(), shared.limits.max_request_bytes).await;
+                shared
+                    .service
+                    .observe(UNKNOWN_METHOD, Code::InvalidArgument, Duration::ZERO);
+                return http::StatusCode::UNSUPPORTED_MEDIA_TYPE.into_response();
+            }
+        };
+        if matches!(
+            route,
+            Route::Grpc(Codec::Json) | Route::GrpcWeb(Codec::Json, _)
+        ) {
+            let ct = response
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(json_content_type);
+            if let Some(ct) = ct {
+                response.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static(ct),
+                );
+            }
+        }
+        response
+    }
+}
+
+/// Serves `service` on `POST /<S::NAME>/<method>` over Connect, gRPC and gRPC-Web, as a router
+/// (every path is answered: others as unknown).
+pub fn router<S: UnaryService>(service: S, limits: RpcLimits) -> Router {
+    let endpoint = Endpoint::new(service, limits);
+    Router::new().fallback(move |req: Request<Body>| {
+        let endpoint = endpoint.clone();
+        async move { endpoint.call(req).await }
+    })
 }
 
 /// A request for some other service: `unimplemented` (gRPC, gRPC-Web) or 404 (Connect), once the
