@@ -140,7 +140,10 @@ at80() {
   local clients=$1 name=$last_name
   shift
   [[ $name =~ $only ]] || return 0
-  if [ "$bound" = 1 ]; then
+  local h1=0
+  [[ " $* " == *" --h1 "* ]] && h1=1
+  # The paced run's rate derives from the saturated one; the closed-loop one does not.
+  if [ "$bound" = 1 ] && [ "$h1" = 0 ]; then
     printf '  at 80%%: not measured (the saturated run was generator-bound)\n'
     return 0
   fi
@@ -153,7 +156,7 @@ with open(path, "w") as f:
         f.write(f"{1000 * i / per_client:.3f}\t{uri}\n")
 EOF2
   rm -f "$dir/requests.log"
-  if [[ " $* " == *" --h1 "* ]]; then
+  if [ "$h1" = 1 ]; then
     h2load_on "$name below saturation" "$last_path" "$last_body" -c "$clients" -D "$seconds" \
       --log-file "$dir/requests.log" "$@"
   else
@@ -161,7 +164,7 @@ EOF2
       --log-file "$dir/requests.log" "$@"
   fi
   python3 - "$dir/requests.log" "$rate" "$elapsed" "$server_ticks" "$hz" "$cores" "$gen_cpu" \
-    "$([[ " $* " == *" --h1 "* ]] && echo "$clients conn" || echo paced)" <<'EOF2'
+    "$([ "$h1" = 1 ] && echo "$clients conn" || echo paced)" <<'EOF2'
 import sys
 log = sys.argv[1]
 rate, elapsed, ticks, hz, cores, gen = (float(a) for a in sys.argv[2:8])
