@@ -3,11 +3,11 @@
 # this project's own tool. A root evaluator on its own PostgreSQL, flags cached, at the product's
 # default log level; then a proxy in front of it. For each shape: the saturated rate, h2load's mean
 # and max request time, the server's CPU per request and both sides' CPU use; for the main shapes
-# also the latency percentiles at 80% of that rate (see at80).
+# also the latency percentiles below saturation (see below).
 #
 # One core (the default): the server pinned to CPU 0 with one worker thread, h2load to CPU 1. A run
 # whose generator used 90% or more of its core is marked GENERATOR-BOUND: its rate is a floor, not
-# the server's saturation figure, and no paced run is made from it.
+# the server's saturation figure (the server's CPU per request still holds).
 # PBFLAGS_BENCH_CORES=2: the server on CPUs 0-1 with two worker threads and h2load (two threads)
 # on the same two CPUs; the CPU columns are then shares of both cores, and the rate is what the
 # machine serves with its generator on it.
@@ -104,11 +104,11 @@ sys.exit(rc)' "$dir/h2load.out" h2load -t "$threads" -d "$dir/$body" "$@" \
 }
 
 printf '%-50s %9s %9s %9s %8s %7s %7s\n' shape "req/s" mean max "µs/req" server h2load
-# run NAME PATH BODY [ARGS…]: one saturated run; sets $rate and $bound (1 when generator-bound).
+# run NAME PATH BODY [ARGS…]: one saturated run; sets $rate.
 run() {
   local name=$1 path=$2 body=$3
   shift 3
-  rate=0 bound=1
+  rate=0
   [[ $name =~ $only ]] || return 0
   h2load_on "$name" "$path" "$body" -D "$seconds" "$@"
   local line
@@ -125,81 +125,65 @@ run() {
     }' "$dir/h2load.out")
   echo "$line"
   rate=$(awk '/^finished in/ {printf "%.0f", $4}' "$dir/h2load.out")
-  [[ $line == *GENERATOR-BOUND ]] || bound=0
 }
 
-# at80 CLIENTS [ARGS…]: after a saturated run, the same shape below saturation. Over HTTP/2, paced
-# at 80% of its rate over CLIENTS connections: each connection sends on an h2load timing script
-# (one request every CLIENTS / (0.8 × rate) seconds, microsecond offsets; h2load's --rps instead
-# releases each connection's requests in bursts every 10 ms, whose queue would be measured rather
-# than the server). Over HTTP/1.1 (--h1), where h2load's timing script does not keep its pace,
-# closed loop over CLIENTS connections, fewer than the saturated run's. Prints the rate achieved
-# and its share of the saturated rate (h2load falls behind its script when its core is busy),
-# latency percentiles from every request's time in h2load's --log-file, and the server's CPU use.
-at80() {
-  local clients=$1 name=$last_name
-  shift
+# below ARGS…: after a saturated run, the same shape closed loop with fewer requests in flight
+# (ARGS: h2load's -c and -m), to see the latency below saturation. Prints the rate achieved and its
+# share of the saturated rate, latency percentiles from every request's time in h2load's
+# --log-file, and both sides' CPU use. (A paced run would be better but cannot be made here:
+# h2load's --rps releases each connection's requests in bursts every 10 ms, whose queue it would
+# measure rather than the server, and its timing script, smooth at microsecond offsets, costs it
+# 90% of its core at 100k requests/s, which then delays the requests it times.)
+below() {
+  local name=$last_name
   [[ $name =~ $only ]] || return 0
-  local h1=0
-  [[ " $* " == *" --h1 "* ]] && h1=1
-  # The paced run's rate derives from the saturated one; the closed-loop one does not.
-  if [ "$bound" = 1 ] && [ "$h1" = 0 ]; then
-    printf '  at 80%%: not measured (the saturated run was generator-bound)\n'
-    return 0
-  fi
-  python3 - "$dir/script" "$base/pbflags.v1.FlagEvaluatorService/$last_path" "$rate" "$clients" "$seconds" <<'EOF2'
-import sys
-path, uri, rate, clients, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
-per_client = 0.8 * rate / clients
-with open(path, "w") as f:
-    for i in range(int(per_client * seconds)):
-        f.write(f"{1000 * i / per_client:.3f}\t{uri}\n")
-EOF2
   rm -f "$dir/requests.log"
-  if [ "$h1" = 1 ]; then
-    h2load_on "$name below saturation" "$last_path" "$last_body" -c "$clients" -D "$seconds" \
-      --log-file "$dir/requests.log" "$@"
-  else
-    h2load_on "$name at 80%" "$last_path" "$last_body" -c "$clients" --timing-script-file "$dir/script" \
-      --log-file "$dir/requests.log" "$@"
-  fi
-  python3 - "$dir/requests.log" "$rate" "$elapsed" "$server_ticks" "$hz" "$cores" "$gen_cpu" \
-    "$([ "$h1" = 1 ] && echo "$clients conn" || echo paced)" <<'EOF2'
+  h2load_on "$name below saturation" "$last_path" "$last_body" -D "$seconds" \
+    --log-file "$dir/requests.log" "${last_args[@]}" "$@"
+  python3 - "$dir/requests.log" "$rate" "$elapsed" "$server_ticks" "$hz" "$cores" "$gen_cpu" "$*" <<'EOF2'
 import sys
-log = sys.argv[1]
+log, in_flight = sys.argv[1], sys.argv[8]
 rate, elapsed, ticks, hz, cores, gen = (float(a) for a in sys.argv[2:8])
-rows = [line.split("\t") for line in open(log) if line.strip()]
-starts = sorted(int(r[0]) for r in rows)
-t = sorted(int(r[2]) for r in rows)
-achieved = len(t) / ((starts[-1] - starts[0]) / 1e6)
+t = sorted(int(line.split("\t")[2]) for line in open(log) if line.strip())
+share = f" ({100 * len(t) / elapsed / rate:.0f}% of the saturated rate)" if rate else ""
 def p(q): return t[min(len(t) - 1, int(q * len(t)))] / 1000
-print(f"  {sys.argv[8]:>6}: {achieved:7.0f} req/s ({100 * achieved / rate:.0f}% of the saturated rate)   p50 {p(0.50):.3f} ms   "
+print(f"  {in_flight}: {len(t) / elapsed:7.0f} req/s{share}   p50 {p(0.50):.3f} ms   "
       f"p99 {p(0.99):.3f} ms   p99.9 {p(0.999):.3f} ms   max {t[-1] / 1000:.3f} ms   "
       f"server {100 * ticks / hz / elapsed / cores:.0f}%   h2load {100 * gen / elapsed / cores:.0f}%")
 EOF2
 }
-shape() { last_name=$1 last_path=$2 last_body=$3; run "$@"; }
+# shape NAME PATH BODY HEADER_ARGS… -- LOAD_ARGS…: a saturated run, remembered for below().
+shape() {
+  local name=$1 path=$2 body=$3 a
+  shift 3
+  last_name=$name last_path=$path last_body=$body last_args=()
+  local load=()
+  for a in "$@"; do
+    if [ "$a" = -- ]; then last_args=("${load[@]}") load=(); else load+=("$a"); fi
+  done
+  run "$name" "$path" "$body" "${last_args[@]}" "${load[@]}"
+}
 
 grpc=(-H 'content-type: application/grpc' -H 'te: trailers')
 json=(-H 'content-type: application/json')
 proto=(-H 'content-type: application/proto')
-# The shapes measured against one server (the root, then the proxy): saturated, and at 80% for
-# the three a deployment's tail latency depends on.
+# The shapes measured against one server (the root, then the proxy): saturated, and below
+# saturation for the three a deployment's tail latency depends on.
 shapes() { # LABEL
   local l=$1
-  shape "$l gRPC Evaluate, 4 conn × 64 streams" Evaluate evaluate.grpc "${grpc[@]}" -c 4 -m 64
-  at80 16 "${grpc[@]}" -m 64
+  shape "$l gRPC Evaluate, 4 conn × 64 streams" Evaluate evaluate.grpc "${grpc[@]}" -- -c 4 -m 64
+  below -c 4 -m 4
   shape "$l gRPC Evaluate, client accepts gzip" Evaluate evaluate.grpc "${grpc[@]}" \
-    -H 'grpc-accept-encoding: gzip' -c 4 -m 64
-  shape "$l gRPC BulkEvaluate (4 flags)" BulkEvaluate bulk4.grpc "${grpc[@]}" -c 4 -m 64
-  shape "$l gRPC BulkEvaluate (100 flags)" BulkEvaluate bulk100.grpc "${grpc[@]}" -c 4 -m 16
-  shape "$l Connect proto Evaluate, HTTP/2" Evaluate evaluate.pb "${proto[@]}" -c 4 -m 64
-  shape "$l Connect proto Evaluate, HTTP/1.1, 32 conn" Evaluate evaluate.pb "${proto[@]}" --h1 -c 32
-  at80 8 "${proto[@]}" --h1
-  shape "$l Connect JSON Evaluate, HTTP/1.1, 32 conn" Evaluate evaluate.json "${json[@]}" --h1 -c 32
-  at80 8 "${json[@]}" --h1
+    -H 'grpc-accept-encoding: gzip' -- -c 4 -m 64
+  shape "$l gRPC BulkEvaluate (4 flags)" BulkEvaluate bulk4.grpc "${grpc[@]}" -- -c 4 -m 64
+  shape "$l gRPC BulkEvaluate (100 flags)" BulkEvaluate bulk100.grpc "${grpc[@]}" -- -c 4 -m 16
+  shape "$l Connect proto Evaluate, HTTP/2" Evaluate evaluate.pb "${proto[@]}" -- -c 4 -m 64
+  shape "$l Connect proto Evaluate, HTTP/1.1, 32 conn" Evaluate evaluate.pb "${proto[@]}" --h1 -- -c 32
+  below -c 8
+  shape "$l Connect JSON Evaluate, HTTP/1.1, 32 conn" Evaluate evaluate.json "${json[@]}" --h1 -- -c 32
+  below -c 8
   shape "$l Connect JSON Evaluate, HTTP/1.1, accepts gzip" Evaluate evaluate.json "${json[@]}" \
-    -H 'accept-encoding: gzip' --h1 -c 32
+    -H 'accept-encoding: gzip' --h1 -- -c 32
 }
 warm() { curl -fsS "${json[@]}" -d @"$dir/evaluate.json" "$base/pbflags.v1.FlagEvaluatorService/Evaluate" >/dev/null; }
 # h2load counts any HTTP 200 as a success; gRPC errors travel in trailers. The server's own count
