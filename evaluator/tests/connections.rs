@@ -1,6 +1,7 @@
 //! Connection hygiene against a served evaluator: slow headers and bodies are cut off, idle
 //! connections (HTTP/1.1 and HTTP/2, and ones that never send a byte) are closed, the connection
-//! cap refuses extra connections, and valid requests are served throughout.
+//! cap refuses extra connections, a client that leaves in the middle of its request is counted as
+//! canceled (not as a bad request), and valid requests are served throughout.
 //!
 //! The timeouts are set small; every wait here is bounded by a hang guard, not a performance claim.
 
@@ -89,6 +90,63 @@ async fn a_body_that_stops_arriving_is_answered_deadline_exceeded_and_closed() {
         answer.contains("request body not received within 300ms"),
         "{answer}"
     );
+    evaluate_ok(&server).await;
+    server.stop().await;
+}
+
+/// The server's count of Evaluate calls answered with `code`.
+fn evaluate_calls(server: &Running, code: &str) -> f64 {
+    let prefix = format!("pbflags_rpc_requests_total{{code=\"{code}\",method=\"Evaluate\"}} ");
+    server
+        .metrics
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_request_is_counted_canceled() {
+    let server = start(&[]).await;
+    // HTTP/1.1 (Connect): part of the announced body, then the connection closes.
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(
+        b"POST /pbflags.v1.FlagEvaluatorService/Evaluate HTTP/1.1\r\nHost: a\r\n\
+          Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"flagId\":",
+    )
+    .await
+    .unwrap();
+    drop(s);
+    wait_until("the HTTP/1.1 call counted canceled", async || {
+        evaluate_calls(&server, "canceled") == 1.0
+    })
+    .await;
+
+    // HTTP/2 (gRPC): the first bytes of a message, then RST_STREAM(CANCEL).
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let req = http::Request::post(format!(
+        "{}/pbflags.v1.FlagEvaluatorService/Evaluate",
+        server.url()
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .unwrap();
+    let (_answer, mut stream) = client.send_request(req, false).unwrap();
+    stream
+        .send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 40, 10]), false)
+        .unwrap();
+    // Let the server start reading the body before the reset.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stream.send_reset(h2::Reason::CANCEL);
+    wait_until("the gRPC call counted canceled", async || {
+        evaluate_calls(&server, "canceled") == 2.0
+    })
+    .await;
+    assert_eq!(evaluate_calls(&server, "invalid_argument"), 0.0);
     evaluate_ok(&server).await;
     server.stop().await;
 }

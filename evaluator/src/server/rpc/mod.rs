@@ -146,6 +146,22 @@ fn body_error(e: &axum::Error) -> Status {
         if let Some(t) = c.downcast_ref::<crate::server::conn::BodyTimeout>() {
             return Status::deadline_exceeded(t.to_string());
         }
+        // The client reset the stream or closed the connection before its request was whole:
+        // it gave up on the call (grpc-go and connect-go record these as canceled too).
+        if c.downcast_ref::<h2::Error>()
+            .is_some_and(|h| h.is_reset() || h.is_go_away() || h.is_io())
+            || c.downcast_ref::<hyper::Error>()
+                .is_some_and(|h| h.is_incomplete_message() || h.is_canceled())
+            || c.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                use std::io::ErrorKind::{ConnectionAborted, ConnectionReset, UnexpectedEof};
+                matches!(
+                    io.kind(),
+                    UnexpectedEof | ConnectionReset | ConnectionAborted
+                )
+            })
+        {
+            return Status::cancelled(format!("the client ended the request early: {e}"));
+        }
         cause = c.source();
     }
     Status::invalid_argument(format!("request body could not be read: {e}"))
