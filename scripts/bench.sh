@@ -187,9 +187,12 @@ shapes() { # LABEL
 }
 warm() { curl -fsS "${json[@]}" -d @"$dir/evaluate.json" "$base/pbflags.v1.FlagEvaluatorService/Evaluate" >/dev/null; }
 # h2load counts any HTTP 200 as a success; gRPC errors travel in trailers. The server's own count
-# tells whether every call was answered ok.
+# by code tells whether every call was answered ok. (Calls in flight when h2load closes its
+# connections at the end of a run count as "canceled": the client left, nothing failed.)
 not_ok() {
-  curl -fsS "$base/metrics" | awk '/^pbflags_rpc_requests_total/ && !/code="ok"/ {n += $2} END {print n + 0}'
+  curl -fsS "$base/metrics" | awk '/^pbflags_rpc_requests_total/ && !/code="ok"/ {
+      match($0, /code="[^"]*"/); n[substr($0, RSTART + 6, RLENGTH - 7)] += $2 }
+    END { s = ""; for (c in n) s = s sprintf("%s%s %d", s == "" ? "" : ", ", c, n[c]); print s == "" ? "none" : s }'
 }
 rss() { awk '/VmRSS/ {printf "%.1f MiB", $2/1024}' "/proc/$1/status"; }
 
@@ -199,7 +202,7 @@ root=$pid root_base=$base
 echo "root RSS idle: $(rss "$root")"
 warm
 shapes root
-echo "root: calls answered with an error code (server's count): $(not_ok); RSS after the runs: $(rss "$root")"
+echo "root: calls not answered ok, by code (server's count): $(not_ok); RSS after the runs: $(rss "$root")"
 
 # The proxy in the server's place, its root (idle once the proxy has cached the flags) on the
 # generator's CPUs.
@@ -210,4 +213,4 @@ root_base=$base
 serve "$server_cpus" proxy --worker-threads "$threads" --server "$root_base"
 warm
 shapes proxy
-echo "proxy: calls answered with an error code (server's count): $(not_ok); RSS after the runs: $(rss "$pid")"
+echo "proxy: calls not answered ok, by code (server's count): $(not_ok); RSS after the runs: $(rss "$pid")"
