@@ -73,9 +73,8 @@ async fn slow_headers_are_cut_off_while_valid_requests_are_served() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn a_body_that_stops_arriving_is_answered_deadline_exceeded_and_closed() {
-    let server = start(&["--body-read-timeout", "300ms"]).await;
+/// A connection that has sent a Connect Evaluate's headers and 10 of its 100 body bytes.
+async fn half_sent_request(server: &Running) -> TcpStream {
     let mut s = TcpStream::connect(server.addr).await.unwrap();
     s.write_all(
         b"POST /pbflags.v1.FlagEvaluatorService/Evaluate HTTP/1.1\r\nHost: a\r\n\
@@ -83,6 +82,13 @@ async fn a_body_that_stops_arriving_is_answered_deadline_exceeded_and_closed() {
     )
     .await
     .unwrap();
+    s
+}
+
+#[tokio::test]
+async fn a_body_that_stops_arriving_is_answered_deadline_exceeded_and_closed() {
+    let server = start(&["--body-read-timeout", "300ms"]).await;
+    let mut s = half_sent_request(&server).await;
     let answer = String::from_utf8(read_to_close(&mut s).await).unwrap();
     assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
     assert!(answer.contains("deadline_exceeded"), "{answer}");
@@ -109,14 +115,7 @@ fn evaluate_calls(server: &Running, code: &str) -> f64 {
 async fn a_client_that_leaves_mid_request_is_counted_canceled() {
     let server = start(&[]).await;
     // HTTP/1.1 (Connect): part of the announced body, then the connection closes.
-    let mut s = TcpStream::connect(server.addr).await.unwrap();
-    s.write_all(
-        b"POST /pbflags.v1.FlagEvaluatorService/Evaluate HTTP/1.1\r\nHost: a\r\n\
-          Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"flagId\":",
-    )
-    .await
-    .unwrap();
-    drop(s);
+    drop(half_sent_request(&server).await);
     wait_until("the HTTP/1.1 call counted canceled", async || {
         evaluate_calls(&server, "canceled") == 1.0
     })
