@@ -602,6 +602,47 @@ async fn a_hundred_concurrent_misses_for_one_flag_make_one_source_call() {
     assert_eq!(h.source.calls.flag_state.load(Ordering::SeqCst), 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_concurrent_bulk_misses_for_the_same_flags_make_one_source_call() {
+    let h = Harness::new(vec![def("f/1", "", b(false)), def("f/2", "", b(false))]);
+    h.source.set_flag("f/1", State::Enabled, b(true));
+    h.source.set_flag("f/2", State::Enabled, b(true));
+    h.source.hold();
+    let tasks: Vec<_> = (0..100)
+        .map(|i| {
+            let engine = h.engine.clone();
+            // The same flags, in either order.
+            let ids = if i % 2 == 0 {
+                ["f/1", "f/2"]
+            } else {
+                ["f/2", "f/1"]
+            };
+            let ids = ids.map(String::from).to_vec();
+            tokio::spawn(async move { engine.bulk_evaluate(ids, "").await })
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while h.metrics.coalesced_fetches.get() < 99 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "callers did not join the batch fetch"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    h.source.release();
+    for t in tasks {
+        for (id, ev) in t.await.expect("no panic") {
+            assert_eq!(ev.source, Src::Global, "{id}");
+            assert_eq!(ev.value(), b(true).as_ref(), "{id}");
+        }
+    }
+    assert_eq!(h.source.calls.flag_states.load(Ordering::SeqCst), 1);
+    // A different set of missing flags is a different fetch.
+    h.expire();
+    h.bulk(&["f/1"], "");
+    assert_eq!(h.source.calls.flag_states.load(Ordering::SeqCst), 2);
+}
+
 #[test]
 fn memory_for_high_cardinality_entities_is_bounded() {
     let config = pbflags_evaluator::core::cache::CacheConfig {

@@ -182,6 +182,9 @@ pub struct Engine {
     shared: Arc<Shared>,
     kills: KillSet,
     flag_flights: Coalescer<Arc<str>, SourceResult<Arc<FlagEntry>>>,
+    /// Batch fetches of global state by their (sorted) flag ids: concurrent BulkEvaluates missing
+    /// the same flags (a cold start under load) share one source call.
+    flag_batch_flights: Coalescer<Arc<[String]>, SourceResult<Vec<(String, Arc<FlagEntry>)>>>,
     override_flights: Coalescer<OverrideKey, SourceResult<Arc<OverrideEntry>>>,
     hub: Hub,
 }
@@ -232,6 +235,7 @@ impl Engine {
             shared: Arc::new(shared),
             kills: KillSet::default(),
             flag_flights: Coalescer::default(),
+            flag_batch_flights: Coalescer::default(),
             override_flights: Coalescer::default(),
             hub,
         }
@@ -687,6 +691,8 @@ impl Engine {
             batch.failed = Some(SourceError::unavailable(SOURCE_DOWN));
             return batch;
         }
+        let mut key: Vec<String> = missing.iter().map(|(id, _)| id.clone()).collect();
+        key.sort_unstable();
         let shared = self.shared.clone();
         let fetch = async move {
             let ids: Vec<String> = missing.iter().map(|(id, _)| id.clone()).collect();
@@ -712,7 +718,23 @@ impl Engine {
                     .collect::<Vec<_>>()
             })
         };
-        batch.run(admission, fetch).await
+        if admission == Admission::Probe {
+            return batch.run(admission, fetch).await;
+        }
+        let fetch: BoxFuture<'static, _> = Box::pin(fetch);
+        let (result, _) = self
+            .flag_batch_flights
+            .run(
+                key.into(),
+                move || fetch,
+                || self.shared.metrics.coalesced_fetches.inc(),
+            )
+            .await;
+        match result {
+            Ok(found) => batch.found.extend(found),
+            Err(e) => batch.failed = Some(e),
+        }
+        batch
     }
 
     /// A change to `flag_id`'s global state was announced: its cached state turns stale (kept as
