@@ -576,6 +576,18 @@ fn an_entity_without_override_is_looked_up_once_per_ttl() {
     assert_eq!(h.source.calls.overrides.load(Ordering::SeqCst), 1);
 }
 
+/// Waits (bounded: a hang guard) until `n` callers have joined a fetch already in flight.
+async fn until_joined(h: &Harness, n: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while h.metrics.coalesced_fetches.get() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "callers did not join the fetch in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_concurrent_misses_for_one_flag_make_one_source_call() {
     let h = Harness::new(vec![def("f/1", "", b(false))]);
@@ -587,14 +599,7 @@ async fn a_hundred_concurrent_misses_for_one_flag_make_one_source_call() {
             tokio::spawn(async move { engine.evaluate("f/1", "").await })
         })
         .collect();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while h.metrics.coalesced_fetches.get() < 99 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "callers did not join the flight"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_joined(&h, 99).await;
     h.source.release();
     for t in tasks {
         assert_eq!(t.await.expect("no panic").source, Src::Global);
@@ -621,14 +626,7 @@ async fn a_hundred_concurrent_bulk_misses_for_the_same_flags_make_one_source_cal
             tokio::spawn(async move { engine.bulk_evaluate(ids, "").await })
         })
         .collect();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while h.metrics.coalesced_fetches.get() < 99 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "callers did not join the batch fetch"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_joined(&h, 99).await;
     h.source.release();
     for t in tasks {
         for (id, ev) in t.await.expect("no panic") {

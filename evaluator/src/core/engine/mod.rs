@@ -176,6 +176,9 @@ impl Shared {
 /// (flag id, entity id) of an override fetch in flight.
 type OverrideKey = (Arc<str>, Arc<str>);
 
+/// The global states one batch fetch found, by flag id.
+type FlagBatch = Vec<(String, Arc<FlagEntry>)>;
+
 /// Evaluates flags against a registry and a state source.
 pub struct Engine {
     registry: Arc<Registry>,
@@ -184,7 +187,7 @@ pub struct Engine {
     flag_flights: Coalescer<Arc<str>, SourceResult<Arc<FlagEntry>>>,
     /// Batch fetches of global state by their (sorted) flag ids: concurrent BulkEvaluates missing
     /// the same flags (a cold start under load) share one source call.
-    flag_batch_flights: Coalescer<Arc<[String]>, SourceResult<Vec<(String, Arc<FlagEntry>)>>>,
+    flag_batch_flights: Coalescer<Arc<[String]>, SourceResult<FlagBatch>>,
     override_flights: Coalescer<OverrideKey, SourceResult<Arc<OverrideEntry>>>,
     hub: Hub,
 }
