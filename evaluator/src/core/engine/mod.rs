@@ -694,11 +694,13 @@ impl Engine {
             batch.failed = Some(SourceError::unavailable(SOURCE_DOWN));
             return batch;
         }
-        let mut key: Vec<String> = missing.iter().map(|(id, _)| id.clone()).collect();
-        key.sort_unstable();
+        // The ids asked for, sorted: also the key that concurrent identical batches share.
+        let mut ids: Vec<String> = missing.iter().map(|(id, _)| id.clone()).collect();
+        ids.sort_unstable();
+        let key: Arc<[String]> = ids.into();
+        let ids = key.clone();
         let shared = self.shared.clone();
         let fetch = async move {
-            let ids: Vec<String> = missing.iter().map(|(id, _)| id.clone()).collect();
             let since = shared.caches.changes();
             let started = std::time::Instant::now();
             let span = tracing::info_span!("source.flag_states", flags = ids.len());
@@ -728,7 +730,7 @@ impl Engine {
         let (result, _) = self
             .flag_batch_flights
             .run(
-                key.into(),
+                key,
                 move || fetch,
                 || self.shared.metrics.coalesced_fetches.inc(),
             )
