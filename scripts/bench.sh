@@ -76,7 +76,6 @@ open(f"{d}/bulk100.grpc", "wb").write(grpc(bulk100))
 open(f"{d}/evaluate.json", "w").write('{"flagId":"notifications/2"}')
 EOF
 
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 
 # h2load_on NAME PATH BODY [ARGS…]: runs h2load against $base on the generator's CPUs; its output
@@ -85,7 +84,7 @@ hz=$(getconf CLK_TCK)
 h2load_on() {
   local name=$1 path=$2 body=$3 s0 t0
   shift 3
-  s0=$(ticks "$pid")
+  s0=$(cpu_ticks "$pid")
   t0=$(date +%s.%N)
   gen_cpu=$(taskset -c "$gen_cpus" python3 -c '
 import resource, subprocess, sys
@@ -97,7 +96,7 @@ sys.exit(rc)' "$dir/h2load.out" h2load -t "$threads" -d "$dir/$body" "$@" \
     "$base/pbflags.v1.FlagEvaluatorService/$path") \
     || { echo "h2load failed for $name:" >&2; cat "$dir/h2load.out" >&2; return 1; }
   elapsed=$(echo "$(date +%s.%N) - $t0" | bc -l)
-  server_ticks=$(($(ticks "$pid") - s0))
+  server_ticks=$(($(cpu_ticks "$pid") - s0))
   local failed
   failed=$(awk '/^requests:/ {print $10}' "$dir/h2load.out")
   [ "$failed" = 0 ] || { echo "$name: $failed requests failed" >&2; cat "$dir/h2load.out" >&2; return 1; }
@@ -194,7 +193,6 @@ not_ok() {
       match($0, /code="[^"]*"/); n[substr($0, RSTART + 6, RLENGTH - 7)] += $2 }
     END { s = ""; for (c in n) s = s sprintf("%s%s %d", s == "" ? "" : ", ", c, n[c]); print s == "" ? "none" : s }'
 }
-rss() { awk '/VmRSS/ {printf "%.1f MiB", $2/1024}' "/proc/$1/status"; }
 
 echo "server: $cores core(s) ($server_cpus), h2load on CPUs $gen_cpus, log level ${PBFLAGS_BENCH_LOG_LEVEL:-info}"
 serve "$server_cpus" root --worker-threads "$threads"

@@ -94,6 +94,11 @@ _measure_cleanup() {
   rm -rf "$_measure_dir"
 }
 
+# cpu_ticks PID: the process's user and system CPU time so far, in clock ticks (getconf CLK_TCK).
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# rss PID: the process's resident memory, in MiB.
+rss() { awk '/VmRSS/ {printf "%.1f MiB", $2/1024}' "/proc/$1/status"; }
+
 # A free loopback TCP port (the kernel's pick; free unless another process takes it first).
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 

@@ -31,25 +31,23 @@ serve() {
 }
 base="http://127.0.0.1:$port"
 serve
-rss() { awk '/VmRSS/ {printf "%.1f MiB", $2/1024}' "/proc/$server/status"; }
-echo "server RSS idle: $(rss)"
-ticks() { awk '{print $14 + $15}' "/proc/$server/stat"; }
+echo "server RSS idle: $(rss "$server")"
 # Server CPU use during a run tells a server-bound run (about 100% of its one core) from a
 # client-bound one; CPU per request is the server's cost whichever side limits throughput.
 load() {
-  local t0 s0 out; t0=$(ticks); s0=$(date +%s.%N)
+  local t0 s0 out; t0=$(cpu_ticks "$server"); s0=$(date +%s.%N)
   out=$(taskset -c 1 "$bin/pbflags-load" --url "$base" --cacert "$dir/ca.crt" --duration "$duration" "$@")
   echo "$out"
-  awk -v t="$(( $(ticks) - t0 ))" -v s0="$s0" -v s1="$(date +%s.%N)" -v hz="$(getconf CLK_TCK)" \
+  awk -v t="$(( $(cpu_ticks "$server") - t0 ))" -v s0="$s0" -v s1="$(date +%s.%N)" -v hz="$(getconf CLK_TCK)" \
     -v sent="$(echo "$out" | sed -E 's/.*sent ([0-9]+).*/\1/')" \
     'BEGIN { printf "  server CPU: %.0f%% of one core, %.1f us per request\n", 100 * t / hz / (s1 - s0), 1e6 * t / hz / sent }'
 }
 load --protocol grpc --rpc evaluate
-echo "server RSS after gRPC Evaluate load: $(rss)"
+echo "server RSS after gRPC Evaluate load: $(rss "$server")"
 load --protocol connect --rpc evaluate --concurrency 32 --connections 32
 load --protocol grpc --rpc bulk --concurrency 16
 load --protocol connect --rpc bulk --concurrency 16 --connections 16
-echo "server RSS under load (after all runs): $(rss)"
+echo "server RSS under load (after all runs): $(rss "$server")"
 
 # The same server over TLS (a throwaway CA; ALPN h2 for gRPC, http/1.1 for Connect).
 kill -TERM "$server"; wait "$server" 2>/dev/null || true
